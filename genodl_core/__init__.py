@@ -1,0 +1,13 @@
+"""genodl_core: data, noise injection, models and one training trial (no workflow engine).
+
+The workflow layer (``workflows``) wraps :func:`genodl_core.training.trial.run_trial` in Parsl
+apps; this package never imports Parsl, so a trial runs the same in a notebook, a batch script,
+an MPI rank or a Parsl worker.
+"""
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("genodl")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"

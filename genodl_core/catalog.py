@@ -1,0 +1,10 @@
+"""Imports every module that registers a data source, noise step or model.
+
+Registration happens at import; this one list keeps the registries complete wherever a spec is
+loaded, without sys.path tricks or entry-point scanning.
+"""
+
+# isort: off
+from genodl_core.data import synthetic_nt3, nt3_csv  # noqa: F401
+from genodl_core.noise import labels, features  # noqa: F401
+from genodl_core.models import nt3  # noqa: F401
