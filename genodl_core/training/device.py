@@ -1,0 +1,54 @@
+"""Choosing the torch device and numeric precision of a trial."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from genodl_core.errors import InfrastructureError
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible (CUDA_VISIBLE_DEVICES is honoured by torch), else 'cpu'.
+
+    Raises
+    ------
+    InfrastructureError
+        ``device='cuda'`` on a machine without a usable GPU (a placement problem: a retry on
+        another node may succeed, so it is not classed as a deterministic failure).
+    """
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InfrastructureError(
+            "device='cuda' but torch sees no CUDA device "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); "
+            "use device='auto' or 'cpu', or run on a GPU node")
+    return requested
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """'auto' -> 'bf16' on CUDA (bf16 autocast, fp32 master weights) and 'fp32' on CPU.
+
+    On CPU every precision runs in fp32, so CPU results stay bit-for-bit deterministic.
+    """
+    if device != "cuda":
+        return "fp32"
+    return "bf16" if requested == "auto" else requested
+
+
+def device_info(device: str) -> dict[str, Any]:
+    """What the record says about where the trial ran."""
+    info: dict[str, Any] = {"device": device,
+                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if device == "cuda":
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        info.update(gpu_index=index, gpu_name=props.name,
+                    gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    gpu_uuid=str(getattr(props, "uuid", "")), cuda=torch.version.cuda)
+    else:
+        info.update(torch_threads=torch.get_num_threads())
+    return info
