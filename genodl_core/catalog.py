@@ -6,5 +6,5 @@ loaded, without sys.path tricks or entry-point scanning.
 
 # isort: off
 from genodl_core.data import synthetic_nt3, nt3_csv  # noqa: F401
-from genodl_core.noise import labels, features  # noqa: F401
+from genodl_core.noise import labels, features, regression  # noqa: F401
 from genodl_core.models import nt3  # noqa: F401
