@@ -1,0 +1,254 @@
+"""``local_htex``: Parsl's HighThroughputExecutor on this machine, one worker per GPU.
+
+Workers are separate processes that live for the whole sweep, so each loads a data set and
+initialises CUDA once and reuses both for every trial it runs, and a crashing trial cannot take
+the driver down. GPUs are detected (``CUDA_VISIBLE_DEVICES``, ``ROCR_VISIBLE_DEVICES``,
+``nvidia-smi -L``, ``rocm-smi``) and handed to Parsl as ``available_accelerators``, which pins
+each worker to its GPU before any trial imports torch.
+
+The HTEX building blocks here (:func:`htex_executor`, :func:`accelerator_entries`) are shared by
+the cluster sites.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from genodl_core.errors import SpecError
+from site_configs import SiteOption, register_site
+from site_configs.local_threads import default_threads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GpuInventory:
+    """GPUs this process may use, and what ``nvidia-smi -L`` counts on the node.
+
+    Parsl's worker pool uses the ``nvidia-smi`` count to spread packed workers over devices,
+    so both numbers matter for pinning (see :func:`accelerator_entries`).
+    """
+
+    devices: tuple[str, ...]
+    vendor: str  # "nvidia", "amd" or "none"
+    nvidia_smi_count: int | None
+    source: str
+
+
+def _env_list(name: str) -> tuple[str, ...] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    if value in ("", "-1", "NoDevFiles"):
+        return ()
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _run_quiet(cmd: Sequence[str]) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.debug("%s failed: %s", cmd[0], err)
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def nvidia_smi_count() -> int | None:
+    """Number of GPUs ``nvidia-smi -L`` lists, or None when the command is absent or fails."""
+    out = _run_quiet(["nvidia-smi", "-L"])
+    if out is None:
+        return None
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def _rocm_smi_count() -> int | None:
+    out = _run_quiet(["rocm-smi", "--showid", "--csv"])
+    if out is None:
+        return None
+    return sum(1 for line in out.splitlines() if line.startswith("card"))
+
+
+def detect_gpus() -> GpuInventory:
+    """Find the GPUs this process may use.
+
+    The visibility variables win over the tools because a batch system or the user may have
+    restricted this process to a subset of the node's devices.
+    """
+    smi = nvidia_smi_count()
+    cuda = _env_list("CUDA_VISIBLE_DEVICES")
+    if cuda is not None:
+        return GpuInventory(cuda, "nvidia" if cuda else "none", smi, "CUDA_VISIBLE_DEVICES")
+    for name in ("ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"):
+        amd = _env_list(name)
+        if amd is not None:
+            return GpuInventory(amd, "amd" if amd else "none", smi, name)
+    if smi:
+        return GpuInventory(tuple(str(i) for i in range(smi)), "nvidia", smi, "nvidia-smi -L")
+    rocm = _rocm_smi_count()
+    if rocm:
+        return GpuInventory(tuple(str(i) for i in range(rocm)), "amd", smi, "rocm-smi")
+    return GpuInventory((), "none", smi, "none found")
+
+
+def accelerator_entries(gpus: Sequence[str], trials_per_gpu: int,
+                        nvidia_smi_count: int | None) -> list[str]:
+    """Entries for HTEX ``available_accelerators`` that pin worker i to the intended GPU.
+
+    Parsl gives each worker one entry. Where ``nvidia-smi`` works it does not use the entry
+    as-is but as ``int(entry) // (workers // nvidia_smi_count)`` (to spread packed workers
+    over devices), and uses it unchanged when that division fails. The entries are chosen so
+    that either reading yields the intended GPU; workers are interleaved over GPUs so that a
+    partly filled pool still spreads out.
+
+    Parameters
+    ----------
+    gpus
+        Device ids as the worker environment should see them (``"0"``, ``"3"`` or a UUID).
+    trials_per_gpu
+        Workers sharing one GPU (packing small trials).
+    nvidia_smi_count
+        What ``nvidia-smi -L`` counts on the worker's node; None where it is absent (AMD).
+
+    Raises
+    ------
+    SpecError
+        When ``trials_per_gpu`` is below 1.
+    """
+    if trials_per_gpu < 1:
+        raise SpecError("trials_per_gpu", trials_per_gpu, ">= 1", reason="out of range")
+    wanted = [g for _ in range(trials_per_gpu) for g in gpus]
+    pool = len(wanted)
+    if not nvidia_smi_count or pool // nvidia_smi_count == 0:
+        return wanted
+    per = pool // nvidia_smi_count
+    entries = []
+    for g in wanted:
+        try:
+            entries.append(str(int(g) * per))
+        except ValueError:  # a UUID: Parsl falls back to using it unchanged
+            entries.append(g)
+    return entries
+
+
+def resolve_address(site: str, address: str | None, interface: str | None) -> str | None:
+    """The address workers use to reach the interchange on the driver's host.
+
+    An explicit address wins; an interface name (``ib0``, ``hsn0``) is looked up on this host;
+    with neither, Parsl probes all of this host's addresses.
+
+    Raises
+    ------
+    SpecError
+        When the interface does not exist on this host (listing the ones that do).
+    """
+    if address:
+        return address
+    if not interface:
+        return None
+    from parsl.addresses import address_by_interface
+
+    try:
+        return address_by_interface(interface)
+    except OSError:
+        known = [name for _, name in socket.if_nameindex()]
+        raise SpecError(f"{site}.interface", interface, known,
+                        reason="no such network interface on this host "
+                               "(or set -o address=IP)") from None
+
+
+def htex_executor(label: str, provider: Any, run_dir: Path, *, accelerators: Sequence[str],
+                  cpu_workers: int, address: str | None, encrypted: bool,
+                  cores_per_worker: float = 1.0):
+    """One HighThroughputExecutor with workers pinned to ``accelerators`` (or CPU workers).
+
+    With GPUs the worker count is the number of entries: ``cores_per_worker`` is made small so
+    that Parsl's core-based limit never silently drops a GPU.
+    """
+    from parsl.executors import HighThroughputExecutor
+
+    kwargs: dict[str, Any] = {}
+    if accelerators:
+        kwargs.update(available_accelerators=list(accelerators),
+                      max_workers_per_node=len(accelerators), cores_per_worker=1e-3)
+    else:
+        kwargs.update(max_workers_per_node=cpu_workers, cores_per_worker=cores_per_worker)
+    if address is not None:
+        kwargs["address"] = address
+    return HighThroughputExecutor(
+        label=label,
+        provider=provider,
+        encrypted=encrypted,
+        worker_logdir_root=str(run_dir / "runinfo" / "workers"),
+        **kwargs,
+    )
+
+
+def make_config(run_dir: Path, executor: Any, retries: int,
+                retry_handler: Callable[..., float] | None):
+    """The ``Config`` every site returns: one executor, run info in ``run_dir/runinfo``."""
+    from parsl.config import Config
+
+    return Config(executors=[executor], run_dir=str(run_dir / "runinfo"), retries=retries,
+                  retry_handler=retry_handler, usage_tracking=0)
+
+
+def _parse_gpus(value: str) -> GpuInventory:
+    text = value.strip().lower()
+    if text == "auto":
+        return detect_gpus()
+    if text in ("none", "cpu", ""):
+        return GpuInventory((), "none", None, "-o gpus=none")
+    devices = tuple(v.strip() for v in value.split(",") if v.strip())
+    return GpuInventory(devices, "nvidia", nvidia_smi_count(), "-o gpus")
+
+
+def _local_accelerators(o: dict[str, Any]) -> list[str]:
+    inv = _parse_gpus(o["gpus"])
+    return accelerator_entries(inv.devices, o["trials_per_gpu"], inv.nvidia_smi_count)
+
+
+def _slots(o: dict[str, Any]) -> int:
+    return len(_local_accelerators(o)) or o["cpu_workers"]
+
+
+OPTIONS = (
+    SiteOption("gpus", "str", "auto",
+               "GPUs to use: auto (detect), none, or ids like 0,1"),
+    SiteOption("trials_per_gpu", "int", 1, "workers sharing each GPU (packing small trials)",
+               minimum=1),
+    SiteOption("cpu_workers", "int", max(1, (os.cpu_count() or 2) // 2),
+               "worker processes when no GPU is used (default: half the cores)", minimum=1),
+    SiteOption("address", "str", "127.0.0.1", "interchange address the workers connect to"),
+    SiteOption("worker_init", "str", "", "shell line run before the workers start"),
+    SiteOption("encrypted", "bool", True, "encrypt driver-worker traffic (keys in the run dir)"),
+)
+
+
+@register_site("local_htex", options=OPTIONS, slots=_slots, accelerator="auto",
+               description="HighThroughputExecutor on this machine; one persistent worker per "
+                           "detected GPU (or CPU workers)")
+def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., float] | None = None,
+           gpus: str, trials_per_gpu: int, cpu_workers: int, address: str, worker_init: str,
+           encrypted: bool, **_: Any):
+    """Build a Parsl ``Config``: HTEX + LocalProvider, accelerators from :func:`detect_gpus`."""
+    from parsl.providers import LocalProvider
+
+    inv = _parse_gpus(gpus)
+    entries = accelerator_entries(inv.devices, trials_per_gpu, inv.nvidia_smi_count)
+    log.info("local_htex: %s (%s) -> %s", inv.devices or "no GPU", inv.source,
+             entries or f"{cpu_workers} CPU workers")
+    provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=worker_init)
+    executor = htex_executor("local_htex", provider, run_dir, accelerators=entries,
+                             cpu_workers=cpu_workers, address=address or None,
+                             encrypted=encrypted)
+    return make_config(run_dir, executor, retries, retry_handler)
