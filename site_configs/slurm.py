@@ -1,0 +1,166 @@
+"""``slurm``: a generic Slurm GPU cluster, in two modes.
+
+``mode=pilot`` (default)
+    The driver runs on a login node; Parsl's SlurmProvider submits pilot jobs whose ``srun``
+    starts one worker manager per node. Good for long sweeps: pilot jobs come and go while the
+    driver keeps the state.
+``mode=inside``
+    The driver itself runs inside an allocation (the batch script written by ``genodl submit``):
+    a LocalProvider starts the managers with ``srun`` on the allocation's nodes. Nothing is
+    queued twice, and it works where login nodes may not run long processes.
+
+One manager per node, one worker per GPU (``gpus_per_node`` x ``trials_per_gpu``), or
+``cpu_workers`` workers per node on CPU partitions. The Frontier-like and Perlmutter-like sites
+reuse :func:`slurm_options` and :func:`build_slurm_config` with their own defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+from site_configs import SiteOption, register_site
+from site_configs.local_htex import (accelerator_entries, htex_executor, make_config,
+                                     resolve_address)
+
+Vendor = Literal["nvidia", "amd"]
+
+
+def slurm_options(*, partition: str | None = None, constraint: str | None = None,
+                  qos: str | None = None, gpus_per_node: int = 0,
+                  cores_per_node: int | None = None, interface: str | None = None,
+                  account_required: bool = False) -> tuple[SiteOption, ...]:
+    """The options of a Slurm site, with the machine's defaults."""
+    return (
+        SiteOption("mode", "str", "pilot",
+                   "pilot: driver outside, workers in pilot jobs; inside: driver in the allocation",
+                   choices=("pilot", "inside")),
+        SiteOption("account", "str", None, "allocation to charge (--account)",
+                   required=account_required),
+        SiteOption("partition", "str", partition, "partition (--partition)"),
+        SiteOption("qos", "str", qos, "quality of service (--qos)"),
+        SiteOption("constraint", "str", constraint, "node features (--constraint)"),
+        SiteOption("nodes", "int", 1, "nodes per pilot job (or used inside the allocation)",
+                   minimum=1),
+        SiteOption("walltime", "walltime", "00:30:00", "walltime of each pilot job"),
+        SiteOption("max_blocks", "int", 1, "pilot jobs queued at once", minimum=1),
+        SiteOption("gpus_per_node", "int", gpus_per_node,
+                   "GPUs per node (0: CPU workers); requested as --gpus-per-node", minimum=0),
+        SiteOption("trials_per_gpu", "int", 1, "workers sharing each GPU", minimum=1),
+        SiteOption("cpu_workers", "int", 1, "workers per node when gpus_per_node=0", minimum=1),
+        SiteOption("cores_per_node", "int", cores_per_node,
+                   "cores given to the workers of a node (--cpus-per-task of the srun step)",
+                   minimum=1),
+        SiteOption("exclusive", "bool", True, "request whole nodes (--exclusive)"),
+        SiteOption("worker_init", "str", "",
+                   "shell line run before the workers start (module load, venv activation)"),
+        SiteOption("interface", "str", interface,
+                   "network interface the workers reach the driver on (ib0, hsn0)"),
+        SiteOption("address", "str", None, "explicit interchange address (wins over interface)"),
+        SiteOption("srun_overrides", "str", "", "extra srun arguments for the worker step"),
+        SiteOption("sbatch_options", "str", "",
+                   "extra #SBATCH lines, separated by ';' (e.g. --mem=0;--mail-type=END)"),
+        SiteOption("encrypted", "bool", True,
+                   "encrypt driver-worker traffic (the run dir must be on a shared file system)"),
+    )
+
+
+def workers_per_node(o: Mapping[str, Any]) -> int:
+    """Trials one node runs at once."""
+    if o["gpus_per_node"] > 0:
+        return o["gpus_per_node"] * o["trials_per_gpu"]
+    return o["cpu_workers"]
+
+
+def slurm_slots(o: Mapping[str, Any]) -> int:
+    blocks = 1 if o["mode"] == "inside" else o["max_blocks"]
+    return workers_per_node(o) * o["nodes"] * blocks
+
+
+def sbatch_lines(o: Mapping[str, Any]) -> list[str]:
+    """Extra ``#SBATCH`` lines for GPUs and user options (the provider writes the rest).
+
+    GPUs go through a plain ``--gpus-per-node`` line rather than a provider argument: every
+    Slurm and every Parsl release understands it.
+    """
+    lines = []
+    if o["gpus_per_node"] > 0:
+        lines.append(f"#SBATCH --gpus-per-node={o['gpus_per_node']}")
+    for extra in str(o.get("sbatch_options") or "").split(";"):
+        extra = extra.strip()
+        if extra:
+            lines.append(extra if extra.startswith("#SBATCH") else f"#SBATCH {extra}")
+    return lines
+
+
+def srun_overrides(o: Mapping[str, Any], *, inside: bool) -> str:
+    """Arguments of the ``srun`` that starts one worker manager per node.
+
+    Without ``--cpu-bind=none`` and ``--cpus-per-task`` a one-task-per-node step may be bound
+    to a single core, and every worker of the node would share it.
+    """
+    parts = ["--ntasks-per-node=1", "--cpu-bind=none"]
+    if inside:
+        parts.insert(0, f"--nodes={o['nodes']}")
+    if o.get("cores_per_node"):
+        parts.append(f"--cpus-per-task={o['cores_per_node']}")
+    if o["gpus_per_node"] > 0:
+        parts.append(f"--gpus-per-node={o['gpus_per_node']}")
+    if o.get("srun_overrides"):
+        parts.append(o["srun_overrides"])
+    return " ".join(parts)
+
+
+def gpu_entries(o: Mapping[str, Any], vendor: Vendor) -> list[str]:
+    """HTEX accelerator entries for one node (whole-node GPUs are numbered 0..N-1)."""
+    gpus = [str(i) for i in range(o["gpus_per_node"])]
+    smi = o["gpus_per_node"] if vendor == "nvidia" else None
+    return accelerator_entries(gpus, o["trials_per_gpu"], smi)
+
+
+def build_slurm_config(site: str, run_dir: Path, *, retries: int,
+                       retry_handler: Callable[..., float] | None, vendor: Vendor = "nvidia",
+                       **o: Any):
+    """Build the Parsl ``Config`` of a Slurm site from its resolved options.
+
+    Raises
+    ------
+    SpecError
+        A required option (account) unset in pilot mode, or an unknown network interface.
+    """
+    from parsl.launchers import SrunLauncher
+    from parsl.providers import LocalProvider, SlurmProvider
+
+    from site_configs import SITES
+
+    inside = o["mode"] == "inside"
+    if not inside:
+        SITES[site].check_required(o)
+    launcher = SrunLauncher(overrides=srun_overrides(o, inside=inside))
+    if inside:
+        provider = LocalProvider(nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0,
+                                 max_blocks=1, worker_init=o["worker_init"], launcher=launcher)
+    else:
+        provider = SlurmProvider(
+            partition=o["partition"], account=o["account"], qos=o["qos"],
+            constraint=o["constraint"], nodes_per_block=o["nodes"],
+            cores_per_node=o["cores_per_node"], walltime=o["walltime"],
+            exclusive=o["exclusive"], init_blocks=1, min_blocks=0, max_blocks=o["max_blocks"],
+            scheduler_options="\n".join(sbatch_lines(o)), worker_init=o["worker_init"],
+            launcher=launcher, cmd_timeout=60)
+    executor = htex_executor(site, provider, run_dir, accelerators=gpu_entries(o, vendor),
+                             cpu_workers=o["cpu_workers"],
+                             address=resolve_address(site, o["address"], o["interface"]),
+                             encrypted=o["encrypted"])
+    return make_config(run_dir, executor, retries, retry_handler)
+
+
+@register_site("slurm", options=slurm_options(), slots=slurm_slots, scheduler="slurm",
+               accelerator="nvidia",
+               description="generic Slurm cluster: SlurmProvider pilot jobs + srun, or "
+                           "mode=inside an allocation")
+def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., float] | None = None,
+           **options: Any):
+    """Build the generic Slurm ``Config`` (see the module docstring for the two modes)."""
+    return build_slurm_config("slurm", run_dir, retries=retries, retry_handler=retry_handler,
+                              vendor="nvidia", **options)

@@ -1,0 +1,92 @@
+"""``summit``: a Summit-like machine (IBM LSF, ``jsrun``, 6 NVIDIA V100 and 42 usable cores per node).
+
+``jsrun`` gives a resource set one core and no GPU unless told otherwise, and a worker pool
+started that way would see no device at all. The launcher therefore asks for one resource set
+per node owning the whole node (``-a1 -c42 -g6 --bind=none``), and Parsl splits the six GPUs
+among the workers through ``available_accelerators``. ``--smpiargs=off`` keeps Spectrum MPI's
+CUDA hooks out of the (non-MPI) worker processes.
+
+``mode=pilot`` submits LSF pilot jobs from a login node (``bsub`` reads the script on stdin so
+that its ``#BSUB`` lines count); ``mode=inside`` runs inside the allocation of the batch script
+written by ``genodl submit``, starting the managers with ``jsrun`` from the launch node.
+``project`` is a placeholder that must be set (``-o project=ABC123``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from site_configs import SITES, SiteOption, register_site
+from site_configs.local_htex import (accelerator_entries, htex_executor, make_config,
+                                     resolve_address)
+
+GPUS_PER_NODE = 6
+CORES_PER_NODE = 42
+
+OPTIONS = (
+    SiteOption("mode", "str", "pilot",
+               "pilot: driver on a login node, LSF pilot jobs; inside: driver in the allocation",
+               choices=("pilot", "inside")),
+    SiteOption("project", "str", None, "LSF project to charge (#BSUB -P)", required=True),
+    SiteOption("queue", "str", "batch", "LSF queue (#BSUB -q)"),
+    SiteOption("nodes", "int", 1, "nodes per pilot job (or used inside the allocation)",
+               minimum=1),
+    SiteOption("walltime", "walltime", "00:30:00", "walltime of each pilot job"),
+    SiteOption("max_blocks", "int", 1, "pilot jobs queued at once", minimum=1),
+    SiteOption("trials_per_gpu", "int", 1, "workers sharing each of the 6 GPUs", minimum=1),
+    SiteOption("worker_init", "str", "",
+               "shell line run before the workers start (module load, conda activate)"),
+    SiteOption("interface", "str", "ib0", "network interface the workers reach the driver on"),
+    SiteOption("address", "str", None, "explicit interchange address (wins over interface)"),
+    SiteOption("jsrun_overrides", "str", "", "extra jsrun arguments for the worker step"),
+    SiteOption("encrypted", "bool", True,
+               "encrypt driver-worker traffic (the run dir must be on GPFS, shared)"),
+)
+
+
+def jsrun_overrides(o: Mapping[str, Any]) -> str:
+    """The jsrun resource-set arguments: one set per node with all its cores and GPUs."""
+    parts = ["-a1", f"-c{CORES_PER_NODE}", f"-g{GPUS_PER_NODE}", "--bind=none",
+             "--smpiargs=off"]
+    if o.get("jsrun_overrides"):
+        parts.append(o["jsrun_overrides"])
+    return " ".join(parts)
+
+
+def _slots(o: Mapping[str, Any]) -> int:
+    blocks = 1 if o["mode"] == "inside" else o["max_blocks"]
+    return GPUS_PER_NODE * o["trials_per_gpu"] * o["nodes"] * blocks
+
+
+@register_site("summit", options=OPTIONS, slots=_slots, scheduler="lsf", accelerator="nvidia",
+               description="Summit-like LSF system: jsrun, 6 V100/node, ib0 (project required)")
+def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., float] | None = None,
+           **o: Any):
+    """Build the Summit-like ``Config``: LSFProvider or LocalProvider, both with JsrunLauncher.
+
+    Raises
+    ------
+    SpecError
+        ``project`` unset in pilot mode, or the network interface missing on this host.
+    """
+    from parsl.launchers import JsrunLauncher
+    from parsl.providers import LocalProvider, LSFProvider
+
+    launcher = JsrunLauncher(overrides=jsrun_overrides(o))
+    if o["mode"] == "inside":
+        provider = LocalProvider(nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0,
+                                 max_blocks=1, worker_init=o["worker_init"], launcher=launcher)
+    else:
+        SITES["summit"].check_required(o)
+        provider = LSFProvider(
+            project=o["project"], queue=o["queue"], walltime=o["walltime"],
+            nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0, max_blocks=o["max_blocks"],
+            worker_init=o["worker_init"], bsub_redirection=True, request_by_nodes=True,
+            launcher=launcher, cmd_timeout=120)
+    entries = accelerator_entries([str(i) for i in range(GPUS_PER_NODE)], o["trials_per_gpu"],
+                                  GPUS_PER_NODE)
+    executor = htex_executor("summit", provider, run_dir, accelerators=entries, cpu_workers=1,
+                             address=resolve_address("summit", o["address"], o["interface"]),
+                             encrypted=o["encrypted"])
+    return make_config(run_dir, executor, retries, retry_handler)
