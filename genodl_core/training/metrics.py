@@ -1,0 +1,92 @@
+"""Classification metrics, with and without an abstention class.
+
+The loop accumulates per-batch *sums* on the device (one small tensor per batch, no host
+synchronisation per step) and turns them into rates once per epoch with
+:func:`rates_from_sums`. Definitions follow the abstaining-classifier literature (DAC):
+
+- ``accuracy``: share of samples whose argmax is the true class. For an abstaining model an
+  abstention is never the true class, so abstentions count as wrong.
+- ``abstention``: share of samples whose argmax is the abstention class (index ``k``).
+- ``abstention_accuracy``: accuracy over the samples NOT abstained on; 1.0 when every sample
+  was abstained on (nothing attempted, nothing wrong), as in CANDLE.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: Layout of the sums vector produced by :func:`batch_sums`.
+SUM_FIELDS = ("loss", "correct", "abstained")
+
+
+def batch_sums(per_sample_loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+               abstain_class: int | None) -> torch.Tensor:
+    """Sums over one batch: ``[sum of losses, correct predictions, abstentions]`` (float64).
+
+    Parameters
+    ----------
+    per_sample_loss
+        ``[batch]`` loss of every sample (any float dtype).
+    logits
+        ``[batch, outputs]`` model outputs; only their argmax is used.
+    y
+        ``[batch]`` int64 true classes in ``range(k)``.
+    abstain_class
+        Index ``k`` of the abstention output, or ``None`` for a plain classifier.
+    """
+    pred = logits.argmax(dim=1)
+    correct = (pred == y).sum()
+    if abstain_class is None:
+        abstained = torch.zeros((), dtype=torch.int64, device=logits.device)
+    else:
+        abstained = (pred == abstain_class).sum()
+    return torch.stack([per_sample_loss.detach().double().sum(), correct.double(),
+                        abstained.double()])
+
+
+def rates_from_sums(sums: torch.Tensor | np.ndarray, n_samples: int,
+                    abstaining: bool) -> dict[str, float]:
+    """Turn accumulated :func:`batch_sums` into the per-epoch metrics.
+
+    Returns ``loss`` and ``accuracy``; for an abstaining model also ``abstention`` and
+    ``abstention_accuracy``.
+
+    Raises
+    ------
+    ValueError
+        ``n_samples`` is not positive (an empty split has no metrics).
+    """
+    if n_samples <= 0:
+        raise ValueError(f"cannot compute metrics over {n_samples} samples")
+    loss, correct, abstained = (float(v) for v in np.asarray(
+        sums.detach().cpu() if isinstance(sums, torch.Tensor) else sums, dtype=np.float64))
+    out = {"loss": loss / n_samples, "accuracy": correct / n_samples}
+    if abstaining:
+        out["abstention"] = abstained / n_samples
+        out["abstention_accuracy"] = abstention_accuracy(correct, abstained, n_samples)
+    return out
+
+
+def abstention_accuracy(correct: float, abstained: float, n_samples: int) -> float:
+    """Accuracy over the non-abstained samples; 1.0 when all were abstained on."""
+    attempted = n_samples - abstained
+    return 1.0 if attempted <= 0 else correct / attempted
+
+
+def classification_metrics(logits: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
+                           abstain_class: int | None = None) -> dict[str, float]:
+    """Accuracy (and abstention metrics) of a whole set of predictions, without a loss.
+
+    A convenience for analysis code holding saved outputs; the loop uses :func:`batch_sums`.
+    """
+    logits_t = torch.as_tensor(logits)
+    y_t = torch.as_tensor(y)
+    sums = batch_sums(torch.zeros(len(y_t)), logits_t, y_t, abstain_class)
+    rates = rates_from_sums(sums, len(y_t), abstain_class is not None)
+    rates.pop("loss")
+    return rates
+
+
+__all__ = ["SUM_FIELDS", "batch_sums", "rates_from_sums", "abstention_accuracy",
+           "classification_metrics"]
