@@ -241,7 +241,7 @@ def glorot_fans(module: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def init_glorot(model: nn.Module, generator: torch.Generator | None) -> None:
-    """Glorot-uniform weights and zero biases, drawn from ``generator`` (CPU).
+    """Glorot-uniform weights and zero biases, drawn from the CPU ``generator``.
 
     On the 'meta' device (used to count or plan without memory) nothing is drawn.
     """
@@ -254,7 +254,9 @@ def init_glorot(model: nn.Module, generator: torch.Generator | None) -> None:
             continue
         fan_in, fan_out = glorot_fans(module)
         bound = math.sqrt(6.0 / (fan_in + fan_out))
-        module.weight.uniform_(-bound, bound, generator=generator)
+        # Drawn on the CPU and copied, so the weights are the same whatever the device.
+        drawn = torch.empty(module.weight.shape).uniform_(-bound, bound, generator=generator)
+        module.weight.copy_(drawn)
 
 
 def build_nt3(params: NT3Params, n_features: int, n_classes: int, *, seed: int = 0,
@@ -272,8 +274,8 @@ def build_nt3(params: NT3Params, n_features: int, n_classes: int, *, seed: int =
     seed
         Seed of the weight initialisation (a local generator; the global RNG is untouched).
     device
-        'cpu' (weights drawn), or 'meta' to build the structure without memory (weights left
-        undrawn: for parameter counts and shape checks of the full-size model).
+        'cpu' (weights drawn there), or 'meta' to build the structure without memory (weights
+        left undrawn: for parameter counts and shape checks of the full-size model).
 
     Raises
     ------
@@ -283,11 +285,14 @@ def build_nt3(params: NT3Params, n_features: int, n_classes: int, *, seed: int =
     if n_classes < 2:
         raise SpecError("data.n_classes", n_classes, "at least 2 classes",
                         reason="NT3 is a classifier")
-    with torch.device(device):
+    # Built on 'meta' first: torch's own layer initialisation would draw from (and advance)
+    # the global RNG, and would be wasted work since Glorot init below replaces it.
+    with torch.device("meta"):
         model = NT3Net(params, n_features, params.n_outputs(n_classes))
-    generator = None if torch.device(device).type == "meta" else \
-        torch.Generator().manual_seed(seed)
-    init_glorot(model, generator)
+    if torch.device(device).type == "meta":
+        return model
+    model = model.to_empty(device=device)
+    init_glorot(model, torch.Generator().manual_seed(seed))
     return model
 
 
