@@ -17,6 +17,8 @@ from genodl_core.errors import GenodlError
 #: Modules that provide subcommands, in the order ``genodl --help`` lists them.
 COMMANDS = [
     "workflows.commands.trial",
+    "workflows.commands.sites",
+    "workflows.commands.submit",
 ]
 
 

@@ -1,0 +1,36 @@
+"""``genodl sites [NAME] [--json]``: the site configurations, their options and defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sites", help="list site configurations and their options",
+                       description="List the sites `genodl run --site` and `genodl submit` "
+                                   "accept, with every option (-o KEY=VALUE), its type, default "
+                                   "and meaning. Options shown as <required> have no default "
+                                   "(an account or project) and must be given.")
+    p.add_argument("name", nargs="?", help="show only this site")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from site_configs import describe_sites, describe_sites_dict, get_site
+
+    if args.name:
+        get_site(args.name)  # unknown names list the known ones
+    if args.json:
+        rows = describe_sites_dict()
+        if args.name:
+            rows = [r for r in rows if r["name"] == args.name]
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    text = describe_sites()
+    if args.name:
+        blocks = [b for b in text.split("\n\n") if b.split(" ", 1)[0] == args.name]
+        text = "\n\n".join(blocks).rstrip() + "\n"
+    print(text, end="")
+    return 0

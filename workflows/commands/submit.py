@@ -1,0 +1,60 @@
+"""``genodl submit SPEC --site summit|slurm|...``: write a batch script for the sweep and submit it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from site_configs import add_site_arguments
+
+    p = sub.add_parser(
+        "submit", help="write a batch script (sbatch/bsub) that runs the sweep, and submit it",
+        description="Validate the sweep, write DIR/submit.sbatch (Slurm sites) or DIR/submit.lsf "
+                    "(LSF sites) asking for the nodes and walltime, and submit it. Inside the job "
+                    "`genodl run` drives the sweep with the site's mode=inside. Submitting again "
+                    "after a walltime stop resumes: finished trials are skipped.")
+    p.add_argument("spec", help="sweep file (.toml or .json)")
+    add_site_arguments(p, default_site=None)
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="run directory (default: runs/<sweep name>)")
+    p.add_argument("--env", metavar="LINE", default=None,
+                   help="shell line that makes `genodl` available in the job, e.g. 'module load "
+                        "python; source venv/bin/activate' (default: activate this Python's "
+                        "virtual environment)")
+    p.add_argument("--job-name", default=None, help="scheduler job name (default: genodl-<sweep>)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write the script and print it, but do not submit")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from genodl_core.errors import SpecError
+    from site_configs import site_options_from_args
+    from workflows.submit import (BatchRequest, default_env_line, scheduler_of, submit_script,
+                                  write_batch_script)
+    from workflows.sweep import load_sweep
+
+    if not args.site:
+        raise SpecError("--site", None, "a site with a batch system, e.g. slurm or summit",
+                        reason="required")
+    scheduler = scheduler_of(args.site)
+    sweep = load_sweep(args.spec)  # an invalid sweep fails here, before anything is queued
+    out_dir = Path(args.out) if args.out else Path("runs") / sweep.name
+    # The job may start in another directory than this one: give it absolute paths.
+    request = BatchRequest(
+        spec=os.path.abspath(args.spec), out_dir=os.path.abspath(out_dir), site=args.site,
+        options=site_options_from_args(args),
+        env=default_env_line() if args.env is None else args.env,
+        job_name=args.job_name or f"genodl-{sweep.name}")
+    path = write_batch_script(request)
+    print(f"{len(sweep.trials)} trials; batch script: {path}", file=sys.stderr)
+    if args.dry_run:
+        print(path.read_text(), end="")
+        return 0
+    job_id = submit_script(path, scheduler)
+    print(job_id)
+    return 0
