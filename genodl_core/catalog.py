@@ -8,3 +8,5 @@ loaded, without sys.path tricks or entry-point scanning.
 from genodl_core.data import synthetic_nt3, nt3_csv  # noqa: F401
 from genodl_core.noise import labels, features, regression  # noqa: F401
 from genodl_core.models import nt3  # noqa: F401
+from genodl_core.data import synthetic_dgex, dgex_source  # noqa: F401
+from genodl_core.models import dgex, baselines  # noqa: F401

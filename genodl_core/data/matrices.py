@@ -1,0 +1,405 @@
+"""Expression matrices on disk: .npy/.npz, plain HDF5 and GCTX, read and write, with gene ids kept.
+
+In memory every matrix is ``samples x genes`` (one row per profile, one column per gene), the
+orientation the models consume. Files may be stored either way; GCTX in particular keeps genes
+as its *rows* in the metadata while h5py sees the matrix transposed, shape ``(n_samples,
+n_genes)`` (the cmapPy convention), so reading it needs no transpose at all.
+
+Gene identity travels with the values (:class:`ExpressionMatrix`) so that landmark and target
+genes can be chosen by id and per-gene results keep their ids up to the summary.
+
+Errors a user can cause (non-finite values, ids missing from the matrix, overlapping gene
+sets, shapes that disagree) raise :class:`~genodl_core.errors.DataError` naming the file and
+the row/column, so the fix is obvious without opening a debugger.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import h5py
+import numpy as np
+
+from genodl_core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MatrixFormat = Literal["auto", "npy", "npz", "hdf5", "gctx"]
+Layout = Literal["samples_by_genes", "genes_by_samples"]
+
+#: GCTX conventions (cmapPy): matrix stored transposed, ids in per-axis metadata groups.
+GCTX_VERSION = "GCTX1.0"
+GCTX_MATRIX = "0/DATA/0/matrix"
+GCTX_ROW_IDS = "0/META/ROW/id"
+GCTX_COL_IDS = "0/META/COL/id"
+GCTX_MISSING = -666.0
+
+#: Dataset names used for plain HDF5 and .npz files.
+MATRIX_KEY = "matrix"
+GENE_IDS_KEY = "gene_ids"
+SAMPLE_IDS_KEY = "sample_ids"
+
+
+@dataclass(frozen=True)
+class ExpressionMatrix:
+    """Expression values ``[n_samples, n_genes]`` with their gene and sample ids.
+
+    Ids are numpy unicode arrays; files without ids get positional ids (``"0"``, ``"1"``, ...),
+    so that an id list file can still name columns of a bare ``.npy`` matrix.
+    """
+
+    values: np.ndarray
+    gene_ids: np.ndarray
+    sample_ids: np.ndarray
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 2:
+            raise DataError(f"{self.source}: expected a 2-D matrix, got shape {self.values.shape}")
+        n_samples, n_genes = self.values.shape
+        if len(self.gene_ids) != n_genes:
+            raise DataError(f"{self.source}: {len(self.gene_ids)} gene ids for a matrix with "
+                            f"{n_genes} gene columns (shape {self.values.shape})")
+        if len(self.sample_ids) != n_samples:
+            raise DataError(f"{self.source}: {len(self.sample_ids)} sample ids for a matrix with "
+                            f"{n_samples} sample rows (shape {self.values.shape})")
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.values.shape[1])
+
+
+def positional_ids(n: int) -> np.ndarray:
+    """Ids ``"0" .. "n-1"`` for files that store none."""
+    return np.array([str(i) for i in range(n)])
+
+
+def _as_str_ids(raw: np.ndarray) -> np.ndarray:
+    """Decode HDF5 byte strings / numbers into a numpy unicode array."""
+    raw = np.asarray(raw).reshape(-1)
+    if raw.dtype.kind in ("S", "O"):
+        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in raw])
+    return raw.astype(str)
+
+
+def check_finite(values: np.ndarray, source: str, what: str = "matrix",
+                 row_ids: Sequence[str] | None = None, col_ids: Sequence[str] | None = None) -> None:
+    """Raise :class:`DataError` at the first NaN/inf, naming its row and column.
+
+    Models and scalers would silently turn one NaN into NaN losses for a whole trial; failing at
+    load time with the exact cell is far cheaper to diagnose.
+
+    Raises
+    ------
+    DataError
+        If any value is NaN or infinite (reports the count and the first position).
+    """
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    rows, cols = np.nonzero(bad)
+    r, c = int(rows[0]), int(cols[0])
+    row_name = f" (sample {row_ids[r]!r})" if row_ids is not None else ""
+    col_name = f" (gene {col_ids[c]!r})" if col_ids is not None else ""
+    raise DataError(f"{source}: {what} has {int(bad.sum())} non-finite value(s); first at row {r}"
+                    f"{row_name}, column {c}{col_name}: {values[r, c]!r}. Impute or drop them "
+                    f"before training")
+
+
+def detect_format(path: str | Path) -> str:
+    """The file format from the suffix, or from the HDF5 content for ``.h5``/``.hdf5``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return "npy"
+    if suffix == ".npz":
+        return "npz"
+    if suffix == ".gctx":
+        return "gctx"
+    if suffix in (".h5", ".hdf5", ".hdf"):
+        try:
+            with h5py.File(path, "r") as fh:
+                return "gctx" if GCTX_MATRIX in fh else "hdf5"
+        except OSError as err:
+            raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
+    raise DataError(f"{path}: cannot tell the matrix format from suffix {suffix!r}; use one of "
+                    f"['.gctx', '.h5', '.hdf5', '.npy', '.npz'] or set format explicitly")
+
+
+def read_matrix(path: str | Path, format: MatrixFormat = "auto",
+                layout: Layout = "samples_by_genes") -> ExpressionMatrix:
+    """Read an expression matrix with its ids from any supported file.
+
+    Parameters
+    ----------
+    path
+        The file.
+    format
+        ``auto`` decides from the suffix (and, for ``.h5``, whether GCTX groups are present).
+    layout
+        Orientation of ``.npy``/``.npz``/plain HDF5 matrices on disk; GCTX has a fixed layout.
+
+    Raises
+    ------
+    DataError
+        If the file is missing or unreadable, lacks the matrix, its ids disagree with the shape,
+        or it holds non-finite values (GCTX missing values -666 count as non-finite).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such expression matrix file")
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt == "npy":
+        matrix = _read_npy(path, layout)
+    elif fmt == "npz":
+        matrix = _read_npz(path, layout)
+    elif fmt == "hdf5":
+        matrix = _read_hdf5(path, layout)
+    elif fmt == "gctx":
+        matrix = read_gctx(path)
+    else:
+        raise DataError(f"{path}: unknown format {fmt!r}; expected one of "
+                        f"['auto', 'gctx', 'hdf5', 'npy', 'npz']")
+    check_finite(matrix.values, str(path), row_ids=matrix.sample_ids, col_ids=matrix.gene_ids)
+    log.info("read %s matrix %s: %d samples x %d genes", fmt, path, matrix.n_samples,
+             matrix.n_genes)
+    return matrix
+
+
+def _orient(values: np.ndarray, layout: Layout, path: Path) -> np.ndarray:
+    if values.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D matrix, got shape {values.shape}")
+    if layout == "genes_by_samples":
+        values = values.T
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _read_npy(path: Path, layout: Layout) -> ExpressionMatrix:
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({err})") from None
+    values = _orient(values, layout, path)
+    return ExpressionMatrix(values, positional_ids(values.shape[1]),
+                            positional_ids(values.shape[0]), str(path))
+
+
+def _read_npz(path: Path, layout: Layout) -> ExpressionMatrix:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            contents = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable .npz archive ({err})") from None
+    if MATRIX_KEY not in contents:
+        raise DataError(f"{path}: no array named {MATRIX_KEY!r}; found {sorted(contents)}")
+    values = _orient(contents[MATRIX_KEY], layout, path)
+    genes = contents.get(GENE_IDS_KEY)
+    samples = contents.get(SAMPLE_IDS_KEY)
+    return ExpressionMatrix(
+        values,
+        _as_str_ids(genes) if genes is not None else positional_ids(values.shape[1]),
+        _as_str_ids(samples) if samples is not None else positional_ids(values.shape[0]),
+        str(path))
+
+
+def _read_hdf5(path: Path, layout: Layout) -> ExpressionMatrix:
+    try:
+        with h5py.File(path, "r") as fh:
+            if MATRIX_KEY not in fh:
+                raise DataError(f"{path}: no dataset {MATRIX_KEY!r}; found {sorted(fh.keys())} "
+                                f"(GCTX files need format='gctx' or a .gctx suffix)")
+            values = _orient(fh[MATRIX_KEY][()], layout, path)
+            genes = fh[GENE_IDS_KEY][()] if GENE_IDS_KEY in fh else None
+            samples = fh[SAMPLE_IDS_KEY][()] if SAMPLE_IDS_KEY in fh else None
+    except OSError as err:
+        raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
+    return ExpressionMatrix(
+        values,
+        _as_str_ids(genes) if genes is not None else positional_ids(values.shape[1]),
+        _as_str_ids(samples) if samples is not None else positional_ids(values.shape[0]),
+        str(path))
+
+
+def read_gctx(path: str | Path) -> ExpressionMatrix:
+    """Read a GCTX file: genes are GCTX rows, samples GCTX columns, matrix stored transposed.
+
+    Missing values (-666) become NaN, so :func:`read_matrix` reports them with their position.
+
+    Raises
+    ------
+    DataError
+        If the GCTX groups are missing or the id counts disagree with the matrix shape.
+    """
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as fh:
+            for name in (GCTX_MATRIX, GCTX_ROW_IDS, GCTX_COL_IDS):
+                if name not in fh:
+                    raise DataError(f"{path}: not a GCTX file: dataset /{name} is missing")
+            values = np.array(fh[GCTX_MATRIX][()], dtype=np.float32)
+            gene_ids = _as_str_ids(fh[GCTX_ROW_IDS][()])
+            sample_ids = _as_str_ids(fh[GCTX_COL_IDS][()])
+    except OSError as err:
+        raise DataError(f"{path}: not a readable HDF5/GCTX file ({err})") from None
+    if values.ndim != 2:
+        raise DataError(f"{path}: /{GCTX_MATRIX} must be 2-D, got shape {values.shape}")
+    # The stored matrix is (n_samples, n_genes): h5py's view of the transposed gene x sample grid.
+    if values.shape != (len(sample_ids), len(gene_ids)):
+        raise DataError(f"{path}: /{GCTX_MATRIX} has shape {values.shape} but the file lists "
+                        f"{len(gene_ids)} gene (row) ids and {len(sample_ids)} sample (column) "
+                        f"ids; expected shape ({len(sample_ids)}, {len(gene_ids)})")
+    values[values == GCTX_MISSING] = np.nan
+    return ExpressionMatrix(values, gene_ids, sample_ids, str(path))
+
+
+def _id_dataset(ids: np.ndarray) -> np.ndarray:
+    return np.array([str(v) for v in ids], dtype=h5py.string_dtype())
+
+
+def write_gctx(path: str | Path, matrix: ExpressionMatrix) -> Path:
+    """Write ``matrix`` as GCTX (genes = rows, samples = columns, stored transposed).
+
+    NaN values are written as -666, the GCTX missing-value code.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = np.array(matrix.values, dtype=np.float32, copy=True)
+    values[np.isnan(values)] = GCTX_MISSING
+    with h5py.File(path, "w") as fh:
+        fh.attrs["version"] = GCTX_VERSION
+        fh.create_dataset(GCTX_MATRIX, data=values)
+        fh.create_dataset(GCTX_ROW_IDS, data=_id_dataset(matrix.gene_ids))
+        fh.create_dataset(GCTX_COL_IDS, data=_id_dataset(matrix.sample_ids))
+    return path
+
+
+def write_hdf5(path: str | Path, matrix: ExpressionMatrix) -> Path:
+    """Write a plain HDF5 matrix (samples x genes) with ``gene_ids`` and ``sample_ids``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset(MATRIX_KEY, data=np.asarray(matrix.values, dtype=np.float32))
+        fh.create_dataset(GENE_IDS_KEY, data=_id_dataset(matrix.gene_ids))
+        fh.create_dataset(SAMPLE_IDS_KEY, data=_id_dataset(matrix.sample_ids))
+    return path
+
+
+def write_npz(path: str | Path, matrix: ExpressionMatrix) -> Path:
+    """Write an ``.npz`` with ``matrix`` (samples x genes), ``gene_ids`` and ``sample_ids``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{MATRIX_KEY: np.asarray(matrix.values, dtype=np.float32),
+                      GENE_IDS_KEY: np.asarray(matrix.gene_ids).astype(str),
+                      SAMPLE_IDS_KEY: np.asarray(matrix.sample_ids).astype(str)})
+    return path
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Gene ids, one per line; blank lines and ``#`` comments are skipped.
+
+    Raises
+    ------
+    DataError
+        If the file is missing, empty, or names an id twice (with both line numbers).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such gene id list file")
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if text in seen:
+            raise DataError(f"{path}: line {lineno}: gene id {text!r} is listed twice "
+                            f"(first on line {seen[text]})")
+        seen[text] = lineno
+        ids.append(text)
+    if not ids:
+        raise DataError(f"{path}: the gene id list is empty")
+    return ids
+
+
+@dataclass(frozen=True)
+class GeneSelection:
+    """Column indices of landmark and target genes in an :class:`ExpressionMatrix`."""
+
+    landmarks: np.ndarray
+    targets: np.ndarray
+
+
+def _indices_of(ids: Sequence[str], matrix: ExpressionMatrix, what: str, source: str) -> np.ndarray:
+    position = {g: i for i, g in enumerate(matrix.gene_ids.tolist())}
+    missing = [g for g in ids if g not in position]
+    if missing:
+        shown = missing[:10]
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise DataError(f"{source}: {len(missing)} {what} gene id(s) are not in the matrix "
+                        f"{matrix.source}: {shown}{more}")
+    return np.array([position[g] for g in ids], dtype=np.int64)
+
+
+def select_genes(matrix: ExpressionMatrix, *, landmark_ids: Sequence[str] | None = None,
+                 n_landmarks: int | None = None, target_ids: Sequence[str] | None = None,
+                 n_targets: int | None = None, order: Literal["first", "random"] = "first",
+                 seed: int = 0, landmark_source: str = "landmark ids",
+                 target_source: str = "target ids") -> GeneSelection:
+    """Choose landmark and target columns by id list or by count.
+
+    By count, genes are taken in matrix order (``first``) or in a seeded random order
+    (``random``); landmarks come first, targets from the genes that are not landmarks. Without
+    ``target_ids`` or ``n_targets``, every non-landmark gene is a target.
+
+    Raises
+    ------
+    DataError
+        If ids are missing from the matrix, landmarks and targets overlap, or the counts ask for
+        more genes than the matrix has.
+    """
+    n_genes = matrix.n_genes
+    if order == "random":
+        pool = np.random.default_rng(seed).permutation(n_genes)
+    else:
+        pool = np.arange(n_genes)
+    if landmark_ids is not None:
+        landmarks = _indices_of(landmark_ids, matrix, "landmark", landmark_source)
+    elif n_landmarks is not None:
+        if n_landmarks >= n_genes:
+            raise DataError(f"{matrix.source}: n_landmarks={n_landmarks} leaves no target genes: "
+                            f"the matrix has only {n_genes} genes")
+        landmarks = np.sort(pool[:n_landmarks]) if order == "first" else pool[:n_landmarks]
+    else:
+        raise DataError("choose landmark genes by an id list file or by n_landmarks")
+    if target_ids is not None:
+        targets = _indices_of(target_ids, matrix, "target", target_source)
+        overlap = np.intersect1d(landmarks, targets)
+        if overlap.size:
+            names = matrix.gene_ids[overlap][:10].tolist()
+            raise DataError(f"{target_source}: {overlap.size} gene(s) are both landmarks and "
+                            f"targets: {names}; a target must not be an input")
+    else:
+        is_landmark = np.zeros(n_genes, dtype=bool)
+        is_landmark[landmarks] = True
+        rest = pool[~is_landmark[pool]]
+        if n_targets is not None:
+            if n_targets > rest.size:
+                raise DataError(f"{matrix.source}: n_targets={n_targets} but only {rest.size} "
+                                f"genes are left after {landmarks.size} landmarks")
+            rest = rest[:n_targets]
+        targets = np.sort(rest) if order == "first" else rest
+    if targets.size == 0:
+        raise DataError(f"{matrix.source}: no target genes selected")
+    return GeneSelection(landmarks.astype(np.int64), targets.astype(np.int64))
+
+
+__all__ = ["ExpressionMatrix", "GeneSelection", "read_matrix", "read_gctx", "write_gctx",
+           "write_hdf5", "write_npz", "read_id_list", "select_genes", "check_finite",
+           "detect_format", "positional_ids"]
