@@ -1,0 +1,74 @@
+"""``genodl run SPEC``: run (or resume) a sweep on a site, then gather the summary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from site_configs import add_site_arguments
+
+    p = sub.add_parser("run", help="run or resume a sweep on a site, then gather the summary",
+                       description="Run every trial of a sweep that has no complete record in "
+                                   "the run directory, then gather DIR/summary.h5. Running it "
+                                   "again on the same directory resumes the sweep. With "
+                                   "--site mpi (under mpiexec) MPI ranks run the trials.")
+    p.add_argument("spec", help="sweep spec (.toml or .json)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="run directory (default: runs/<sweep name>)")
+    add_site_arguments(p, default_site=None)
+    add_run_arguments(p)
+    p.add_argument("--update-sweep", action="store_true",
+                   help="allow DIR to hold a different version of this sweep (e.g. more seeds); "
+                        "records of shared trials are kept")
+    p.set_defaults(func=main)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by `genodl run` and `genodl rerun`."""
+    p.add_argument("--retries", type=int, default=None, metavar="N",
+                   help="retries of infrastructure failures per trial (default: the sweep's "
+                        "[run] retries, else 2)")
+    p.add_argument("--threads-per-trial", type=int, default=None, metavar="N",
+                   help="torch CPU threads per trial (default: cores / trial slots on local sites)")
+    p.add_argument("--progress-interval", type=float, default=None, metavar="S",
+                   help="longest silence between progress lines in seconds (default: 30)")
+    p.add_argument("--no-gather", action="store_true", help="skip writing summary.h5")
+
+
+def settings_from_args(args: argparse.Namespace):
+    """Build :class:`~workflows.driver.RunSettings` from parsed `run`/`rerun` arguments."""
+    from genodl_core.errors import SpecError
+    from site_configs import site_options_from_args
+    from workflows.driver import RunSettings
+
+    for name in ("retries", "threads_per_trial"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "retries" else 1):
+            raise SpecError(f"--{name.replace('_', '-')}", value,
+                            ">= 0" if name == "retries" else ">= 1", reason="out of range")
+    if args.progress_interval is not None and args.progress_interval <= 0:
+        raise SpecError("--progress-interval", args.progress_interval, "> 0",
+                        reason="out of range")
+    return RunSettings(site=args.site, options=site_options_from_args(args),
+                       retries=args.retries, threads_per_trial=args.threads_per_trial,
+                       progress_interval_s=args.progress_interval, gather=not args.no_gather,
+                       update_sweep=getattr(args, "update_sweep", False))
+
+
+def main(args: argparse.Namespace) -> int:
+    """Exit status 0 when every trial is done, 1 when some failed; invalid specs exit 2."""
+    from workflows.driver import MPI_SITE, run_sweep
+    from workflows.sweep import load_sweep
+
+    sweep = load_sweep(args.spec)
+    settings = settings_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / sweep.name
+    if (settings.site or sweep.run.site) == MPI_SITE:
+        from workflows.mpi import run_sweep_mpi
+
+        report = run_sweep_mpi(sweep, out, settings)
+        return 0 if report is None or report.ok else 1
+    report = run_sweep(sweep, out, settings)
+    return 0 if report.ok else 1

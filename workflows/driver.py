@@ -1,0 +1,451 @@
+"""The sweep driver: run, resume, rerun and report on a sweep through Parsl.
+
+``run_sweep`` is the whole life of a run: prepare the run directory, find the trials that are not
+complete yet, load the site's Parsl config, submit one app per trial, follow progress, record
+what Parsl itself lost, and gather the summary. Because completeness is read from the trial
+records every time, running it again on the same directory is a resume: finished trials are
+never submitted, trials a killed driver left half-done are run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from genodl_core import records
+from genodl_core.errors import SpecError
+
+from workflows.progress import Progress
+from workflows.retry import classify, retry_handler
+from workflows.rundir import STATES, RunDir, TrialState
+from workflows.sweep import Sweep, SweepTrial
+
+log = logging.getLogger(__name__)
+
+#: States ``genodl rerun`` selects by default: everything that is not done or still running.
+RERUN_STATES = ("failed", "interrupted", "missing", "corrupt")
+#: The pseudo-site that runs the sweep over MPI ranks instead of Parsl (see workflows.mpi).
+MPI_SITE = "mpi"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to run a sweep; unset fields fall back to the sweep's ``[run]`` table."""
+
+    site: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    retries: int | None = None
+    threads_per_trial: int | None = None
+    progress_interval_s: float | None = None
+    gather: bool = True
+    update_sweep: bool = False
+
+    def resolve(self, sweep: Sweep) -> "RunSettings":
+        """Fill unset fields from the sweep; options given here override the sweep's."""
+        # Options from the sweep's TOML keep their types; site_configs converts both forms.
+        options = dict(sweep.run.options)
+        options.update(self.options)
+        return RunSettings(
+            site=self.site or sweep.run.site,
+            options=options,
+            retries=sweep.run.retries if self.retries is None else self.retries,
+            threads_per_trial=self.threads_per_trial or sweep.run.threads_per_trial,
+            progress_interval_s=self.progress_interval_s or sweep.run.progress_interval_s,
+            gather=self.gather,
+            update_sweep=self.update_sweep,
+        )
+
+
+@dataclass
+class RunReport:
+    """What a run did and where the sweep stands afterwards."""
+
+    run_dir: Path
+    total: int
+    submitted: int
+    already_done: int
+    states: dict[str, TrialState]
+    summary: Path | None = None
+    wall_s: float = 0.0
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.states.values() if s.state == state)
+
+    @property
+    def ok(self) -> bool:
+        """True when every trial of the sweep is done."""
+        return all(s.complete for s in self.states.values())
+
+
+def run_sweep(sweep: Sweep, out: str | Path, settings: RunSettings | None = None, *,
+              only: Iterable[str] | None = None) -> RunReport:
+    """Run every trial of ``sweep`` that has no complete record in ``out``.
+
+    Parameters
+    ----------
+    sweep
+        The expanded, validated sweep.
+    out
+        The run directory (created, or resumed when it holds the same sweep).
+    settings
+        Site, options, retries, threads per trial; defaults from the sweep's ``[run]`` table.
+    only
+        Restrict the run to these trial ids (``genodl rerun``); complete ones are still skipped.
+
+    Returns
+    -------
+    RunReport
+        Counts and the final state of every trial.
+
+    Raises
+    ------
+    SpecError
+        Invalid site or options, another driver using ``out``, or ``out`` holding another sweep.
+        All of these are detected before any trial is submitted.
+    """
+    settings = (settings or RunSettings()).resolve(sweep)
+    if settings.site == MPI_SITE:
+        raise SpecError("--site", MPI_SITE, "run under mpiexec through workflows.mpi",
+                        reason="the MPI path is not a Parsl site")
+    t0 = time.monotonic()
+    run = RunDir.prepare(out, sweep, update=settings.update_sweep)
+    with run.driver_lock(), workflow_logging(run):
+        todo, already_done = select_todo(run, sweep, only)
+        log.info("sweep %s: %d trials, %d complete, %d to run; run directory %s",
+                 sweep.name, len(sweep.trials), already_done, len(todo), run.path)
+        if todo:
+            _run_with_parsl(run, todo, settings, total=len(sweep.trials),
+                            already_done=already_done)
+        summary = gather_summary(run) if settings.gather else None
+        states = run.scan(sweep.trial_ids)
+        report = RunReport(run.path, len(sweep.trials), len(todo), already_done, states,
+                           summary, time.monotonic() - t0)
+        log_report(report)
+    return report
+
+
+def select_todo(run: RunDir, sweep: Sweep,
+                only: Iterable[str] | None = None) -> tuple[list[SweepTrial], int]:
+    """Trials to submit (not complete, and in ``only`` if given) and how many are complete.
+
+    Raises
+    ------
+    SpecError
+        When ``only`` names a trial id the sweep does not have.
+    """
+    wanted = None
+    if only is not None:
+        wanted = set(only)
+        unknown = wanted - set(sweep.trial_ids)
+        if unknown:
+            raise SpecError("trial id", sorted(unknown)[0], "ids listed by `genodl status`",
+                            reason="not a trial of this sweep")
+    states = run.scan(sweep.trial_ids)
+    done = sum(1 for s in states.values() if s.complete)
+    todo = [t for t in sweep.trials
+            if not states[t.trial_id].complete and (wanted is None or t.trial_id in wanted)]
+    return todo, done
+
+
+def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, *,
+                    total: int, already_done: int) -> None:
+    import parsl
+
+    from site_configs import get_site, load_site
+    from workflows.apps import trial_app
+
+    site = get_site(settings.site)
+    slots = site.slots(settings.options)
+    threads = settings.threads_per_trial or default_threads_per_trial(site.scheduler, slots)
+    config = load_site(settings.site, run.path, retries=settings.retries,
+                       retry_handler=retry_handler, options=settings.options)
+    log.info("site %s: %d trial slots, %s torch threads per trial, %d retries", settings.site,
+             slots, threads or "default", settings.retries)
+    progress = Progress(total, already_done, interval_s=settings.progress_interval_s,
+                        slots=slots)
+    wanted = {t.trial_id for t in todo}
+    offset = _file_size(run.attempts_file)  # only this run's attempts count for progress
+    with parsl.load(config):
+        futures: dict[Future, str] = {
+            trial_app(t.spec, t.trial_id, str(run.path), threads=threads): t.trial_id
+            for t in todo}
+        pending = set(futures)
+        progress.tick(force=True)
+        while pending:
+            finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            events, offset = run.read_events(offset)
+            for event in events:
+                tid = event.get("trial_id")
+                if tid not in wanted:
+                    continue
+                if event.get("event") == "start":
+                    progress.started(tid)
+                elif event.get("event") == "end":
+                    progress.requeued(tid)
+            for future in finished:
+                tid = futures[future]
+                state, wall = settle(run, tid, future)
+                progress.finished(tid, state, wall)
+            progress.tick()
+
+
+def settle(run: RunDir, trial_id: str, future: Future) -> tuple[str, float | None]:
+    """Turn a finished app future into the trial's final state, recording Parsl's failures.
+
+    A trial whose attempts Parsl gave up on (a worker lost more often than the retry budget, a
+    deterministic exception raised around the trial) has no truthful record of its own: the
+    record says 'running', or nothing. The driver writes the failure into the record so that
+    `genodl status` and the summary show it, and `genodl rerun` picks it up.
+    """
+    try:
+        result = future.result()
+    except Exception as err:  # noqa: BLE001 - every failure is written down, none is fatal
+        trial_dir = run.trial_dir(trial_id)
+        status = records.read_status(trial_dir) or {}
+        if status.get("state") == records.FAILED and status.get("trial_id", trial_id) == trial_id \
+                and type(err).__name__ == "RetryableTrialFailure":
+            log.warning("trial %s failed after retries: %s: %s", trial_id,
+                        status.get("error_type"), status.get("error"))
+            return records.FAILED, status.get("wall_s")
+        message = _first_line(err)
+        records.write_status(trial_dir, records.FAILED, trial_id=trial_id,
+                             attempt=int(status.get("attempt", 0) or 0),
+                             error_type=type(err).__name__, error=message,
+                             deterministic=classify(err) == "deterministic",
+                             recorded_by="driver")
+        run.append_event({"event": "lost", "trial_id": trial_id,
+                          "error_type": type(err).__name__, "error": message})
+        log.warning("trial %s failed: %s: %s", trial_id, type(err).__name__, message)
+        return records.FAILED, None
+    if result.get("skipped"):
+        return records.DONE, None
+    if result["state"] == records.FAILED:
+        log.warning("trial %s failed (not retried): %s: %s", trial_id, result.get("error_type"),
+                    result.get("error"))
+    return result["state"], result.get("wall_s")
+
+
+def rerun(run_dir: str | Path, settings: RunSettings | None = None, *,
+          states: Iterable[str] = RERUN_STATES,
+          trial_ids: Iterable[str] | None = None) -> RunReport:
+    """Run again the trials of an existing run directory that are in ``states``.
+
+    Parameters
+    ----------
+    run_dir
+        A directory written by :func:`run_sweep` (its ``sweep.json`` defines the trials).
+    settings
+        As for :func:`run_sweep`; defaults come from the stored sweep's ``[run]`` table.
+    states
+        Which trial states to rerun (default: failed, interrupted, missing, corrupt).
+    trial_ids
+        Rerun exactly these trials instead (complete ones are still skipped).
+
+    Raises
+    ------
+    SpecError
+        When ``run_dir`` is not a run directory, a state name is unknown, or a trial id is not
+        part of the sweep.
+    """
+    sweep, ids = plan_rerun(run_dir, states=states, trial_ids=trial_ids)
+    return run_sweep(sweep, run_dir, settings, only=ids)
+
+
+def plan_rerun(run_dir: str | Path, *, states: Iterable[str] = RERUN_STATES,
+               trial_ids: Iterable[str] | None = None) -> tuple[Sweep, list[str]]:
+    """The stored sweep of ``run_dir`` and the ids of the trials :func:`rerun` would run.
+
+    Raises
+    ------
+    SpecError
+        As :func:`rerun`.
+    """
+    run = RunDir.open(run_dir)
+    sweep = run.load_sweep()
+    states = tuple(states)
+    for state in states:
+        if state not in STATES or state == "done":
+            raise SpecError("--only", state, [s for s in STATES if s != "done"],
+                            reason="unknown trial state")
+    if trial_ids is None:
+        current = run.scan(sweep.trial_ids)
+        trial_ids = [tid for tid, s in current.items() if s.state in states]
+    trial_ids = list(trial_ids)
+    log.info("rerunning %d trials of %s", len(trial_ids), run.path)
+    return sweep, trial_ids
+
+
+@dataclass
+class StatusReport:
+    """Counts by state and the failures of one run directory."""
+
+    run_dir: Path
+    name: str
+    states: dict[str, TrialState]
+    points: dict[str, dict[str, Any]]
+    driver: dict[str, Any] | None
+
+    def counts(self) -> dict[str, int]:
+        out = {state: 0 for state in STATES}
+        for s in self.states.values():
+            out[s.state] = out.get(s.state, 0) + 1
+        return out
+
+    def failures(self) -> list[TrialState]:
+        return [s for s in self.states.values() if s.state == "failed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir), "name": self.name, "counts": self.counts(),
+            "driver": self.driver,
+            "trials": [{"trial_id": s.trial_id, "state": s.state, "attempt": s.attempt,
+                        "error_type": s.error_type, "error": s.error,
+                        "deterministic": s.deterministic, "host": s.host, "gpu": s.gpu,
+                        "wall_s": s.wall_s, "point": self.points.get(s.trial_id, {})}
+                       for s in self.states.values()],
+        }
+
+
+def sweep_status(run_dir: str | Path) -> StatusReport:
+    """Read the state of every trial of a run directory (no Parsl, no locks taken).
+
+    Raises
+    ------
+    SpecError
+        When ``run_dir`` is not a run directory.
+    """
+    run = RunDir.open(run_dir)
+    stored = records.read_json(run.sweep_file)
+    return StatusReport(run.path, stored.get("name", ""), run.scan(), run.stored_points(),
+                        run.driver_holder())
+
+
+def format_status(report: StatusReport, *, show_all: bool = False) -> str:
+    """Counts by state, then one line per failed (or, with ``show_all``, every) trial."""
+    from workflows.sweep import format_value, short_path
+
+    counts = report.counts()
+    total = sum(counts.values())
+    head = f"{report.name}: {total} trials | " + " | ".join(
+        f"{state} {n}" for state, n in counts.items() if n or state in ("done", "failed"))
+    lines = [head]
+    if report.driver:
+        lines.append(f"driver running: pid {report.driver.get('pid')} on "
+                     f"{report.driver.get('host')}")
+    shown = report.states.values() if show_all else report.failures()
+    for s in shown:
+        point = " ".join(f"{short_path(p)}={format_value(v)}"
+                         for p, v in report.points.get(s.trial_id, {}).items())
+        detail = ""
+        if s.state == "failed":
+            kind = "deterministic" if s.deterministic else "retryable"
+            detail = f" {s.error_type}: {s.error} ({kind}, attempt {s.attempt})"
+        elif s.state == "done" and s.wall_s is not None:
+            detail = f" {s.wall_s:.1f} s" + (f" gpu {s.gpu}" if s.gpu else "")
+        lines.append(f"  {s.trial_id} {s.state:<11} {point}{detail}")
+    return "\n".join(lines)
+
+
+def gather_summary(run: RunDir) -> Path | None:
+    """Write ``summary.h5`` with the gather stage, if it is installed; never fatal.
+
+    The trials are already on disk when this runs, so a failing gather is logged and the run
+    still reports its trials; ``genodl gather`` can be run again later.
+    """
+    try:
+        from genodl_core.results.summary import gather
+    except ImportError as err:
+        log.warning("gather stage unavailable (%s); records are in %s", err, run.trials_dir)
+        return None
+    try:
+        return gather(run.path)
+    except Exception:  # noqa: BLE001 - the trials are safe; report and go on
+        log.exception("gather failed; the trial records are intact in %s", run.trials_dir)
+        return None
+
+
+def log_report(report: RunReport) -> None:
+    counts = {s: report.count(s) for s in STATES}
+    log.info("sweep finished in %.1f s: %s (%d submitted, %d were already complete)%s",
+             report.wall_s, ", ".join(f"{n} {s}" for s, n in counts.items() if n),
+             report.submitted, report.already_done,
+             f"; summary {report.summary}" if report.summary else "")
+    failed = [s for s in report.states.values() if s.state == "failed"]
+    for s in failed[:20]:
+        log.info("  failed %s: %s: %s", s.trial_id, s.error_type, s.error)
+    if len(failed) > 20:
+        log.info("  ... %d more failures (genodl status %s)", len(failed) - 20, report.run_dir)
+
+
+def default_threads_per_trial(scheduler: str, slots: int) -> int | None:
+    """Torch threads per trial so that concurrent trials share the cores without contention.
+
+    On a local machine all slots share this machine's cores; on cluster sites workers run on
+    other nodes and torch's own default (the cores it sees there) is left alone.
+    """
+    if scheduler != "local":
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(slots, 1))
+
+
+@contextlib.contextmanager
+def workflow_logging(run: RunDir) -> Iterator[None]:
+    """Copy the workflow's log lines to ``DIR/logs/workflow.log`` while a driver runs.
+
+    Per-epoch lines of the trials go to each trial's own log, and Parsl's to ``runinfo/``; both
+    are kept off the console here, where only progress and failures belong. Lines of the
+    library (data generation, noise, gather) go to the workflow log only.
+    """
+    handler = logging.FileHandler(run.workflow_log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    ours = [logging.getLogger(name) for name in ("workflows", "site_configs", "genodl_core")]
+    # Library lines (data generation, noise) go to the file only: with threads, every trial
+    # would otherwise repeat them on the console.
+    to_file_only = [logging.getLogger("genodl_core")]
+    quiet = [logging.getLogger(name) for name in ("genodl.trial", "parsl")] + to_file_only
+    saved = [(lg, lg.propagate) for lg in quiet]
+    levels = [(lg, lg.level) for lg in ours]
+    for lg in ours:
+        lg.addHandler(handler)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+    for lg in quiet:
+        lg.propagate = False
+    try:
+        yield
+    finally:
+        for lg in ours:
+            lg.removeHandler(handler)
+        for lg, level in levels:
+            lg.setLevel(level)
+        for lg, propagate in saved:
+            lg.propagate = propagate
+        handler.close()
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+__all__ = ["RunSettings", "RunReport", "StatusReport", "run_sweep", "rerun", "select_todo",
+           "settle", "plan_rerun", "sweep_status", "format_status", "gather_summary",
+           "default_threads_per_trial", "workflow_logging", "MPI_SITE", "RERUN_STATES"]

@@ -1,0 +1,256 @@
+"""Running a sweep over MPI ranks, for allocations where Parsl's interchange cannot run.
+
+Some machines forbid the long-lived TCP connections between compute nodes and a login node that
+Parsl's HighThroughputExecutor needs, but always allow ``mpiexec``/``srun``/``jsrun``. There::
+
+    mpiexec -n 7 genodl run SPEC --site mpi --out DIR      # 1 dispatcher + 6 trial ranks
+
+Rank 0 prepares the run directory exactly as the Parsl driver does (same ``sweep.json``, same
+records, same skipping of complete trials, same driver lock) and hands trials to the other
+ranks one at a time over ``MPI.COMM_WORLD``; a rank asks for the next trial when it finishes
+one, so uneven trial times balance themselves. Each rank is a persistent worker like an HTEX
+worker: it keeps the loaded dataset and CUDA context between trials. With a single rank (or
+without mpiexec) rank 0 runs the trials itself, one after another.
+
+Failures follow the Parsl path's policy: a failure the trial runner calls retryable is queued
+again up to ``retries`` times; a deterministic one is recorded and not retried. A rank that dies
+takes the MPI job down (MPI has no fault tolerance); the records make the next run a resume.
+
+Site options for ``--site mpi``: ``gpus_per_node=N`` pins each rank to GPU ``local_rank % N``
+through ``CUDA_VISIBLE_DEVICES`` (before torch initialises CUDA).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from genodl_core import records
+from genodl_core.errors import SpecError
+
+from workflows.driver import (RERUN_STATES, RunReport, RunSettings, gather_summary, log_report,
+                              plan_rerun, select_todo, workflow_logging)
+from workflows.progress import Progress
+from workflows.rundir import RunDir
+from workflows.sweep import Sweep
+
+log = logging.getLogger(__name__)
+
+#: Options of the pseudo-site ``mpi`` (validated here; it builds no Parsl config).
+MPI_OPTIONS = {"gpus_per_node": "pin rank r to GPU (local rank % N); unset: no pinning"}
+
+_TAG_READY, _TAG_TRIAL, _TAG_RESULT, _TAG_STOP = 1, 2, 3, 4
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as err:
+        raise SpecError("--site", "mpi", "an environment with mpi4py (pip install mpi4py mpich)",
+                        reason=f"mpi4py cannot be imported: {err}") from None
+    return MPI
+
+
+def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = None, *,
+                  only: Iterable[str] | None = None, comm: Any = None) -> RunReport | None:
+    """Run ``sweep`` over the ranks of ``comm`` (default ``MPI.COMM_WORLD``); call on every rank.
+
+    Returns
+    -------
+    RunReport | None
+        The report on rank 0; None on the other ranks.
+
+    Raises
+    ------
+    SpecError
+        On every rank, when the sweep, options or run directory are invalid (found by rank 0
+        before any trial starts).
+    """
+    MPI = _mpi()
+    comm = comm or MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    settings = (settings or RunSettings()).resolve(sweep)
+    gpus = _gpus_per_node(settings.options)
+    if gpus:
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(local % gpus)
+    if rank != 0:
+        go = comm.bcast(None, root=0)
+        if go["error"]:
+            return None  # rank 0 reports the error
+        _worker(comm, go["run_dir"], go["threads"])
+        return None
+
+    t0 = time.monotonic()
+    try:
+        run = RunDir.prepare(out, sweep, update=settings.update_sweep)
+    except SpecError as err:
+        comm.bcast({"error": (err.field, err.value, err.allowed, err.reason)}, root=0)
+        raise
+    try:
+        with run.driver_lock(), workflow_logging(run):
+            todo, already_done = select_todo(run, sweep, only)
+            threads = settings.threads_per_trial
+            comm.bcast({"error": None, "run_dir": str(run.path), "threads": threads}, root=0)
+            log.info("sweep %s over %d MPI ranks: %d trials, %d complete, %d to run", sweep.name,
+                     size, len(sweep.trials), already_done, len(todo))
+            progress = Progress(len(sweep.trials), already_done,
+                                interval_s=settings.progress_interval_s, slots=max(size - 1, 1))
+            try:
+                if size == 1:
+                    _serial(run, todo, settings.retries, threads, progress)
+                else:
+                    _dispatch(comm, run, todo, settings.retries, progress)
+            except BaseException:
+                log.exception("dispatcher failed; aborting the MPI job (records are safe)")
+                comm.Abort(1)
+                raise
+            summary = gather_summary(run) if settings.gather else None
+            report = RunReport(run.path, len(sweep.trials), len(todo), already_done,
+                               run.scan(sweep.trial_ids), summary, time.monotonic() - t0)
+            log_report(report)
+            return report
+    except SpecError as err:
+        # The lock or selection failed before the broadcast: release the waiting ranks.
+        comm.bcast({"error": (err.field, err.value, err.allowed, err.reason)}, root=0)
+        raise
+
+
+def rerun_mpi(run_dir: str | Path, settings: RunSettings | None = None, *,
+              states: Iterable[str] = RERUN_STATES, trial_ids: Iterable[str] | None = None,
+              comm: Any = None) -> RunReport | None:
+    """:func:`workflows.driver.rerun` over MPI ranks; call on every rank."""
+    sweep, ids = plan_rerun(run_dir, states=states, trial_ids=trial_ids)
+    return run_sweep_mpi(sweep, run_dir, settings, only=ids, comm=comm)
+
+
+def _gpus_per_node(options: Mapping[str, Any]) -> int | None:
+    for key in options:
+        if key not in MPI_OPTIONS:
+            raise SpecError(f"mpi.{key}", options[key], list(MPI_OPTIONS),
+                            reason="unknown option of site 'mpi'")
+    value = options.get("gpus_per_node")
+    if value is None:
+        return None
+    try:
+        gpus = int(value)
+    except (TypeError, ValueError):
+        raise SpecError("mpi.gpus_per_node", value, "an integer >= 1",
+                        reason="expected an integer") from None
+    if gpus < 1:
+        raise SpecError("mpi.gpus_per_node", value, "an integer >= 1", reason="out of range")
+    return gpus
+
+
+def _attempt(spec: dict[str, Any], trial_id: str, run_dir: str,
+             threads: int | None) -> dict[str, Any]:
+    """One attempt on this rank, as a message: the app's result or what went wrong."""
+    from workflows.apps import RetryableTrialFailure, execute_trial
+    from workflows.retry import classify
+
+    try:
+        return {"outcome": "result", **execute_trial(spec, trial_id, run_dir, threads=threads)}
+    except RetryableTrialFailure as err:
+        return {"outcome": "retry", "trial_id": trial_id, "error_type": err.error_type,
+                "error": err.error}
+    except Exception as err:  # noqa: BLE001 - reported to rank 0, which records it
+        return {"outcome": "error", "trial_id": trial_id, "error_type": type(err).__name__,
+                "error": str(err).strip().splitlines()[0] if str(err).strip() else "",
+                "deterministic": classify(err) == "deterministic"}
+
+
+def _worker(comm: Any, run_dir: str, threads: int | None) -> None:
+    MPI = _mpi()
+    status = MPI.Status()
+    comm.send(None, dest=0, tag=_TAG_READY)
+    while True:
+        message = comm.recv(source=0, tag=MPI.ANY_TAG, status=status)
+        if status.Get_tag() == _TAG_STOP:
+            return
+        spec, trial_id = message
+        comm.send(_attempt(spec, trial_id, run_dir, threads), dest=0, tag=_TAG_RESULT)
+
+
+def _dispatch(comm: Any, run: RunDir, todo: list, retries: int, progress: Progress) -> None:
+    MPI = _mpi()
+    queue = deque((t.spec, t.trial_id) for t in todo)
+    failures: dict[str, int] = {}
+    specs = {t.trial_id: t.spec for t in todo}
+    workers = comm.Get_size() - 1
+    stopped = 0
+    status = MPI.Status()
+    progress.tick(force=True)
+    while stopped < workers:
+        # Poll so that progress lines keep coming while every rank is busy with a long trial.
+        while not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+            progress.tick()
+            time.sleep(0.1)
+        message = comm.recv(source=status.Get_source(), tag=status.Get_tag(), status=status)
+        source = status.Get_source()
+        if status.Get_tag() == _TAG_RESULT:
+            _settle(run, message, failures, retries, queue, specs, progress)
+        if queue:
+            spec, trial_id = queue.popleft()
+            comm.send((spec, trial_id), dest=source, tag=_TAG_TRIAL)
+            progress.started(trial_id)
+        else:
+            comm.send(None, dest=source, tag=_TAG_STOP)
+            stopped += 1
+        progress.tick()
+    progress.tick(force=True)
+
+
+def _serial(run: RunDir, todo: list, retries: int, threads: int | None,
+            progress: Progress) -> None:
+    queue = deque((t.spec, t.trial_id) for t in todo)
+    failures: dict[str, int] = {}
+    specs = {t.trial_id: t.spec for t in todo}
+    progress.tick(force=True)
+    while queue:
+        spec, trial_id = queue.popleft()
+        progress.started(trial_id)
+        progress.tick()
+        message = _attempt(spec, trial_id, str(run.path), threads)
+        _settle(run, message, failures, retries, queue, specs, progress)
+        progress.tick()
+    progress.tick(force=True)
+
+
+def _settle(run: RunDir, message: dict[str, Any], failures: dict[str, int], retries: int,
+            queue: deque, specs: dict[str, dict[str, Any]], progress: Progress) -> None:
+    """Apply one attempt's outcome: count it, queue a retry, or record a failure."""
+    trial_id = message["trial_id"]
+    outcome = message["outcome"]
+    if outcome == "result":
+        wall = None if message.get("skipped") else message.get("wall_s")
+        if message["state"] == records.FAILED:
+            log.warning("trial %s failed (not retried): %s: %s", trial_id,
+                        message.get("error_type"), message.get("error"))
+        progress.finished(trial_id, message["state"], wall)
+        return
+    retryable = outcome == "retry" or not message.get("deterministic", True)
+    failures[trial_id] = failures.get(trial_id, 0) + 1
+    if retryable and failures[trial_id] <= retries:
+        log.warning("trial %s attempt %d failed (%s: %s): retrying", trial_id,
+                    failures[trial_id], message.get("error_type"), message.get("error"))
+        progress.requeued(trial_id)
+        queue.append((specs[trial_id], trial_id))
+        return
+    if outcome == "error":
+        # Raised around the trial: its record does not say so yet.
+        trial_dir = run.trial_dir(trial_id)
+        previous = records.read_status(trial_dir) or {}
+        records.write_status(trial_dir, records.FAILED, trial_id=trial_id,
+                             attempt=int(previous.get("attempt", 0) or 0),
+                             error_type=message.get("error_type"), error=message.get("error"),
+                             deterministic=not retryable, recorded_by="driver")
+    log.warning("trial %s failed: %s: %s", trial_id, message.get("error_type"),
+                message.get("error"))
+    progress.finished(trial_id, records.FAILED, None)
+
+
+__all__ = ["run_sweep_mpi", "rerun_mpi", "MPI_OPTIONS"]

@@ -1,0 +1,358 @@
+"""The run directory of a sweep, and the state of its trials as read from their records.
+
+Layout::
+
+    DIR/sweep.json            the resolved sweep (every trial's id, axis values and spec)
+    DIR/trials/<trial_id>/    one record per trial (see genodl_core.records)
+    DIR/trials/.locks/        one lock file per trial, held while an attempt runs
+    DIR/logs/workflow.log     the driver's log, progress lines included
+    DIR/logs/attempts.jsonl   one line per attempt start and end (host, pid, GPU, state)
+    DIR/runinfo/              Parsl's own logs and submit scripts
+    DIR/summary.h5            the gathered results
+
+The trial records are the only source of truth about what is finished: a trial is done when its
+record is complete (``genodl_core.records.is_complete``), whatever any log says. That is what
+makes a killed driver safe to start again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from genodl_core import records
+from genodl_core.errors import SpecError
+
+from workflows.sweep import Sweep, sweep_from_resolved
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"
+TRIALS_DIR = "trials"
+LOGS_DIR = "logs"
+RUNINFO_DIR = "runinfo"
+SUMMARY_FILE = "summary.h5"
+WORKFLOW_LOG = "workflow.log"
+ATTEMPTS_LOG = "attempts.jsonl"
+LOCKS_DIR = ".locks"
+DRIVER_LOCK = ".driver.lock"
+
+#: Trial states reported by :meth:`RunDir.scan`, in display order. 'interrupted' is a record
+#: left 'running' by an attempt that no live driver owns (killed driver, lost node).
+STATES = ("done", "failed", "running", "interrupted", "missing", "corrupt")
+
+
+@dataclass(frozen=True)
+class TrialState:
+    """What the record of one trial says (without loading its results)."""
+
+    trial_id: str
+    state: str
+    attempt: int = 0
+    error_type: str | None = None
+    error: str | None = None
+    deterministic: bool | None = None
+    host: str | None = None
+    gpu: str | None = None
+    wall_s: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "done"
+
+
+class RunDir:
+    """Paths of one run directory and the operations the driver and the commands need."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # Paths -------------------------------------------------------------------------------
+    @property
+    def sweep_file(self) -> Path:
+        return self.path / SWEEP_FILE
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.path / TRIALS_DIR
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / LOGS_DIR
+
+    @property
+    def runinfo_dir(self) -> Path:
+        return self.path / RUNINFO_DIR
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    @property
+    def attempts_file(self) -> Path:
+        return self.logs_dir / ATTEMPTS_LOG
+
+    @property
+    def workflow_log(self) -> Path:
+        return self.logs_dir / WORKFLOW_LOG
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.trials_dir / trial_id
+
+    # Creation ------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, path: str | Path, sweep: Sweep, *, update: bool = False) -> "RunDir":
+        """Create the directory for ``sweep``, or check that an existing one holds the same sweep.
+
+        Parameters
+        ----------
+        path
+            The run directory (created if needed).
+        sweep
+            The resolved sweep to run there.
+        update
+            Allow replacing a different stored sweep (e.g. one extended with more seeds); records
+            of trials that both share are kept and count as done. The old ``sweep.json`` is kept
+            under ``logs/``.
+
+        Raises
+        ------
+        SpecError
+            When the directory already holds a different sweep and ``update`` is false, because
+            mixing two sweeps' trials in one summary would silently mislead.
+        """
+        run = cls(path)
+        for folder in (run.path, run.trials_dir, run.logs_dir, run.runinfo_dir,
+                       run.trials_dir / LOCKS_DIR):
+            folder.mkdir(parents=True, exist_ok=True)
+        resolved = sweep.to_dict()
+        if run.sweep_file.is_file():
+            try:
+                stored = records.read_json(run.sweep_file)
+            except (OSError, ValueError) as err:
+                raise SpecError(SWEEP_FILE, str(run.sweep_file), "a readable resolved sweep",
+                                reason=f"unreadable: {err}") from None
+            old_ids = [t.get("trial_id") for t in stored.get("trials", [])]
+            if old_ids != sweep.trial_ids:
+                if not update:
+                    added = len(set(sweep.trial_ids) - set(old_ids))
+                    removed = len(set(old_ids) - set(sweep.trial_ids))
+                    raise SpecError("--out", str(run.path),
+                                    "a new directory, the same sweep, or --update-sweep",
+                                    reason=f"it holds a different sweep ({stored.get('name')!r}: "
+                                           f"{added} trials would be added, {removed} dropped)")
+                backup = run.logs_dir / f"sweep.{time.strftime('%Y%m%d-%H%M%S')}.json"
+                records.atomic_write_json(backup, stored)
+                log.warning("replacing the stored sweep (%d trials) by %d trials; old copy in %s",
+                            len(old_ids), len(sweep.trial_ids), backup)
+                records.atomic_write_json(run.sweep_file, resolved)
+        else:
+            records.atomic_write_json(run.sweep_file, resolved)
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        """An existing run directory.
+
+        Raises
+        ------
+        SpecError
+            When ``path`` holds no ``sweep.json`` (not a run directory).
+        """
+        run = cls(path)
+        if not run.sweep_file.is_file():
+            raise SpecError("run directory", str(path), "a directory made by `genodl run`",
+                            reason=f"no {SWEEP_FILE} in it")
+        return run
+
+    def load_sweep(self) -> Sweep:
+        """The stored sweep, expanded and validated again.
+
+        Raises
+        ------
+        SpecError
+            When ``sweep.json`` is unreadable or no longer validates.
+        """
+        try:
+            data = records.read_json(self.sweep_file)
+        except (OSError, ValueError) as err:
+            raise SpecError(SWEEP_FILE, str(self.sweep_file), "a readable resolved sweep",
+                            reason=f"unreadable: {err}") from None
+        return sweep_from_resolved(data)
+
+    def stored_trial_ids(self) -> list[str]:
+        """Trial ids in ``sweep.json`` without re-validating (for status on any version)."""
+        return [t["trial_id"] for t in records.read_json(self.sweep_file).get("trials", [])]
+
+    def stored_points(self) -> dict[str, dict[str, Any]]:
+        return {t["trial_id"]: t.get("point", {})
+                for t in records.read_json(self.sweep_file).get("trials", [])}
+
+    # Trial states --------------------------------------------------------------------------
+    def trial_state(self, trial_id: str) -> TrialState:
+        """Read one trial's status (and check completeness when it says done).
+
+        A record that says 'running' is only believed while some process holds the trial's
+        attempt lock; otherwise the attempt died with its driver or node ('interrupted').
+        """
+        trial_dir = self.trial_dir(trial_id)
+        status = records.read_status(trial_dir)
+        if status is None:
+            state = "corrupt" if (trial_dir / records.STATUS_FILE).exists() else "missing"
+            return TrialState(trial_id, state)
+        state = status.get("state")
+        if state == records.DONE and not records.is_complete(trial_dir, trial_id):
+            state = "corrupt"
+        elif state == records.RUNNING and not self._attempt_lock_held(trial_id):
+            state = "interrupted"
+        elif state not in (records.DONE, records.FAILED, records.RUNNING):
+            state = "corrupt"
+        return TrialState(trial_id, state, attempt=int(status.get("attempt", 0) or 0),
+                          error_type=status.get("error_type"), error=status.get("error"),
+                          deterministic=status.get("deterministic"), host=status.get("host"),
+                          gpu=status.get("gpu"), wall_s=status.get("wall_s"))
+
+    def scan(self, trial_ids: list[str] | None = None) -> dict[str, TrialState]:
+        """States of the given trials (default: every trial of the stored sweep)."""
+        ids = trial_ids if trial_ids is not None else self.stored_trial_ids()
+        return {tid: self.trial_state(tid) for tid in ids}
+
+    def _attempt_lock_held(self, trial_id: str) -> bool:
+        """Whether some process holds the trial's attempt lock (only meaningful on this host
+        or on file systems with coherent flock, which is what the lock relies on anyway)."""
+        path = self.trials_dir / LOCKS_DIR / f"{trial_id}.lock"
+        if not path.exists():
+            return False
+        return _lock_is_held(path)
+
+    # The driver lock -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def driver_lock(self) -> Iterator[None]:
+        """Hold the run directory for one driver; a second driver on it fails at once.
+
+        The lock is an ``flock`` on ``DIR/.driver.lock``, so it vanishes with the process that
+        held it: a driver killed by SIGKILL or by the batch system never leaves the directory
+        locked.
+
+        Raises
+        ------
+        SpecError
+            When another live driver holds the directory.
+        """
+        path = self.path / DRIVER_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self.driver_holder() or {}
+                raise SpecError("--out", str(self.path), "a run directory no other driver uses",
+                                reason=f"a driver (pid {holder.get('pid')} on "
+                                       f"{holder.get('host')}) is running it") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.time()}).encode())
+            os.fsync(fd)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def driver_holder(self) -> dict[str, Any] | None:
+        """Who holds the driver lock (pid, host, since), or None when no driver is live."""
+        path = self.path / DRIVER_LOCK
+        if not path.exists() or not _lock_is_held(path):
+            return None
+        try:
+            return json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    # The attempts log ----------------------------------------------------------------------
+    def append_event(self, event: dict[str, Any]) -> None:
+        """Append one JSON line to ``logs/attempts.jsonl`` with a single ``write``.
+
+        O_APPEND plus one write keeps lines from concurrent workers whole on local and most
+        parallel file systems; the log is an audit trail, never the source of truth.
+        """
+        append_event(self.attempts_file, event)
+
+    def read_events(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Events appended since byte ``offset`` and the new offset (whole lines only)."""
+        return read_events(self.attempts_file, offset)
+
+
+def append_event(path: Path, event: dict[str, Any]) -> None:
+    line = (json.dumps({"time": time.time(), **event}, default=str) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for line in data[:end].splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            log.warning("skipping an unreadable line in %s", path)
+    return events, offset + end
+
+
+def _lock_is_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def trial_attempt_lock(trials_dir: Path, trial_id: str) -> Iterator[None]:
+    """Hold the trial's attempt lock, waiting while another attempt of it runs.
+
+    Two attempts of one trial can overlap when a driver was killed while its workers kept
+    running (an orphaned pilot job), or when a retried task races its lost predecessor. Waiting
+    here, then checking whether the record is already complete, means a trial is never run to
+    completion twice.
+    """
+    path = trials_dir / LOCKS_DIR / f"{trial_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("trial %s: another attempt holds its lock; waiting for it", trial_id)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+__all__ = ["RunDir", "TrialState", "STATES", "trial_attempt_lock", "append_event", "read_events"]

@@ -1,0 +1,504 @@
+"""Sweep specs: a base trial plus axes, expanded into trials with stable ids.
+
+A sweep is a TOML (or JSON) file with three tables::
+
+    [sweep]
+    name = "nt3-label-noise"
+    trials_per_level = 2             # shorthand for a `seed` axis: base seed, base seed + 1
+    zip = [["noise[0].kind", "noise[0].feature_col"]]   # optional: axes varied together
+
+    [sweep.axes]                      # cartesian product, in the order written
+    "model.variant" = ["base", "abstaining"]
+    "noise[0].fraction" = { start = 0.0, stop = 0.5, step = 0.1 }   # stop is included
+
+    [run]                             # optional defaults for `genodl run`
+    site = "local_threads"
+    retries = 2
+    options = { max_threads = 2 }
+
+    [trial]                           # the base trial, exactly as `genodl trial` reads it
+    seed = 0
+    [trial.model]
+    name = "nt3"
+    ...
+
+Axis paths address the trial spec: ``model.variant``, ``data.n_samples``, ``noise[0].fraction``,
+``train.epochs``, ``seed``. A path may also name a whole table (``noise[0]``, ``data``) or the
+whole noise list (``noise``); such values replace what the base trial had there, and are applied
+before the fields inside them, whatever the order of the axes. Every expanded trial is validated
+before anything is submitted, so an invalid sweep fails with the point that broke it.
+
+Trial ids are the hashes of the resolved trial specs (see :class:`genodl_core.spec.TrialSpec`):
+they do not depend on the order of the axes or on which defaults were written out, so a sweep
+that is extended later keeps the ids (and the finished records) of the trials it shares.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from genodl_core.errors import SpecError
+from genodl_core.spec import read_table, spec_from_dict
+
+log = logging.getLogger(__name__)
+
+#: Version of the resolved-sweep format written to ``sweep.json``.
+FORMAT = 1
+
+_SWEEP_KEYS = {"name", "description", "axes", "zip", "trials_per_level"}
+_RUN_KEYS = {"site", "retries", "options", "threads_per_trial", "progress_interval_s"}
+_TOP_KEYS = {"sweep", "run", "trial"}
+_PATH_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+#: Significant digits kept for float ranges, so that 0.1 + 0.2 is written 0.3 (and hashes so).
+_RANGE_DIGITS = 12
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One varied spec field: its path and the values it takes, in order."""
+
+    path: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class SweepTrial:
+    """One expanded trial: its position in the sweep, the axis values and the resolved spec."""
+
+    index: int
+    trial_id: str
+    point: dict[str, Any]
+    spec: dict[str, Any]
+
+    def label(self) -> str:
+        """A short human description of the axis values, e.g. ``variant=base fraction=0.2``."""
+        return " ".join(f"{short_path(p)}={format_value(v)}" for p, v in self.point.items())
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """Settings of the ``[run]`` table: defaults for ``genodl run`` that the command line overrides."""
+
+    site: str = "local_threads"
+    retries: int = 2
+    options: dict[str, Any] = field(default_factory=dict)
+    threads_per_trial: int | None = None
+    progress_interval_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A resolved sweep: every trial expanded and validated."""
+
+    name: str
+    description: str
+    axes: tuple[Axis, ...]
+    zipped: tuple[tuple[str, ...], ...]
+    base: dict[str, Any]
+    trials: tuple[SweepTrial, ...]
+    run: RunDefaults
+    source: str | None = None
+
+    @property
+    def trial_ids(self) -> list[str]:
+        return [t.trial_id for t in self.trials]
+
+    def by_id(self) -> dict[str, SweepTrial]:
+        return {t.trial_id: t for t in self.trials}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved sweep as plain data (what ``sweep.json`` holds)."""
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+            "axes": {a.path: list(a.values) for a in self.axes},
+            "zip": [list(group) for group in self.zipped],
+            "run": {"site": self.run.site, "retries": self.run.retries,
+                    "options": dict(self.run.options),
+                    "threads_per_trial": self.run.threads_per_trial,
+                    "progress_interval_s": self.run.progress_interval_s},
+            "base": self.base,
+            "trials": [{"index": t.index, "trial_id": t.trial_id, "point": t.point,
+                        "spec": t.spec} for t in self.trials],
+        }
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read, expand and validate a sweep file (``.toml`` or ``.json``).
+
+    Raises
+    ------
+    SpecError
+        When the file cannot be parsed, a key is unknown, an axis is malformed, or any expanded
+        trial is invalid (the error names the sweep point).
+    """
+    table = read_table(path)
+    return sweep_from_dict(table, source=str(path))
+
+
+def sweep_from_dict(table: Mapping[str, Any], source: str | None = None) -> Sweep:
+    """Expand and validate a sweep given as plain data (parsed TOML/JSON).
+
+    Raises
+    ------
+    SpecError
+        As :func:`load_sweep`.
+    """
+    if not isinstance(table, Mapping):
+        raise SpecError("sweep file", table, "a table with [sweep] and [trial]", reason="not a table")
+    _check_keys(table, _TOP_KEYS, "")
+    if "trial" not in table:
+        raise SpecError("trial", None, "a [trial] table holding the base trial spec",
+                        reason="missing required key")
+    base = table["trial"]
+    if not isinstance(base, Mapping):
+        raise SpecError("trial", base, "a table (the base trial spec)", reason="not a table")
+    meta = table.get("sweep", {})
+    if not isinstance(meta, Mapping):
+        raise SpecError("sweep", meta, "a table", reason="not a table")
+    _check_keys(meta, _SWEEP_KEYS, "sweep")
+    name = meta.get("name", Path(source).stem if source else "sweep")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise SpecError("sweep.name", name, "letters, digits, '_', '.', '-'", reason="invalid name")
+    description = meta.get("description", "")
+    if not isinstance(description, str):
+        raise SpecError("sweep.description", description, "a string", reason="expected a string")
+
+    axes = _parse_axes(meta.get("axes", {}))
+    axes = _add_trials_per_level(axes, meta.get("trials_per_level"), base)
+    zipped = _parse_zip(meta.get("zip", []), axes)
+    run = _parse_run(table.get("run", {}))
+    trials = expand(dict(base), axes, zipped)
+    log.debug("sweep %s: %d axes, %d trials", name, len(axes), len(trials))
+    return Sweep(name=name, description=description, axes=tuple(axes), zipped=zipped,
+                 base=copy.deepcopy(dict(base)), trials=tuple(trials), run=run, source=source)
+
+
+def sweep_from_resolved(data: Mapping[str, Any]) -> Sweep:
+    """Rebuild a :class:`Sweep` from the plain data of :meth:`Sweep.to_dict` (``sweep.json``).
+
+    The trials are expanded and validated again, so a record of a sweep written by an older
+    version that no longer validates fails here, before anything runs.
+
+    Raises
+    ------
+    SpecError
+        When the stored sweep is not in a known format or no longer expands to the same trials.
+    """
+    if data.get("format") != FORMAT:
+        raise SpecError("sweep.json format", data.get("format"), [FORMAT],
+                        reason="unknown resolved-sweep format")
+    table: dict[str, Any] = {
+        "sweep": {"name": data["name"], "description": data.get("description", ""),
+                  "axes": data["axes"], "zip": data.get("zip", [])},
+        "run": {k: v for k, v in data.get("run", {}).items() if v is not None},
+        "trial": data["base"],
+    }
+    sweep = sweep_from_dict(table, source=data.get("source"))
+    stored = [t["trial_id"] for t in data.get("trials", [])]
+    if stored and stored != sweep.trial_ids:
+        raise SpecError("sweep.json", f"{len(stored)} trials", "the trials its axes expand to",
+                        reason="the stored trial ids differ from a fresh expansion (was the "
+                               "sweep written by another genodl version?)")
+    return sweep
+
+
+def expand(base: Mapping[str, Any], axes: list[Axis] | tuple[Axis, ...],
+           zipped: tuple[tuple[str, ...], ...] = ()) -> list[SweepTrial]:
+    """The cartesian product of the axes (zipped groups vary together), validated.
+
+    Raises
+    ------
+    SpecError
+        When a point yields an invalid trial or two points yield the same trial.
+    """
+    by_path = {a.path: a for a in axes}
+    grouped = {p for group in zipped for p in group}
+    leaders = {group[0]: group for group in zipped}
+    # Each factor of the product is a list of {path: value} assignments.
+    factors: list[list[dict[str, Any]]] = []
+    for axis in axes:
+        if axis.path in leaders:
+            members = [by_path[p] for p in leaders[axis.path]]
+            factors.append([{m.path: m.values[i] for m in members}
+                            for i in range(len(members[0].values))])
+        elif axis.path not in grouped:
+            factors.append([{axis.path: v} for v in axis.values])
+
+    trials: list[SweepTrial] = []
+    seen: dict[str, int] = {}
+    for index, combo in enumerate(itertools.product(*factors)):
+        point: dict[str, Any] = {}
+        for assignment in combo:
+            point.update(assignment)
+        # Order the point as the axes were written (zipped members sit where they were listed).
+        point = {a.path: point[a.path] for a in axes}
+        spec_dict = copy.deepcopy(dict(base))
+        for path in sorted(point, key=lambda p: len(parse_path(p))):
+            set_path(spec_dict, path, copy.deepcopy(point[path]))
+        try:
+            spec = spec_from_dict(spec_dict)
+        except SpecError as err:
+            where = " ".join(f"{p}={format_value(v)}" for p, v in point.items()) or "base trial"
+            raise SpecError(f"sweep point {index} ({where}): {err.field}", err.value,
+                            err.allowed, reason=err.reason) from None
+        trial_id = spec.trial_id
+        if trial_id in seen:
+            raise SpecError("sweep.axes", _point_text(point),
+                            "axes whose points all differ as trials",
+                            reason=f"points {seen[trial_id]} and {index} are the same trial "
+                                   f"{trial_id} (an axis value changes nothing?)")
+        seen[trial_id] = index
+        trials.append(SweepTrial(index, trial_id, point, spec.to_dict()))
+    return trials
+
+
+def parse_path(path: str) -> list[str | int]:
+    """Split ``noise[0].fraction`` into ``['noise', 0, 'fraction']``.
+
+    Raises
+    ------
+    SpecError
+        When the path is not a dotted name with optional ``[index]`` parts.
+    """
+    tokens: list[str | int] = []
+    for part in path.split("."):
+        if not part:
+            raise SpecError(f"sweep.axes.{path!r}", path, "dotted names like noise[0].fraction",
+                            reason="empty path component")
+        consumed = 0
+        for m in _PATH_TOKEN.finditer(part):
+            if m.start() != consumed or (m.group(2) is not None and consumed == 0):
+                break
+            tokens.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+            consumed = m.end()
+        if consumed != len(part):
+            raise SpecError(f"sweep.axes.{path!r}", path, "dotted names like noise[0].fraction",
+                            reason=f"cannot parse {part!r}")
+    return tokens
+
+
+def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``value`` at ``path`` inside a nested spec dict (in place on the given copy).
+
+    Missing tables are created; a list index may be the list's length, which appends a step
+    (e.g. adding a second noise step only on some points).
+
+    Raises
+    ------
+    SpecError
+        When the path goes through a value that is not a table/list or an index is out of range.
+    """
+    tokens = parse_path(path)
+    node: Any = spec
+    for i, token in enumerate(tokens):
+        last = i == len(tokens) - 1
+        where = f"sweep.axes.{path!r}"
+        if isinstance(token, int):
+            if not isinstance(node, list):
+                raise SpecError(where, path, "an index into a list such as noise[0]",
+                                reason="not a list at this point")
+            if token > len(node) or (token == len(node) and not last):
+                raise SpecError(where, path, f"indices 0..{len(node)}",
+                                reason="index past the end of the list")
+            if token == len(node):
+                node.append(value)
+                return
+            if last:
+                node[token] = value
+                return
+            node = node[token]
+        else:
+            if not isinstance(node, dict):
+                raise SpecError(where, path, "a path through tables", reason="not a table here")
+            if last:
+                node[token] = value
+                return
+            if token not in node:
+                node[token] = [] if token == "noise" else {}
+            elif token == "noise" and isinstance(node[token], Mapping):
+                node[token] = [node[token]]
+            node = node[token]
+
+
+def short_path(path: str) -> str:
+    """The last name of a path (``noise[0].fraction`` -> ``fraction``) for compact tables."""
+    tokens = [t for t in parse_path(path) if isinstance(t, str)]
+    return tokens[-1] if tokens else path
+
+
+def format_value(value: Any) -> str:
+    """A compact rendering of an axis value (tables by their kind/name/source)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Mapping):
+        for key in ("kind", "name", "source"):
+            if key in value:
+                return str(value[key])
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, list):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _point_text(point: Mapping[str, Any]) -> str:
+    return " ".join(f"{p}={format_value(v)}" for p, v in point.items())
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise SpecError(f"{where}.{key}" if where else key, table[key], sorted(allowed),
+                            reason="unknown key")
+
+
+def _parse_axes(raw: Any) -> list[Axis]:
+    if not isinstance(raw, Mapping):
+        raise SpecError("sweep.axes", raw, "a table of path = values", reason="not a table")
+    axes = []
+    for path, spec in raw.items():
+        parse_path(path)
+        values = _axis_values(path, spec)
+        if not values:
+            raise SpecError(f"sweep.axes.{path!r}", spec, "at least one value",
+                            reason="empty axis")
+        axes.append(Axis(path, tuple(values)))
+    return axes
+
+
+def _axis_values(path: str, spec: Any) -> list[Any]:
+    where = f"sweep.axes.{path!r}"
+    if isinstance(spec, list):
+        return list(spec)
+    if isinstance(spec, Mapping):
+        if set(spec) == {"values"} and isinstance(spec["values"], list):
+            return list(spec["values"])
+        keys = set(spec)
+        if keys not in ({"start", "stop", "step"}, {"start", "stop", "num"}):
+            raise SpecError(where, dict(spec),
+                            "a list, {start, stop, step} or {start, stop, num}",
+                            reason="unknown range form")
+        start, stop = spec["start"], spec["stop"]
+        for key in keys:
+            if isinstance(spec[key], bool) or not isinstance(spec[key], (int, float)):
+                raise SpecError(f"{where}.{key}", spec[key], "a number", reason="expected a number")
+        if "num" in spec:
+            num = spec["num"]
+            if not isinstance(num, int) or num < 1:
+                raise SpecError(f"{where}.num", num, "an integer >= 1", reason="out of range")
+            if num == 1:
+                return [start]
+            return [_tidy(start + (stop - start) * i / (num - 1)) for i in range(num)]
+        step = spec["step"]
+        if step == 0 or (stop - start) * step < 0:
+            raise SpecError(f"{where}.step", step, f"a step that moves from {start} towards {stop}",
+                            reason="range never reaches stop")
+        # The stop value is included when the steps land on it (up to rounding).
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if all(isinstance(v, int) for v in (start, stop, step)):
+            return [start + i * step for i in range(count)]
+        return [_tidy(start + i * step) for i in range(count)]
+    raise SpecError(where, spec, "a list, {start, stop, step} or {start, stop, num}",
+                    reason="not an axis")
+
+
+def _tidy(x: float) -> float:
+    return float(f"{x:.{_RANGE_DIGITS}g}")
+
+
+def _add_trials_per_level(axes: list[Axis], n: Any, base: Mapping[str, Any]) -> list[Axis]:
+    if n is None:
+        return axes
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SpecError("sweep.trials_per_level", n, "an integer >= 1", reason="out of range")
+    if any(a.path == "seed" for a in axes):
+        raise SpecError("sweep.trials_per_level", n, "either trials_per_level or a 'seed' axis",
+                        reason="both given")
+    first = base.get("seed", 0)
+    if isinstance(first, bool) or not isinstance(first, int):
+        raise SpecError("trial.seed", first, "an integer", reason="expected an integer")
+    return [*axes, Axis("seed", tuple(range(first, first + n)))]
+
+
+def _parse_zip(raw: Any, axes: list[Axis]) -> tuple[tuple[str, ...], ...]:
+    if not isinstance(raw, list) or not all(isinstance(g, list) for g in raw):
+        raise SpecError("sweep.zip", raw, "a list of lists of axis paths", reason="wrong shape")
+    by_path = {a.path: a for a in axes}
+    used: set[str] = set()
+    groups = []
+    for group in raw:
+        if len(group) < 2:
+            raise SpecError("sweep.zip", group, "groups of two or more axis paths",
+                            reason="a group needs at least two axes")
+        for path in group:
+            if path not in by_path:
+                raise SpecError("sweep.zip", path, list(by_path), reason="not an axis")
+            if path in used:
+                raise SpecError("sweep.zip", path, "each axis in at most one group",
+                                reason="axis zipped twice")
+            used.add(path)
+        lengths = {p: len(by_path[p].values) for p in group}
+        if len(set(lengths.values())) != 1:
+            raise SpecError("sweep.zip", lengths, "axes of equal length",
+                            reason="zipped axes differ in length")
+        # Keep the group in the order the axes were written, so its first member leads.
+        order = [a.path for a in axes]
+        groups.append(tuple(sorted(group, key=order.index)))
+    return tuple(groups)
+
+
+def _parse_run(raw: Any) -> RunDefaults:
+    if not isinstance(raw, Mapping):
+        raise SpecError("run", raw, "a table", reason="not a table")
+    _check_keys(raw, _RUN_KEYS, "run")
+    defaults = RunDefaults()
+    site = raw.get("site", defaults.site)
+    if not isinstance(site, str):
+        raise SpecError("run.site", site, "a site name", reason="expected a string")
+    retries = raw.get("retries", defaults.retries)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise SpecError("run.retries", retries, "an integer >= 0", reason="out of range")
+    options = raw.get("options", {})
+    if not isinstance(options, Mapping):
+        raise SpecError("run.options", options, "a table of site options", reason="not a table")
+    threads = raw.get("threads_per_trial")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise SpecError("run.threads_per_trial", threads, "an integer >= 1", reason="out of range")
+    interval = raw.get("progress_interval_s", defaults.progress_interval_s)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+        raise SpecError("run.progress_interval_s", interval, "a number > 0", reason="out of range")
+    return RunDefaults(site=site, retries=retries, options=dict(options),
+                       threads_per_trial=threads, progress_interval_s=float(interval))
+
+
+def plan_table(sweep: Sweep, limit: int | None = None) -> str:
+    """A compact text table: one row per trial with its id and axis values."""
+    headers = ["#", "trial_id"] + [short_path(a.path) for a in sweep.axes]
+    # Disambiguate equal short names (e.g. two noise steps' `fraction`).
+    if len(set(headers)) != len(headers):
+        headers = ["#", "trial_id"] + [a.path for a in sweep.axes]
+    rows = [[str(t.index), t.trial_id] + [format_value(t.point[a.path]) for a in sweep.axes]
+            for t in sweep.trials]
+    shown = rows if limit is None or len(rows) <= limit else rows[:limit]
+    widths = [max(len(r[i]) for r in [headers, *shown]) for i in range(len(headers))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in shown]
+    if len(shown) < len(rows):
+        lines.append(f"... {len(rows) - len(shown)} more")
+    return "\n".join(lines)
+
+
+__all__ = ["Axis", "SweepTrial", "RunDefaults", "Sweep", "load_sweep", "sweep_from_dict",
+           "sweep_from_resolved", "expand", "parse_path", "set_path", "plan_table",
+           "format_value", "short_path"]
