@@ -106,11 +106,11 @@ def check_finite(values: np.ndarray, source: str, what: str = "matrix",
         return
     rows, cols = np.nonzero(bad)
     r, c = int(rows[0]), int(cols[0])
-    row_name = f" (sample {row_ids[r]!r})" if row_ids is not None else ""
-    col_name = f" (gene {col_ids[c]!r})" if col_ids is not None else ""
-    raise DataError(f"{source}: {what} has {int(bad.sum())} non-finite value(s); first at row {r}"
-                    f"{row_name}, column {c}{col_name}: {values[r, c]!r}. Impute or drop them "
-                    f"before training")
+    row_name = f" (sample {str(row_ids[r])!r})" if row_ids is not None else ""
+    col_name = f" (gene {str(col_ids[c])!r})" if col_ids is not None else ""
+    raise DataError(f"{source}: {what} has {int(bad.sum())} non-finite value(s) (NaN, inf, or "
+                    f"the GCTX missing code -666); first at row {r}{row_name}, column {c}"
+                    f"{col_name}: {float(values[r, c])}. Impute or drop them before training")
 
 
 def detect_format(path: str | Path) -> str:
