@@ -144,7 +144,8 @@ def check_columns_fit(where: str, name: str, columns: Sequence[int], n_features:
         if not 0 <= col < n_features:
             path = f"{where}.{name}[{i}]" if where else f"{name}[{i}]"
             raise SpecError(path, col, f"0 <= {name} < {n_features}",
-                            reason=f"{what} beyond the data size")
+                            reason=f"{what} beyond the data "
+                                   f"{'width' if what == 'column' else 'size'}")
 
 
 def runtime_where(kind: str) -> str:

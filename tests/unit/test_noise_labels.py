@@ -259,3 +259,43 @@ def test_registered_for_classification_only():
         entry = NOISES.get(name)
         assert entry.meta["tasks"] == ("classification",)
     assert NOISES.get("label_flip").params is LabelFlipParams
+
+
+# --- whole-spec validation -----------------------------------------------------------------
+
+def nt3_spec(*steps):
+    return {"model": {"name": "nt3"},
+            "data": {"source": "synthetic_nt3", "n_features": 50, "n_train": 20, "n_test": 10},
+            "noise": list(steps)}
+
+
+def test_spec_resolves_label_steps_with_defaults():
+    from genodl_core.spec import spec_from_dict
+
+    spec = spec_from_dict(nt3_spec({"kind": "label_flip", "fraction": 0.2},
+                                   {"kind": "correlated_label_flip", "feature_col": 7}))
+    steps = spec.to_dict()["noise"]
+    assert steps[0] == {"kind": "label_flip", "fraction": 0.2, "mode": "exact"}
+    assert steps[1]["feature_threshold"] == 0.01 and steps[1]["feature_col"] == 7
+    # Omitted defaults and explicit defaults are the same trial.
+    explicit = spec_from_dict(nt3_spec({"kind": "label_flip", "fraction": 0.2, "mode": "exact"},
+                                       {"kind": "correlated_label_flip", "feature_col": 7,
+                                        "fraction": 0.1}))
+    assert explicit.trial_id == spec.trial_id
+
+
+@pytest.mark.parametrize("step,field", [
+    ({"kind": "label_flip", "fraction": 1.5}, "noise[1].fraction"),
+    ({"kind": "label_flip", "mode": "sometimes"}, "noise[1].mode"),
+    ({"kind": "correlated_label_flip", "feature_col": -3}, "noise[1].feature_col"),
+    ({"kind": "label_flop"}, "noise[1].kind"),
+    ({"kind": "target_gaussian"}, "noise[1].kind"),
+])
+def test_spec_errors_name_the_noise_field(step, field):
+    from genodl_core.spec import spec_from_dict
+
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(nt3_spec({"kind": "gaussian"}, step))
+    assert err.value.field == field
+    if field.endswith(".kind"):
+        assert "label_flip" in err.value.allowed

@@ -212,3 +212,64 @@ def test_validation_names_the_field(cls, params, field):
         build(cls, params, "noise[0]")
     assert err.value.field == field
     assert err.value.value == next(iter(params.values()))
+
+
+# --- whole-spec validation -----------------------------------------------------------------
+
+def dgex_spec(*steps):
+    return {"model": {"name": "dgex"},
+            "data": {"source": "synthetic_dgex", "n_landmarks": 20, "n_targets": 10},
+            "noise": list(steps)}
+
+
+def test_spec_resolves_regression_steps():
+    from genodl_core.spec import spec_from_dict
+
+    spec = spec_from_dict(dgex_spec({"kind": "gaussian", "std": 0.2},
+                                    {"kind": "target_outliers", "unit": "sample"},
+                                    {"kind": "landmark_dropout", "fraction": 0.25}))
+    steps = spec.to_dict()["noise"]
+    assert [s["kind"] for s in steps] == ["gaussian", "target_outliers", "landmark_dropout"]
+    assert steps[1]["scale"] == 5.0 and steps[1]["unit"] == "sample"
+    assert steps[2] == {"kind": "landmark_dropout", "fraction": 0.25, "fill": 0.0,
+                        "mode": "exact"}
+
+
+@pytest.mark.parametrize("step,field", [
+    ({"kind": "landmark_dropout", "fraction": 1.5}, "noise[0].fraction"),
+    ({"kind": "target_gaussian", "std": -1}, "noise[0].std"),
+    ({"kind": "target_outliers", "unit": "gene"}, "noise[0].unit"),
+    ({"kind": "column", "columns": [3, 20]}, "noise[0].columns[1]"),
+    ({"kind": "cluster", "columns": [25], "rows": [0]}, "noise[0].columns[0]"),
+    ({"kind": "label_flip"}, "noise[0].kind"),
+])
+def test_spec_errors_name_the_noise_field(step, field):
+    from genodl_core.spec import spec_from_dict
+
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(dgex_spec(step))
+    assert err.value.field == field
+    if "columns" in field:
+        assert err.value.allowed == "0 <= columns < 20"
+    if field.endswith(".kind"):
+        assert "landmark_dropout" in err.value.allowed
+        assert "label_flip" not in err.value.allowed
+
+
+def test_steps_compose_in_order_through_the_registry():
+    arrays = make_arrays(n=200, landmarks=10, targets=4)
+    steps = [("target_outliers", {"fraction": 0.1, "sign": "positive"}),
+             ("landmark_dropout", {"fraction": 0.2, "fill": 9.0}),
+             ("gaussian", {"std": 0.1})]
+    current, records = arrays, []
+    for i, (kind, params) in enumerate(steps):
+        entry = NOISES.get(kind)
+        out = entry.fn(current, build(entry.params, params, f"noise[{i}]"),
+                       np.random.default_rng(100 + i))
+        current, records = out.arrays, records + [out.record]
+    # Targets carry the outliers (later steps leave y alone) ...
+    np.testing.assert_array_equal(current.y != arrays.y, records[0]["outlier_mask"])
+    # ... and the dropped cells were filled, then noised by the later Gaussian step.
+    dropped = records[1]["dropout_mask"]
+    assert np.all(np.abs(current.x[dropped] - 9.0) < 1.0)
+    assert np.all(current.x[dropped] != 9.0)
