@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -166,6 +167,31 @@ def resolve_address(site: str, address: str | None, interface: str | None) -> st
                                "(or set -o address=IP)") from None
 
 
+def _parsl_bin_dir() -> Path | None:
+    """The directory of Parsl's entry scripts when they are not on PATH (an unactivated venv)."""
+    if shutil.which("process_worker_pool.py") and shutil.which("interchange.py"):
+        return None
+    bin_dir = Path(sys.executable).parent
+    if (bin_dir / "process_worker_pool.py").exists():
+        return bin_dir
+    return None
+
+
+def worker_path_init(worker_init: str) -> str:
+    """``worker_init`` preceded by a PATH line when Parsl's scripts are not on PATH here.
+
+    HTEX starts ``process_worker_pool.py`` by name; a driver run as ``.venv/bin/genodl``
+    without activating the environment would otherwise start workers that cannot be found.
+    The run directory and environment are on a shared file system on clusters, so the same
+    path holds on the compute nodes.
+    """
+    bin_dir = _parsl_bin_dir()
+    if bin_dir is None:
+        return worker_init
+    line = f'export PATH="{bin_dir}:$PATH"'
+    return f"{line}\n{worker_init}" if worker_init else line
+
+
 def htex_executor(label: str, provider: Any, run_dir: Path, *, accelerators: Sequence[str],
                   cpu_workers: int, address: str | None, encrypted: bool,
                   cores_per_worker: float = 1.0):
@@ -184,6 +210,9 @@ def htex_executor(label: str, provider: Any, run_dir: Path, *, accelerators: Seq
         kwargs.update(max_workers_per_node=cpu_workers, cores_per_worker=cores_per_worker)
     if address is not None:
         kwargs["address"] = address
+    bin_dir = _parsl_bin_dir()
+    if bin_dir is not None:
+        kwargs["interchange_launch_cmd"] = [sys.executable, str(bin_dir / "interchange.py")]
     return HighThroughputExecutor(
         label=label,
         provider=provider,
@@ -247,7 +276,8 @@ def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., floa
     entries = accelerator_entries(inv.devices, trials_per_gpu, inv.nvidia_smi_count)
     log.info("local_htex: %s (%s) -> %s", inv.devices or "no GPU", inv.source,
              entries or f"{cpu_workers} CPU workers")
-    provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=worker_init)
+    provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1,
+                             worker_init=worker_path_init(worker_init))
     executor = htex_executor("local_htex", provider, run_dir, accelerators=entries,
                              cpu_workers=cpu_workers, address=address or None,
                              encrypted=encrypted)

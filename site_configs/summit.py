@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 from site_configs import SITES, SiteOption, register_site
 from site_configs.local_htex import (accelerator_entries, htex_executor, make_config,
-                                     resolve_address)
+                                     resolve_address, worker_path_init)
 
 GPUS_PER_NODE = 6
 CORES_PER_NODE = 42
@@ -76,13 +76,13 @@ def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., floa
     launcher = JsrunLauncher(overrides=jsrun_overrides(o))
     if o["mode"] == "inside":
         provider = LocalProvider(nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0,
-                                 max_blocks=1, worker_init=o["worker_init"], launcher=launcher)
+                                 max_blocks=1, worker_init=worker_path_init(o["worker_init"]), launcher=launcher)
     else:
         SITES["summit"].check_required(o)
         provider = LSFProvider(
             project=o["project"], queue=o["queue"], walltime=o["walltime"],
             nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0, max_blocks=o["max_blocks"],
-            worker_init=o["worker_init"], bsub_redirection=True, request_by_nodes=True,
+            worker_init=worker_path_init(o["worker_init"]), bsub_redirection=True, request_by_nodes=True,
             launcher=launcher, cmd_timeout=120)
     entries = accelerator_entries([str(i) for i in range(GPUS_PER_NODE)], o["trials_per_gpu"],
                                   GPUS_PER_NODE)
