@@ -182,8 +182,9 @@ def spec_from_dict(data: Mapping[str, Any]) -> TrialSpec:
     )
     check_range("", "seed", spec.seed, 0, 2**63 - 1)
     _check_compatibility(spec)
+    # Sources declare their width as a field or a method (None when only the files know it).
     n_features = getattr(dataset.params, "n_features", None)
-    spec.check_data(n_features() if callable(n_features) else None)
+    spec.check_data(n_features() if callable(n_features) else n_features)
     return spec
 
 
