@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     # The job may start in another directory than this one: give it absolute paths.
     request = BatchRequest(
         spec=os.path.abspath(args.spec), out_dir=os.path.abspath(out_dir), site=args.site,
-        options=site_options_from_args(args),
+        options=_options(sweep, args.site, site_options_from_args(args)),
         env=default_env_line() if args.env is None else args.env,
         job_name=args.job_name or f"genodl-{sweep.name}")
     path = write_batch_script(request)
@@ -58,3 +58,14 @@ def main(args: argparse.Namespace) -> int:
     job_id = submit_script(path, scheduler)
     print(job_id)
     return 0
+
+
+def _options(sweep, site: str, given: dict[str, str]) -> dict:
+    """The sweep's ``[run] options`` when it names this site, overridden by the command line.
+
+    Options written for another site (``max_threads`` of local_threads) would not validate
+    here, so they are left out.
+    """
+    options = dict(sweep.run.options) if sweep.run.site == site else {}
+    options.update(given)
+    return options
