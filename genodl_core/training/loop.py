@@ -81,7 +81,8 @@ class DeviceData:
     y_val: torch.Tensor
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, device: str, n_classes: int) -> "DeviceData":
+    def from_dataset(cls, dataset: Dataset, device: str, n_classes: int,
+                     source: str = "dataset") -> "DeviceData":
         """Copy the splits to ``device`` once (float32 features, int64 labels).
 
         Raises
@@ -92,9 +93,9 @@ class DeviceData:
         """
         for split, x, y in (("train", dataset.x_train, dataset.y_train),
                             ("val", dataset.x_val, dataset.y_val)):
-            _check_split(split, x, y, n_classes, dataset.info.get("source", "dataset"))
+            _check_split(split, x, y, n_classes, source)
         if dataset.x_val.shape[1] != dataset.x_train.shape[1]:
-            raise DataError(f"x_val has {dataset.x_val.shape[1]} features but x_train has "
+            raise DataError(f"{source}: x_val has {dataset.x_val.shape[1]} features but x_train has "
                             f"{dataset.x_train.shape[1]}")
 
         def put(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -113,7 +114,7 @@ def _check_split(split: str, x: np.ndarray, y: np.ndarray, n_classes: int, sourc
         raise DataError(f"{source}: y_{split} has shape {y.shape}, expected ({len(x)},)")
     bad = np.flatnonzero((y < 0) | (y >= n_classes))
     if bad.size:
-        raise DataError(f"{source}: y_{split} row {bad[0]} has label {y[bad[0]]!r}; "
+        raise DataError(f"{source}: y_{split} row {bad[0]} has label {y[bad[0]].item()!r}; "
                         f"labels must lie in 0..{n_classes - 1}")
 
 
@@ -253,7 +254,8 @@ def fit_classifier(ctx: FitContext, build_model: Callable[[], nn.Module], object
     """
     train = ctx.spec.train
     device, precision = ctx.device, ctx.precision
-    data = DeviceData.from_dataset(ctx.dataset, device, n_classes)
+    data = DeviceData.from_dataset(ctx.dataset, device, n_classes,
+                                   source=f"data source {ctx.spec.data.name!r}")
     abstaining = objective.abstain_class is not None
     eval_bs = eval_batch_size or train.batch_size
 
