@@ -117,6 +117,12 @@ def finals(path: str | Path, *, keys: bool = True) -> pd.DataFrame:
     return pd.DataFrame(data, index=pd.Index(ids, name="trial_id"))
 
 
+def final_metrics(path: str | Path) -> list[str]:
+    """Names of the final metrics stored under ``/finals``."""
+    with _open(path) as h5:
+        return json.loads(h5["finals"].attrs["metrics"])
+
+
 def curve_metrics(path: str | Path) -> list[str]:
     """Names of the per-epoch metrics stored under ``/curves``."""
     with _open(path) as h5:
@@ -195,5 +201,5 @@ def problems(path: str | Path) -> list[str]:
         return list(_column(h5["problems"]))
 
 
-__all__ = ["summary_path", "attributes", "trials", "finals", "curve_metrics", "curves",
+__all__ = ["summary_path", "attributes", "trials", "finals", "final_metrics", "curve_metrics", "curves",
            "groups", "gene_errors", "gene_arrays", "problems"]

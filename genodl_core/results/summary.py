@@ -264,7 +264,9 @@ def _collect_rows(run_dir: Path, previous: "_PreviousSummary | None",
 def _row_order(row: TrialRow) -> tuple:
     c = row.columns
     level = c["noise_level"]
-    return (c["model"], c["variant"], c["data_source"], c["noise_kind"],
+    # Noise-free trials first: they are every noise curve's reference point.
+    return (c["model"], c["variant"], c["data_source"], c["noise_kind"] != "none",
+            c["noise_kind"],
             -math.inf if math.isnan(level) else level, c["noise_levels"], c["seed"], row.trial_id)
 
 

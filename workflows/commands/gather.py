@@ -1,0 +1,111 @@
+"""Result commands: ``genodl gather``, ``genodl plot``, ``genodl report``, ``genodl bench-gather``.
+
+``gather`` builds ``DIR/summary.h5`` from the trial records; ``plot`` and ``report`` read it
+(gathering first when there is none yet); ``bench-gather`` times the gather of a synthetic
+sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("gather", help="collect the trial records of a run into DIR/summary.h5",
+                       description="Build or update DIR/summary.h5 from the trial records in "
+                                   "DIR/trials/ (or DIR/). Only new or changed records are "
+                                   "read again; the file is replaced atomically.")
+    p.add_argument("run_dir", metavar="DIR", help="run directory")
+    p.add_argument("--full", action="store_true",
+                   help="re-read every record instead of reusing unchanged ones")
+    p.add_argument("--out", default=None, help="summary file (default: DIR/summary.h5)")
+    p.set_defaults(func=gather_main)
+
+    p = sub.add_parser("plot", help="write the sweep's figures (PNG) from its summary",
+                       description="Accuracy and abstention vs noise level (base vs abstaining), "
+                                   "loss curves by level, D-GEX MAE vs level with LR and the "
+                                   "gene-wise D-GEX vs LR scatter.")
+    p.add_argument("run_dir", metavar="DIR", help="run directory (or its summary.h5)")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: DIR/plots)")
+    p.add_argument("--regather", action="store_true", help="gather before plotting")
+    p.set_defaults(func=plot_main)
+
+    p = sub.add_parser("report", help="print the per-group statistics table",
+                       description="Mean ± std (n) over seeds of the final metrics per model, "
+                                   "variant, noise kind and level.")
+    p.add_argument("run_dir", metavar="DIR", help="run directory (or its summary.h5)")
+    p.add_argument("--csv", metavar="FILE", default=None,
+                   help="also write every statistic (mean, std, min, max, count) to FILE")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
+                   help="final metrics to show (default: the headline ones present)")
+    p.add_argument("--regather", action="store_true", help="gather before reporting")
+    p.set_defaults(func=report_main)
+
+    from genodl_core.results import bench_gather
+
+    p = sub.add_parser("bench-gather", help="time the gather of a synthetic sweep",
+                       description="Write synthetic trial records and time gathering them, "
+                                   "from scratch and incrementally.")
+    bench_gather.add_arguments(p)
+    p.set_defaults(func=bench_main)
+
+
+def _summary_of(target: str, regather: bool) -> Path:
+    """The summary to read; gathers when asked to, or when a run directory has none yet."""
+    from genodl_core.results.summary import SUMMARY_FILE, gather
+
+    path = Path(target)
+    if path.is_dir() and (regather or not (path / SUMMARY_FILE).is_file()):
+        return gather(path)
+    return path
+
+
+def gather_main(args: argparse.Namespace) -> int:
+    """Exit status 0 (corrupt records are reported on stderr, not an error)."""
+    from genodl_core.results import load
+    from genodl_core.results.summary import gather
+
+    path = gather(args.run_dir, output=args.out, incremental=not args.full)
+    attrs = load.attributes(path)
+    print(f"{path}: {attrs['n_trials']} trials ({attrs['n_done']} done, {attrs['n_failed']} "
+          f"failed, {attrs['n_running']} running, {attrs['n_corrupt']} corrupt)")
+    return 0
+
+
+def plot_main(args: argparse.Namespace) -> int:
+    from genodl_core.results.plots import make_plots
+
+    written = make_plots(_summary_of(args.run_dir, args.regather), args.out)
+    for path in written:
+        print(path)
+    if not written:
+        print("no finished trials to plot", file=sys.stderr)
+    return 0
+
+
+def report_main(args: argparse.Namespace) -> int:
+    from genodl_core.errors import SpecError
+    from genodl_core.results import load
+    from genodl_core.results.report import report
+
+    path = _summary_of(args.run_dir, args.regather)
+    if args.metrics:
+        available = load.final_metrics(path)
+        for metric in args.metrics:
+            if metric not in available:
+                raise SpecError("--metrics", metric, available, reason="no such final metric")
+    print(report(path, args.metrics, csv=args.csv))
+    if args.csv:
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    from genodl_core.results import bench_gather
+
+    figures = bench_gather.run_benchmark(args.trials, args.epochs, directory=args.dir,
+                                         task=args.task)
+    print(bench_gather.report(figures))
+    return 0
