@@ -244,3 +244,19 @@ def test_abstaining_model_abstains_under_half_label_noise(abstaining_runs):
     assert noisy.final["val_abstention"] > clean.final["val_abstention"] + 0.5
     # abstaining too much (above max_abs) with nothing attempted wrongly: alpha rose
     assert noisy.curves["alpha"][-1] > 0.3
+
+
+def test_runs_inside_a_trial_from_a_spec(tmp_path):
+    # The whole path: spec validation, registered data source, noise, fit, record.
+    from genodl_core.training.trial import run_trial
+
+    spec = {"seed": 1, "device": "cpu",
+            "model": {"name": "nt3", "variant": "abstaining", "conv": [[4, 5, 1], [4, 5, 1]],
+                      "pool": [1, 4], "dense": [16]},
+            "data": {"source": "synthetic_nt3", "n_train": 60, "n_test": 30, "n_features": 200},
+            "noise": [{"kind": "label_flip", "fraction": 0.5}],
+            "train": {"epochs": 2, "optimizer": "adam", "learning_rate": 1e-3}}
+    result = run_trial(spec, tmp_path, raise_errors=True)
+    assert result.ok
+    assert set(result.final) == ABSTAIN_KEYS | {"epochs_run", "train_seconds", "n_parameters"}
+    assert result.final["epochs_run"] == 2
