@@ -139,15 +139,16 @@ def build_slurm_config(site: str, run_dir: Path, *, retries: int,
     launcher = SrunLauncher(overrides=srun_overrides(o, inside=inside))
     if inside:
         provider = LocalProvider(nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0,
-                                 max_blocks=1, worker_init=worker_path_init(o["worker_init"]), launcher=launcher)
+                                 max_blocks=1, worker_init=worker_path_init(o["worker_init"]),
+                                 launcher=launcher)
     else:
         provider = SlurmProvider(
             partition=o["partition"], account=o["account"], qos=o["qos"],
             constraint=o["constraint"], nodes_per_block=o["nodes"],
             cores_per_node=o["cores_per_node"], walltime=o["walltime"],
             exclusive=o["exclusive"], init_blocks=1, min_blocks=0, max_blocks=o["max_blocks"],
-            scheduler_options="\n".join(sbatch_lines(o)), worker_init=worker_path_init(o["worker_init"]),
-            launcher=launcher, cmd_timeout=60)
+            scheduler_options="\n".join(sbatch_lines(o)),
+            worker_init=worker_path_init(o["worker_init"]), launcher=launcher, cmd_timeout=60)
     executor = htex_executor(site, provider, run_dir, accelerators=gpu_entries(o, vendor),
                              cpu_workers=o["cpu_workers"],
                              address=resolve_address(site, o["address"], o["interface"]),

@@ -76,14 +76,15 @@ def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., floa
     launcher = JsrunLauncher(overrides=jsrun_overrides(o))
     if o["mode"] == "inside":
         provider = LocalProvider(nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0,
-                                 max_blocks=1, worker_init=worker_path_init(o["worker_init"]), launcher=launcher)
+                                 max_blocks=1, worker_init=worker_path_init(o["worker_init"]),
+                                 launcher=launcher)
     else:
         SITES["summit"].check_required(o)
         provider = LSFProvider(
             project=o["project"], queue=o["queue"], walltime=o["walltime"],
             nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0, max_blocks=o["max_blocks"],
-            worker_init=worker_path_init(o["worker_init"]), bsub_redirection=True, request_by_nodes=True,
-            launcher=launcher, cmd_timeout=120)
+            worker_init=worker_path_init(o["worker_init"]), bsub_redirection=True,
+            request_by_nodes=True, launcher=launcher, cmd_timeout=120)
     entries = accelerator_entries([str(i) for i in range(GPUS_PER_NODE)], o["trials_per_gpu"],
                                   GPUS_PER_NODE)
     executor = htex_executor("summit", provider, run_dir, accelerators=entries, cpu_workers=1,

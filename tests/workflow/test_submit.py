@@ -185,6 +185,12 @@ def test_checked_in_examples_match_the_generator():
         assert path.read_text() == text, (
             f"{rel} is stale: regenerate with `python -m workflows.submit --write-examples`")
         assert "/work/" not in text
+    # the sweep the examples run must be a valid sweep once it is checked in
+    from workflows.sweep import load_sweep
+
+    for req in sub.EXAMPLES.values():
+        if (REPO / req.spec).exists():
+            assert load_sweep(REPO / req.spec).trials
 
 
 # --- job ids and submission --------------------------------------------------------------------
