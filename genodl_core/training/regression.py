@@ -205,7 +205,9 @@ def train_parts(
         epochs_run = _run_epochs(parts, xt, yt, xv, yv, x_mon, y_mon, n_targets, settings,
                                  device, precision, curves, check_deadline, on_epoch)
     for part in parts:
-        part.net.load_state_dict(part.best_state)
+        # Without a finite validation error there is no best epoch: keep the last state.
+        if part.best_state:
+            part.net.load_state_dict(part.best_state)
 
     def predict(x: np.ndarray) -> np.ndarray:
         xs = torch.as_tensor(x, dtype=torch.float32, device=device)
