@@ -119,7 +119,7 @@ class AlphaController:
 
     def end_epoch(self, epoch: int, val_abstention_accuracy: float,
                   val_abstention: float) -> float:
-        """Record the alpha used in ``epoch`` and adapt it if past the warm-up; return the new alpha.
+        """Record the alpha used in ``epoch``, adapt it after the warm-up; return the new alpha.
 
         Non-finite metrics (a diverged model) leave alpha unchanged rather than poisoning it.
         """

@@ -95,8 +95,8 @@ class DeviceData:
                             ("val", dataset.x_val, dataset.y_val)):
             _check_split(split, x, y, n_classes, source)
         if dataset.x_val.shape[1] != dataset.x_train.shape[1]:
-            raise DataError(f"{source}: x_val has {dataset.x_val.shape[1]} features but x_train has "
-                            f"{dataset.x_train.shape[1]}")
+            raise DataError(f"{source}: x_val has {dataset.x_val.shape[1]} features but x_train "
+                            f"has {dataset.x_train.shape[1]}")
 
         def put(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             # as_tensor may share the caller's memory on CPU; nothing below writes into it.
