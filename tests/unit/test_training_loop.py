@@ -260,3 +260,14 @@ def test_runs_inside_a_trial_from_a_spec(tmp_path):
     assert result.ok
     assert set(result.final) == ABSTAIN_KEYS | {"epochs_run", "train_seconds", "n_parameters"}
     assert result.final["epochs_run"] == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_cuda_precisions_learn_and_restore_switches(precision):
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    ctx = make_ctx(precision=precision)
+    ctx.device = "cuda"
+    out = fit(ctx)
+    assert out.final["val_accuracy"] >= 0.9
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
