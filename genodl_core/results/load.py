@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from genodl_core.errors import DataError
-from genodl_core.results.summary import GROUP_KEYS, SCHEMA_VERSION, SUMMARY_FILE
+from genodl_core.results.summary import GROUP_KEYS, SCHEMA_VERSION, STATES, SUMMARY_FILE
 
 #: Trial columns joined to :func:`finals` so that its frame can be grouped without a merge.
 KEY_COLUMNS = ("state", "model", "variant", "data_source", "noise_kind", "noise_level",
@@ -152,7 +152,7 @@ def groups(path: str | Path, metrics: Iterable[str] | None = None) -> pd.DataFra
 
     A group is one combination of model, variant, data source, noise kind and level(s).
     Columns: the keys, ``noise_level`` (numeric, first step), ``n_done``, ``n_failed``,
-    ``n_running``, ``n_corrupt``, then ``<metric>.mean|std|min|max|count`` per metric (std with
+    ``n_running``, ``n_pending``, ``n_corrupt``, then ``<metric>.mean|std|min|max|count`` per metric (std with
     ddof=1; count = finite values among the done trials).
     """
     with _open(path) as h5:
@@ -163,7 +163,7 @@ def groups(path: str | Path, metrics: Iterable[str] | None = None) -> pd.DataFra
         if unknown:
             raise KeyError(f"no final metric(s) {unknown}; available: {available}")
         stats = json.loads(group.attrs["stats"])
-        names = [*GROUP_KEYS, "noise_level", "n_done", "n_failed", "n_running", "n_corrupt"]
+        names = [*GROUP_KEYS, "noise_level", *(f"n_{state}" for state in STATES)]
         names += [f"{m}.{s}" for m in chosen for s in stats]
         return pd.DataFrame({n: _column(group[n]) for n in names})
 

@@ -20,7 +20,7 @@ HEADLINE_METRICS = ("val_accuracy", "val_abstention", "val_abstention_accuracy",
                     "val_mae", "lr_val_mae", "relative_improvement",
                     "share_genes_better_than_lr")
 KEY_COLUMNS = ("model", "variant", "data_source", "noise_kind", "noise_levels")
-COUNT_COLUMNS = ("n_done", "n_failed", "n_running", "n_corrupt")
+COUNT_COLUMNS = ("n_done", "n_failed", "n_running", "n_pending", "n_corrupt")
 
 
 def group_table(path: str | Path, metrics: Iterable[str] | None = None) -> pd.DataFrame:
@@ -101,7 +101,8 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
         group_table(path, metrics).to_csv(csv, index=False)
     attrs = load.attributes(path)
     parts = [f"{attrs['n_trials']} trials: {attrs['n_done']} done, {attrs['n_failed']} failed, "
-             f"{attrs['n_running']} running, {attrs['n_corrupt']} corrupt "
+             f"{attrs['n_running']} running, {attrs['n_pending']} pending, "
+             f"{attrs['n_corrupt']} corrupt "
              f"(summary schema {attrs['schema_version']}, genodl {attrs['genodl_version']}, "
              f"gathered {attrs['created_at']})"]
     if table.empty:

@@ -44,6 +44,9 @@ from genodl_core import records
 
 log = logging.getLogger(__name__)
 
+#: Trial states in the summary; ``pending`` trials are listed in ``sweep.json`` without a record
+#: yet (or have a spec but no status), ``corrupt`` ones have records that do not parse.
+STATES = ("done", "failed", "running", "pending", "corrupt")
 #: Version of the summary layout; bumped whenever a reader would need to change.
 SCHEMA_VERSION = 1
 SUMMARY_FILE = "summary.h5"
@@ -179,8 +182,9 @@ def gather(run_dir: str | Path, *, output: str | Path | None = None,
 
     previous = _PreviousSummary.open(output) if incremental else None
     try:
-        rows = _collect_rows(run_dir, previous, stats)
-        _write_atomically(output, run_dir, rows, previous, stats)
+        sweep_text, sweep = _read_sweep(run_dir, stats)
+        rows = _collect_rows(run_dir, previous, stats, sweep)
+        _write_atomically(output, run_dir, rows, previous, stats, sweep_text)
     finally:
         if previous is not None:
             previous.close()
@@ -230,8 +234,8 @@ def record_fingerprint(trial_dir: Path) -> str:
     return "|".join(parts)
 
 
-def _collect_rows(run_dir: Path, previous: "_PreviousSummary | None",
-                  stats: GatherStats) -> list[TrialRow]:
+def _collect_rows(run_dir: Path, previous: "_PreviousSummary | None", stats: GatherStats,
+                  sweep: dict[str, Any] | None = None) -> list[TrialRow]:
     rows: dict[str, TrialRow] = {}
     reused: list[tuple[TrialRow, int]] = []
     for trial_dir in find_record_dirs(run_dir):
@@ -253,6 +257,9 @@ def _collect_rows(run_dir: Path, previous: "_PreviousSummary | None",
         rows[trial_id] = row
     if reused and previous is not None:
         previous.fill_curves(reused)
+    for trial_id, spec in _sweep_trials(sweep):
+        if trial_id not in rows:
+            rows[trial_id] = pending_row(trial_id, spec)
     ordered = sorted(rows.values(), key=_row_order)
     for row in ordered:
         stats.states[row.state] = stats.states.get(row.state, 0) + 1
@@ -289,7 +296,7 @@ def read_trial_row(trial_dir: str | Path, record_path: str | None = None) -> Tri
 
     state = rec.state if not problems else "corrupt"
     if state == "missing":
-        state = "unknown"
+        state = "pending"
     columns: dict[str, Any] = {name: _empty(kind) for name, kind in FIXED_COLUMNS.items()}
     columns.update(trial_id=rec.trial_id, state=state,
                    record_path=record_path if record_path is not None else str(trial_dir))
@@ -341,6 +348,37 @@ def read_trial_row(trial_dir: str | Path, record_path: str | None = None) -> Tri
     columns["n_epochs"] = max((len(c) for c in curves.values()), default=0)
     return TrialRow(rec.trial_id, columns, finals, curves, gene_arrays, gene_sha,
                     problems=problems)
+
+
+def pending_row(trial_id: str, spec: dict[str, Any]) -> TrialRow:
+    """The row of a trial the sweep defines but that has no record yet."""
+    columns: dict[str, Any] = {name: _empty(kind) for name, kind in FIXED_COLUMNS.items()}
+    columns.update(trial_id=trial_id, state="pending", n_epochs=0)
+    problems: list[str] = []
+    _spec_columns(spec, columns, problems)
+    return TrialRow(trial_id, columns, fingerprint="pending", problems=problems)
+
+
+def _read_sweep(run_dir: Path, stats: GatherStats) -> tuple[str, dict[str, Any] | None]:
+    """``sweep.json`` as canonical JSON text and parsed (``""``/None when there is none)."""
+    path = run_dir / SWEEP_FILE
+    if not path.is_file():
+        return "", None
+    try:
+        sweep = records.read_json(path)
+    except (OSError, ValueError) as err:
+        stats.problems.append(f"{SWEEP_FILE} is unreadable: {err}")
+        return "", None
+    return json.dumps(sweep, sort_keys=True), sweep if isinstance(sweep, dict) else None
+
+
+def _sweep_trials(sweep: dict[str, Any] | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(trial id, spec) of each trial a resolved sweep lists; malformed entries are skipped."""
+    trials = sweep.get("trials") if sweep else None
+    for entry in trials if isinstance(trials, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("trial_id"), str) \
+                and isinstance(entry.get("spec"), dict):
+            yield entry["trial_id"], entry["spec"]
 
 
 def _spec_columns(spec: dict[str, Any], columns: dict[str, Any], problems: list[str]) -> None:
@@ -615,14 +653,15 @@ class _PreviousSummary:
 # --------------------------------------------------------------------------------------------
 
 def _write_atomically(output: Path, run_dir: Path, rows: list[TrialRow],
-                      previous: "_PreviousSummary | None", stats: GatherStats) -> None:
+                      previous: "_PreviousSummary | None", stats: GatherStats,
+                      sweep_text: str = "") -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         with h5py.File(tmp, "w") as h5:
-            _write_summary(h5, run_dir, rows, previous, stats)
+            _write_summary(h5, run_dir, rows, previous, stats, sweep_text)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, output)
@@ -632,7 +671,8 @@ def _write_atomically(output: Path, run_dir: Path, rows: list[TrialRow],
 
 
 def _write_summary(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
-                   previous: "_PreviousSummary | None", stats: GatherStats) -> None:
+                   previous: "_PreviousSummary | None", stats: GatherStats,
+                   sweep_text: str = "") -> None:
     from genodl_core import __version__
 
     h5.attrs["schema_version"] = SCHEMA_VERSION
@@ -640,9 +680,9 @@ def _write_summary(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
     h5.attrs["git_revision"] = records.git_revision()
     h5.attrs["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     h5.attrs["n_trials"] = len(rows)
-    for state in ("done", "failed", "running", "corrupt"):
+    for state in STATES:
         h5.attrs[f"n_{state}"] = sum(1 for r in rows if r.state == state)
-    _write_sweep_spec(h5, run_dir, stats)
+    _write_sweep_spec(h5, sweep_text)
 
     _write_trials(h5.create_group("trials"), rows)
     _write_curves(h5.create_group("curves"), rows)
@@ -657,14 +697,7 @@ def _write_summary(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
     _str_dataset(h5, "problems", stats.problems)
 
 
-def _write_sweep_spec(h5: h5py.File, run_dir: Path, stats: GatherStats) -> None:
-    path = run_dir / SWEEP_FILE
-    text = ""
-    if path.is_file():
-        try:
-            text = json.dumps(records.read_json(path), sort_keys=True)
-        except (OSError, ValueError) as err:
-            stats.problems.append(f"{SWEEP_FILE} is unreadable: {err}")
+def _write_sweep_spec(h5: h5py.File, text: str) -> None:
     if len(text.encode()) <= MAX_ATTR_BYTES:
         h5.attrs["sweep_spec"] = text
     else:
@@ -778,7 +811,7 @@ def _write_groups(group: h5py.Group, rows: list[TrialRow],
     group.create_dataset("noise_level", data=np.array(
         [rows[m[0]].columns["noise_level"] for m in members], dtype=np.float64),
         shape=(len(members),))
-    for state in ("done", "failed", "running", "corrupt"):
+    for state in STATES:
         group.create_dataset(f"n_{state}", data=np.array(
             [sum(rows[i].state == state for i in m) for m in members], dtype=np.int64),
             shape=(len(members),))

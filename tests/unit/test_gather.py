@@ -462,3 +462,29 @@ def test_column_types_are_inferred():
     assert summary.column_array(["a", None])[0].tolist() == ["a", ""]
     data, kind = summary.column_array([1, "x"])
     assert kind == "str" and data.tolist() == ["1", '"x"']
+
+
+def test_trials_of_the_sweep_without_a_record_are_pending(tmp_path):
+    run = tmp_path / "run"
+    done = _write_done(run, _spec(seed=1), {"val_accuracy": 0.9}, {"val_accuracy": [0.9]})
+    waiting = SyntheticTrial(_spec(kind="label_flip", level=0.3, seed=1), "done")
+    records.atomic_write_json(run / "sweep.json", {"name": "s", "trials": [
+        {"index": 0, "trial_id": done, "spec": _spec(seed=1)},
+        {"index": 1, "trial_id": waiting.trial_id, "spec": waiting.spec},
+        {"index": 2, "trial_id": 5}]})  # malformed entry: skipped
+    path = gather(run)
+    table = load.trials(path)
+    assert table.state.to_dict() == {done: "done", waiting.trial_id: "pending"}
+    assert table.loc[waiting.trial_id, "noise_level"] == 0.3
+    assert table.loc[waiting.trial_id, "spec.noise.0.fraction"] == 0.3
+    assert load.attributes(path)["n_pending"] == 1
+    g = load.groups(path).set_index("noise_kind")
+    assert g.loc["label_flip", "n_pending"] == 1 and g.loc["label_flip", "val_accuracy.count"] == 0
+    assert load.attributes(path)["sweep_spec"]["name"] == "s"
+    # the record appears: the next gather reads it and it is no longer pending
+    rng = np.random.default_rng(0)
+    write_trial(run / "trials" / waiting.trial_id, waiting, rng)
+    incremental = gather(run)
+    assert load.trials(incremental).loc[waiting.trial_id, "state"] == "done"
+    _assert_same(_snapshot(incremental),
+                 _snapshot(gather(run, output=tmp_path / "s.h5", incremental=False)))

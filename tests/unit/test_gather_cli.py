@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_gather_full_and_incremental(tmp_path, capsys):
     write_synthetic_sweep(tmp_path, 10, epochs=3, failed_every=4)
     assert main(["gather", str(tmp_path)]) == 0
-    assert "10 trials (8 done, 2 failed, 0 running, 0 corrupt)" in capsys.readouterr().out
+    assert "10 trials (8 done, 2 failed, 0 running, 0 pending, 0 corrupt)" in capsys.readouterr().out
     out = tmp_path / "elsewhere.h5"
     assert main(["gather", str(tmp_path), "--full", "--out", str(out)]) == 0
     assert len(load.trials(out)) == 10

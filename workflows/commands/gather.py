@@ -70,7 +70,8 @@ def gather_main(args: argparse.Namespace) -> int:
     path = gather(args.run_dir, output=args.out, incremental=not args.full)
     attrs = load.attributes(path)
     print(f"{path}: {attrs['n_trials']} trials ({attrs['n_done']} done, {attrs['n_failed']} "
-          f"failed, {attrs['n_running']} running, {attrs['n_corrupt']} corrupt)")
+          f"failed, {attrs['n_running']} running, {attrs['n_pending']} pending, "
+          f"{attrs['n_corrupt']} corrupt)")
     return 0
 
 
