@@ -59,6 +59,8 @@ _TOP_KEYS = {"sweep", "run", "trial"}
 _PATH_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 #: Significant digits kept for float ranges, so that 0.1 + 0.2 is written 0.3 (and hashes so).
 _RANGE_DIGITS = 12
+#: Widest rendering of one table value in `genodl plan` output.
+_MAX_CELL = 40
 
 
 @dataclass(frozen=True)
@@ -342,10 +344,12 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, Mapping):
-        for key in ("kind", "name", "source"):
-            if key in value:
-                return str(value[key])
-        return json.dumps(value, sort_keys=True)
+        # A component table reads as its name with its parameters: gaussian(std=0.1).
+        head = next((str(value[k]) for k in ("kind", "name", "source") if k in value), "")
+        rest = ",".join(f"{k}={format_value(v)}" for k, v in value.items()
+                        if k not in ("kind", "name", "source"))
+        text = f"{head}({rest})" if head and rest else head or "{" + rest + "}"
+        return text if len(text) <= _MAX_CELL else text[:_MAX_CELL - 3] + "..."
     if isinstance(value, list):
         return "[" + ",".join(format_value(v) for v in value) + "]"
     return str(value)
