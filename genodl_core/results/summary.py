@@ -93,6 +93,8 @@ PER_GENE_MARK = "per_gene"
 DEFAULT_VARIANT = "default"
 #: Parameter names tried, in order, when a noise kind does not declare its ``level_field``.
 LEVEL_FIELD_GUESSES = ("fraction", "std", "r", "level", "scale", "sigma", "rate", "p", "percent")
+#: A temporary summary older than this is left over from a killed gather and is removed.
+STALE_TEMP_S = 3600.0
 #: HDF5 keeps attributes in the object header; larger values go to a dataset instead.
 MAX_ATTR_BYTES = 60_000
 
@@ -656,6 +658,7 @@ def _write_atomically(output: Path, run_dir: Path, rows: list[TrialRow],
                       previous: "_PreviousSummary | None", stats: GatherStats,
                       sweep_text: str = "") -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(output)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -668,6 +671,18 @@ def _write_atomically(output: Path, run_dir: Path, rows: list[TrialRow],
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temps(output: Path) -> None:
+    """Delete temporaries of gathers killed long ago (a live gather's file is recent)."""
+    cutoff = time.time() - STALE_TEMP_S
+    for tmp in output.parent.glob(f".{output.name}.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted gather", tmp)
+        except FileNotFoundError:
+            pass
 
 
 def _write_summary(h5: h5py.File, run_dir: Path, rows: list[TrialRow],

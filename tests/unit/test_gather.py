@@ -488,3 +488,15 @@ def test_trials_of_the_sweep_without_a_record_are_pending(tmp_path):
     assert load.trials(incremental).loc[waiting.trial_id, "state"] == "done"
     _assert_same(_snapshot(incremental),
                  _snapshot(gather(run, output=tmp_path / "s.h5", incremental=False)))
+
+
+def test_temporaries_of_killed_gathers_are_removed_once_stale(tmp_path):
+    run = tmp_path / "run"
+    write_synthetic_sweep(run, 2, epochs=2)
+    stale, fresh = run / ".summary.h5.old.tmp", run / ".summary.h5.new.tmp"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    old = time.time() - summary.STALE_TEMP_S - 10
+    os.utime(stale, (old, old))
+    gather(run)
+    assert not stale.exists() and fresh.exists()
