@@ -291,14 +291,14 @@ def default_env_line() -> str:
 #: to the repository root, which is where the examples are meant to be submitted from.
 EXAMPLES: dict[str, BatchRequest] = {
     "jobs/summit.lsf": BatchRequest(
-        spec="jobs/examples/nt3_label_noise.toml", out_dir="runs/nt3_label_noise",
-        site="summit", job_name="genodl-nt3_label_noise",
+        spec="jobs/examples/nt3_label_noise.toml", out_dir="runs/nt3-label-noise",
+        site="summit", job_name="genodl-nt3-label-noise",
         options={"project": "ABC123", "nodes": 2, "walltime": "02:00:00",
                  "worker_init": "module load open-ce; source .venv/bin/activate"},
         env="module load open-ce\nsource .venv/bin/activate"),
     "jobs/slurm.sbatch": BatchRequest(
-        spec="jobs/examples/nt3_label_noise.toml", out_dir="runs/nt3_label_noise",
-        site="slurm", job_name="genodl-nt3_label_noise",
+        spec="jobs/examples/nt3_label_noise.toml", out_dir="runs/nt3-label-noise",
+        site="slurm", job_name="genodl-nt3-label-noise",
         options={"account": "ABC123", "partition": "gpu", "nodes": 2, "gpus_per_node": 4,
                  "walltime": "02:00:00", "interface": "ib0"},
         env="source .venv/bin/activate"),
