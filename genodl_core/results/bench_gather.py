@@ -28,7 +28,6 @@ import numpy as np
 
 from genodl_core import records
 
-log = logging.getLogger(__name__)
 
 Task = Literal["nt3", "dgex", "both"]
 
