@@ -48,11 +48,13 @@ class RunSettings:
 
     def resolve(self, sweep: Sweep) -> "RunSettings":
         """Fill unset fields from the sweep; options given here override the sweep's."""
-        # Options from the sweep's TOML keep their types; site_configs converts both forms.
-        options = dict(sweep.run.options)
+        site = self.site or sweep.run.site
+        # The sweep's options belong to the sweep's site; another site named on the command
+        # line starts from its own defaults. Typed TOML values and strings both convert.
+        options = dict(sweep.run.options) if site == sweep.run.site else {}
         options.update(self.options)
         return RunSettings(
-            site=self.site or sweep.run.site,
+            site=site,
             options=options,
             retries=sweep.run.retries if self.retries is None else self.retries,
             threads_per_trial=self.threads_per_trial or sweep.run.threads_per_trial,
@@ -113,6 +115,10 @@ def run_sweep(sweep: Sweep, out: str | Path, settings: RunSettings | None = None
     if settings.site == MPI_SITE:
         raise SpecError("--site", MPI_SITE, "run under mpiexec through workflows.mpi",
                         reason="the MPI path is not a Parsl site")
+    from site_configs import get_site
+
+    # Site name and options are checked before the run directory is touched.
+    get_site(settings.site).resolve(settings.options)
     t0 = time.monotonic()
     run = RunDir.prepare(out, sweep, update=settings.update_sweep)
     with run.driver_lock(), workflow_logging(run):
@@ -410,28 +416,38 @@ def workflow_logging(run: RunDir) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     ours = [logging.getLogger(name) for name in ("workflows", "site_configs", "genodl_core")]
-    # Library lines (data generation, noise) go to the file only: with threads, every trial
-    # would otherwise repeat them on the console.
-    to_file_only = [logging.getLogger("genodl_core")]
-    quiet = [logging.getLogger(name) for name in ("genodl.trial", "parsl")] + to_file_only
-    saved = [(lg, lg.propagate) for lg in quiet]
     levels = [(lg, lg.level) for lg in ours]
     for lg in ours:
         lg.addHandler(handler)
         if lg.getEffectiveLevel() > logging.INFO:
             lg.setLevel(logging.INFO)
-    for lg in quiet:
-        lg.propagate = False
     try:
-        yield
+        with quiet_trial_logs():
+            yield
     finally:
         for lg in ours:
             lg.removeHandler(handler)
         for lg, level in levels:
             lg.setLevel(level)
+        handler.close()
+
+
+@contextlib.contextmanager
+def quiet_trial_logs() -> Iterator[None]:
+    """Keep trial, library and Parsl lines off the console (they have their own log files).
+
+    With threads or MPI ranks, every concurrent trial would otherwise repeat its per-epoch
+    lines on the driver's stderr.
+    """
+    quiet = [logging.getLogger(name) for name in ("genodl.trial", "genodl_core", "parsl")]
+    saved = [(lg, lg.propagate) for lg in quiet]
+    for lg in quiet:
+        lg.propagate = False
+    try:
+        yield
+    finally:
         for lg, propagate in saved:
             lg.propagate = propagate
-        handler.close()
 
 
 def _file_size(path: Path) -> int:
@@ -448,4 +464,4 @@ def _first_line(err: BaseException) -> str:
 
 __all__ = ["RunSettings", "RunReport", "StatusReport", "run_sweep", "rerun", "select_todo",
            "settle", "plan_rerun", "sweep_status", "format_status", "gather_summary",
-           "default_threads_per_trial", "workflow_logging", "MPI_SITE", "RERUN_STATES"]
+           "default_threads_per_trial", "workflow_logging", "quiet_trial_logs", "MPI_SITE", "RERUN_STATES"]

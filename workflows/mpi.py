@@ -33,7 +33,7 @@ from genodl_core import records
 from genodl_core.errors import SpecError
 
 from workflows.driver import (RERUN_STATES, RunReport, RunSettings, gather_summary, log_report,
-                              plan_rerun, select_todo, workflow_logging)
+                              plan_rerun, quiet_trial_logs, select_todo, workflow_logging)
 from workflows.progress import Progress
 from workflows.rundir import RunDir
 from workflows.sweep import Sweep
@@ -82,7 +82,8 @@ def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = 
         go = comm.bcast(None, root=0)
         if go["error"]:
             return None  # rank 0 reports the error
-        _worker(comm, go["run_dir"], go["threads"])
+        with quiet_trial_logs():
+            _worker(comm, go["run_dir"], go["threads"])
         return None
 
     t0 = time.monotonic()
@@ -201,7 +202,6 @@ def _dispatch(comm: Any, run: RunDir, todo: list, retries: int, progress: Progre
             comm.send(None, dest=source, tag=_TAG_STOP)
             stopped += 1
         progress.tick()
-    progress.tick(force=True)
 
 
 def _serial(run: RunDir, todo: list, retries: int, threads: int | None,
@@ -217,7 +217,6 @@ def _serial(run: RunDir, todo: list, retries: int, threads: int | None,
         message = _attempt(spec, trial_id, str(run.path), threads)
         _settle(run, message, failures, retries, queue, specs, progress)
         progress.tick()
-    progress.tick(force=True)
 
 
 def _settle(run: RunDir, message: dict[str, Any], failures: dict[str, int], retries: int,

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-log = logging.getLogger("genodl.workflow.progress")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
