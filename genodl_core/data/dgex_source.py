@@ -273,7 +273,8 @@ def locate_nci60(path: str | Path | None = None) -> Path:
             from importlib.resources import files
             candidate = files("ISLP") / "data" / "NCI60data.npy"
         except ModuleNotFoundError:
-            raise DataError(f"the NCI60 matrix needs the ISLP package or data.path; {hint}") from None
+            raise DataError(f"the NCI60 matrix needs the ISLP package or data.path; "
+                            f"{hint}") from None
         if not candidate.is_file():
             raise DataError(f"the installed ISLP package has no data/NCI60data.npy; {hint}")
         return Path(str(candidate))

@@ -90,7 +90,8 @@ def _as_str_ids(raw: np.ndarray) -> np.ndarray:
 
 
 def check_finite(values: np.ndarray, source: str, what: str = "matrix",
-                 row_ids: Sequence[str] | None = None, col_ids: Sequence[str] | None = None) -> None:
+                 row_ids: Sequence[str] | None = None,
+                 col_ids: Sequence[str] | None = None) -> None:
     """Raise :class:`DataError` at the first NaN/inf, naming its row and column.
 
     Models and scalers would silently turn one NaN into NaN losses for a whole trial; failing at

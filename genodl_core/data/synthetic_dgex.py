@@ -67,7 +67,8 @@ class SyntheticDGEXParams:
         """(n_landmarks, n_targets, n_train, n_val, n_test) after applying the preset."""
         preset = SIZES[self.size]
         given = (self.n_landmarks, self.n_targets, self.n_train, self.n_val, self.n_test)
-        return tuple(p if g is None else g for g, p in zip(given, preset))  # type: ignore[return-value]
+        n_l, n_t, n_tr, n_v, n_te = (p if g is None else g for g, p in zip(given, preset))
+        return n_l, n_t, n_tr, n_v, n_te
 
     def n_features(self) -> int:
         return self.sizes()[0]
@@ -128,7 +129,8 @@ def _program_features(p: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     return out
 
 
-def draw_samples(world: GeneWorld, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_samples(world: GeneWorld, n: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``n`` profiles: landmarks ``[n, L]`` and targets ``[n, T]`` as float32."""
     n_factors, n_landmarks = world.loadings.shape
     n_targets = world.linear.shape[1]

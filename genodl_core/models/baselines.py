@@ -56,7 +56,8 @@ class LinearModel:
         return int(self.coef.size + self.intercept.size)
 
 
-def _chunked_project(left: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+def _chunked_project(left: np.ndarray, y: np.ndarray,
+                     offset: np.ndarray | None = None) -> np.ndarray:
     """``left @ (y - offset)`` in float64, target columns in chunks (y may be float32 and big)."""
     out = np.empty((left.shape[0], y.shape[1]), dtype=np.float64)
     for start in range(0, y.shape[1], _TARGET_CHUNK):

@@ -69,7 +69,8 @@ def compare_with_reference(model_mae: np.ndarray, reference_mae: np.ndarray) -> 
     }
 
 
-def mae_metrics(prefix: str, y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+def mae_metrics(prefix: str, y_true: np.ndarray,
+                y_pred: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """``{prefix_mae, prefix_mae_std}`` and the per-gene MAE array."""
     per_gene = per_gene_mae(y_true, y_pred)
     mean, std = summarise_mae(per_gene)
@@ -214,7 +215,8 @@ def train_parts(
         out = np.empty((x.shape[0], n_targets), dtype=np.float32)
         with matmul_precision(device, precision):
             for part in parts:
-                out[:, part.columns] = predict_batched(part.net, xs, device, precision).cpu().numpy()
+                pred = predict_batched(part.net, xs, device, precision)
+                out[:, part.columns] = pred.cpu().numpy()
         return out
 
     return FitResult(curves, [p.best_epoch for p in parts], epochs_run, predict)

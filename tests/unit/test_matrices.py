@@ -94,7 +94,8 @@ def test_non_finite_values_are_refused_with_position(tmp_path, bad):
     values = np.ones((4, 3))
     values[3, 1] = bad
     np.save(tmp_path / "m.npy", values)
-    with pytest.raises(DataError, match=r"m\.npy: matrix has 1 non-finite.*row 3 \(sample .3.\), column 1"):
+    with pytest.raises(DataError,
+                       match=r"m\.npy: matrix has 1 non-finite.*row 3 \(sample .3.\), column 1"):
         read_matrix(tmp_path / "m.npy")
 
 
