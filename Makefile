@@ -28,6 +28,7 @@ run: $(STAMP)
 	$(BIN)/genodl run jobs/examples/quick.toml --out $(RUN_DIR)
 
 test: $(STAMP)
+	PYTHON=$(BIN)/python tests/fetch_test_data.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
