@@ -21,6 +21,7 @@ COMMANDS = [
     "workflows.commands.sites",
     "workflows.commands.submit",
     "workflows.commands.gather",
+    "workflows.commands.bench",
 ]
 
 

@@ -33,6 +33,7 @@ from genodl_core.data.types import Dataset
 from genodl_core.errors import DataError
 from genodl_core.spec import TrainSpec, derive_seed
 from genodl_core.training.context import FitContext, FitOutcome
+from genodl_core.training.fast import FastPath, cudnn_benchmark, fast_path_for, prepare_forward
 from genodl_core.training.metrics import batch_sums, rates_from_sums
 from genodl_core.training.precision import autocast, is_cuda, matmul_precision
 
@@ -82,8 +83,9 @@ class DeviceData:
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, device: str, n_classes: int,
-                     source: str = "dataset") -> "DeviceData":
-        """Copy the splits to ``device`` once (float32 features, int64 labels).
+                     source: str = "dataset",
+                     feature_dtype: torch.dtype = torch.float32) -> "DeviceData":
+        """Copy the splits to ``device`` once (``feature_dtype`` features, int64 labels).
 
         Raises
         ------
@@ -102,8 +104,8 @@ class DeviceData:
             # as_tensor may share the caller's memory on CPU; nothing below writes into it.
             return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
 
-        return cls(put(dataset.x_train, torch.float32), put(dataset.y_train, torch.int64),
-                   put(dataset.x_val, torch.float32), put(dataset.y_val, torch.int64))
+        return cls(put(dataset.x_train, feature_dtype), put(dataset.y_train, torch.int64),
+                   put(dataset.x_val, feature_dtype), put(dataset.y_val, torch.int64))
 
 
 def _check_split(split: str, x: np.ndarray, y: np.ndarray, n_classes: int, source: str) -> None:
@@ -118,14 +120,20 @@ def _check_split(split: str, x: np.ndarray, y: np.ndarray, n_classes: int, sourc
                         f"labels must lie in 0..{n_classes - 1}")
 
 
-def make_optimizer(model: nn.Module, train: TrainSpec) -> torch.optim.Optimizer:
-    """SGD (with momentum) or Adam as ``train`` says; weight decay is plain L2 in both."""
+def make_optimizer(model: nn.Module, train: TrainSpec, *,
+                   fused: bool = False) -> torch.optim.Optimizer:
+    """SGD (with momentum) or Adam as ``train`` says; weight decay is plain L2 in both.
+
+    ``fused`` selects torch's single-kernel implementation (CUDA only; same update rule).
+    """
+    options = {"fused": True} if fused else {}
     if train.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=train.learning_rate,
-                               momentum=train.momentum, weight_decay=train.weight_decay)
+                               momentum=train.momentum, weight_decay=train.weight_decay,
+                               **options)
     # Keras' Adam epsilon (1e-7) rather than torch's 1e-8, to match CANDLE's runs.
     return torch.optim.Adam(model.parameters(), lr=train.learning_rate,
-                            weight_decay=train.weight_decay, eps=1e-7)
+                            weight_decay=train.weight_decay, eps=1e-7, **options)
 
 
 class PlateauSchedule:
@@ -220,7 +228,8 @@ def seeded_global_rng(seed: int, device: str) -> Iterator[None]:
 
 
 def fit_classifier(ctx: FitContext, build_model: Callable[[], nn.Module], objective: Objective,
-                   *, n_classes: int, eval_batch_size: int | None = None) -> FitOutcome:
+                   *, n_classes: int, eval_batch_size: int | None = None,
+                   fast: FastPath | None = None) -> FitOutcome:
     """Train a classifier on ``ctx.dataset`` as ``ctx.spec.train`` says and report its curves.
 
     Parameters
@@ -235,7 +244,11 @@ def fit_classifier(ctx: FitContext, build_model: Callable[[], nn.Module], object
     n_classes
         Number of real classes ``k`` (labels lie in ``range(k)``).
     eval_batch_size
-        Batch size of validation passes (default: the training batch size).
+        Batch size of validation passes (default: the fast path's, else the training batch
+        size).
+    fast
+        Speed-ups to apply (default: :func:`~genodl_core.training.fast.fast_path_for` the
+        device: none on CPU). They change how the steps run, not what they compute.
 
     Returns
     -------
@@ -254,28 +267,32 @@ def fit_classifier(ctx: FitContext, build_model: Callable[[], nn.Module], object
     """
     train = ctx.spec.train
     device, precision = ctx.device, ctx.precision
-    data = DeviceData.from_dataset(ctx.dataset, device, n_classes,
-                                   source=f"data source {ctx.spec.data.name!r}")
+    fast = fast_path_for(device, precision) if fast is None else fast
+    data = DeviceData.from_dataset(
+        ctx.dataset, device, n_classes, source=f"data source {ctx.spec.data.name!r}",
+        feature_dtype=torch.bfloat16 if fast.bf16_inputs else torch.float32)
     abstaining = objective.abstain_class is not None
-    eval_bs = eval_batch_size or train.batch_size
+    eval_bs = eval_batch_size or fast.eval_batch_size or train.batch_size
 
     def amp() -> contextlib.AbstractContextManager:
         return autocast(device, precision)
 
     curves: dict[str, list[float]] = {}
     t_start = time.perf_counter()
-    with matmul_precision(device, precision), \
+    with matmul_precision(device, precision), cudnn_benchmark(fast.cudnn_benchmark), \
             seeded_global_rng(derive_seed(ctx.spec.seed, "dropout"), device):
         model = build_model().to(device)
         n_parameters = sum(p.numel() for p in model.parameters())
-        optimizer = make_optimizer(model, train)
+        optimizer = make_optimizer(model, train, fused=fast.fused_optimizer)
+        if fast.enabled:
+            model = prepare_forward(model, fast, sample=data.x_train[:train.batch_size], amp=amp)
         plateau = PlateauSchedule(optimizer, train.plateau_factor, train.plateau_patience,
                                   train.plateau_min_delta, train.min_learning_rate)
         shuffle = torch.Generator().manual_seed(derive_seed(ctx.spec.seed, "shuffle"))
         n = len(data.x_train)
-        ctx.log.info("training %d parameters on %d samples (%d val), %d epochs, batch %d, %s %s",
-                     n_parameters, n, len(data.x_val), train.epochs, train.batch_size, device,
-                     precision)
+        ctx.log.info("training %d parameters on %d samples (%d val), %d epochs, batch %d, %s %s, "
+                     "fast path %s", n_parameters, n, len(data.x_val), train.epochs,
+                     train.batch_size, device, precision, fast.label())
         val_logits = torch.empty(0)
         for epoch in range(train.epochs):
             t_epoch = time.perf_counter()

@@ -1,0 +1,286 @@
+"""The fast GPU path of the classification loop: layout, fused optimizer, CUDA graphs.
+
+A plain PyTorch port of NT3 leaves most of a modern GPU idle: ``Conv1d`` picks slow cuDNN
+kernels for NT3's long sequences, every training step pays Python and kernel-launch costs of a
+dozen layers, validation runs at the small training batch, and the optimizer walks the 77
+million weights of the first dense layer in several passes. :class:`FastPath` lists the remedies
+that measured faster on an H100 (see ``docs/performance.md``); :func:`fast_path_for` picks them
+for a device.
+
+Every switch here only changes *how* the same computation runs, never which one: the weights,
+batches, loss and update rule stay those of :mod:`genodl_core.training.loop`. On CPU the fast
+path is off, so CPU runs stay bit-for-bit what they were.
+
+- ``channels_last``: each ``Conv1d`` runs as a ``conv2d`` with a ``1 x k`` kernel on
+  channels-last (NHWC) tensors, for which cuDNN has much faster kernels (~1.5x on NT3's second
+  convolution). The parameters are the ``Conv1d`` ones, so state dicts are unchanged.
+- ``fused_optimizer``: one fused kernel per optimizer step instead of a loop over tensors.
+- ``eval_batch_size``: validation at a large batch (it needs no gradients).
+- ``cudnn_benchmark``: let cuDNN time its algorithms once per shape (scoped, then restored).
+- ``cuda_graphs``: the forward and backward passes of a full training batch are captured once
+  (:func:`torch.cuda.make_graphed_callables`) and replayed, so a step costs a few launches.
+- ``compile``: :func:`torch.compile` the forward pass (exclusive with ``cuda_graphs``).
+- ``bf16_inputs``: with bf16 autocast, keep the resident features in bf16 (autocast would
+  cast them to bf16 anyway before the first convolution; this halves their memory and copies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genodl_core.errors import SpecError
+from genodl_core.training.precision import is_cuda
+
+log = logging.getLogger(__name__)
+
+#: Environment variable that turns the fast path off ('off') for every trial of a process.
+FAST_PATH_ENV = "GENODL_FAST_PATH"
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Which speed-ups the classification loop applies (all off = the plain port)."""
+
+    channels_last: bool = False
+    fused_optimizer: bool = False
+    #: Batch size of validation passes; None = the training batch size.
+    eval_batch_size: int | None = None
+    cudnn_benchmark: bool = False
+    cuda_graphs: bool = False
+    compile: bool = False
+    bf16_inputs: bool = False
+
+    @classmethod
+    def plain(cls) -> "FastPath":
+        """The plain PyTorch port: every speed-up off."""
+        return cls()
+
+    @property
+    def enabled(self) -> bool:
+        return self != FastPath.plain()
+
+    def label(self) -> str:
+        """Short description for logs and benchmark tables (e.g. 'nhwc+fused+graphs')."""
+        names = {"channels_last": "nhwc", "fused_optimizer": "fused", "cudnn_benchmark": "bench",
+                 "cuda_graphs": "graphs", "compile": "compile", "bf16_inputs": "bf16in"}
+        parts = [short for name, short in names.items() if getattr(self, name)]
+        if self.eval_batch_size:
+            parts.append(f"eval{self.eval_batch_size}")
+        return "+".join(parts) or "plain"
+
+    def replace(self, **changes) -> "FastPath":
+        return dataclasses.replace(self, **changes)
+
+
+#: The default fast path on CUDA (what measured fastest for a single trial; see the docs).
+CUDA_DEFAULT = FastPath(channels_last=True, fused_optimizer=True, eval_batch_size=256,
+                        cudnn_benchmark=True, cuda_graphs=True, compile=False, bf16_inputs=True)
+
+_override = threading.local()
+
+
+@contextlib.contextmanager
+def use_fast_path(fast: FastPath | None) -> Iterator[None]:
+    """Force ``fast`` (None = back to the default) for trials run in this thread in the block.
+
+    The benchmark uses it to run the plain port and the fast path through the same trial
+    runner; a user can turn the fast path off with ``GENODL_FAST_PATH=off`` instead.
+    """
+    previous = getattr(_override, "value", None)
+    _override.value = fast
+    try:
+        yield
+    finally:
+        _override.value = previous
+
+
+def fast_path_for(device: str, precision: str) -> FastPath:
+    """The speed-ups for a trial on ``device`` at the resolved ``precision``.
+
+    CPU: none (bit-for-bit reproducible runs). CUDA: :data:`CUDA_DEFAULT` (``bf16_inputs``
+    only with bf16 precision), unless :func:`use_fast_path` or ``GENODL_FAST_PATH=off`` says
+    otherwise.
+
+    Raises
+    ------
+    SpecError
+        ``GENODL_FAST_PATH`` holds something other than 'on', 'off' or empty.
+    """
+    forced = getattr(_override, "value", None)
+    if forced is not None:
+        return forced
+    setting = os.environ.get(FAST_PATH_ENV, "").strip().lower()
+    if setting not in ("", "on", "off"):
+        raise SpecError(FAST_PATH_ENV, setting, ["on", "off"],
+                        reason="environment variable with an unknown value")
+    if not is_cuda(device) or setting == "off":
+        return FastPath.plain()
+    return CUDA_DEFAULT.replace(bf16_inputs=precision == "bf16")
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """Set ``torch.backends.cudnn.benchmark`` for the block and restore it afterwards.
+
+    Scoped because a persistent worker runs many trials, possibly with other settings.
+    """
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or saved
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+# --------------------------------------------------------------------------------------------
+# channels-last convolution stack
+# --------------------------------------------------------------------------------------------
+
+def conv1d_as_conv2d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv(x)`` for ``x`` shaped ``[B, C, 1, L]`` (channels-last), using ``conv``'s weights.
+
+    The kernel becomes ``1 x k``; output ``[B, filters, 1, L_out]`` in channels-last layout.
+    """
+    weight = conv.weight.unsqueeze(2)
+    if x.is_cuda:
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, weight, conv.bias, stride=(1, conv.stride[0]))
+
+
+class ChannelsLastNT3(nn.Module):
+    """Runs an NT3 network's layers on ``[B, C, 1, L]`` channels-last tensors.
+
+    Holds the network itself (so parameters, ``train()``/``eval()`` and state dicts are
+    shared) and maps ``[batch, features]`` to the same logits as ``net(x)``.
+
+    Raises
+    ------
+    TypeError
+        The network has a layer this layout does not know (e.g. locally connected layers;
+        :func:`supports_channels_last` says beforehand).
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        if not supports_channels_last(net):
+            raise TypeError("ChannelsLastNT3 needs an NT3 network of Conv1d/MaxPool1d layers")
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(x.shape[0], 1, 1, x.shape[1])
+        if h.is_cuda:
+            h = h.contiguous(memory_format=torch.channels_last)
+        for layer in self.net.layers:
+            if isinstance(layer, nn.Conv1d):
+                h = conv1d_as_conv2d(h, layer)
+            elif isinstance(layer, nn.MaxPool1d):
+                h = F.max_pool2d(h, (1, layer.kernel_size), (1, layer.stride))
+            elif isinstance(layer, nn.Flatten):
+                # [B, C, 1, L] flattens channel-major whatever its memory layout: the same
+                # feature order as the Conv1d network's [B, C, L].
+                h = h.flatten(1)
+            else:
+                h = layer(h)
+        return h
+
+
+def supports_channels_last(net: nn.Module) -> bool:
+    """Whether :class:`ChannelsLastNT3` can run ``net`` (plain convolutions and pools only)."""
+    layers = getattr(net, "layers", None)
+    if not isinstance(layers, nn.Sequential):
+        return False
+    allowed = (nn.Conv1d, nn.MaxPool1d, nn.Flatten, nn.Linear, nn.Dropout, nn.ReLU, nn.ELU,
+               nn.Tanh, nn.Sigmoid)
+    for layer in layers:
+        if not isinstance(layer, allowed):
+            return False
+        if isinstance(layer, nn.Conv1d) and (layer.padding != (0,) or layer.dilation != (1,)
+                                             or layer.groups != 1):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# forward runners
+# --------------------------------------------------------------------------------------------
+
+class GraphedForward(nn.Module):
+    """A model whose full-batch training forward/backward replays captured CUDA graphs.
+
+    Built by :func:`prepare_forward`. Calls in eval mode or with another batch size (the last,
+    partial batch of an epoch) run the eager module, which shares the parameters.
+    """
+
+    def __init__(self, module: nn.Module, graphed: Callable[[torch.Tensor], torch.Tensor],
+                 batch_size: int):
+        super().__init__()
+        self.module = module
+        self._graphed = graphed
+        self.batch_size = batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == self.batch_size:
+            return self._graphed(x)
+        return self.module(x)
+
+
+def prepare_forward(net: nn.Module, fast: FastPath, *, sample: torch.Tensor,
+                    amp: Callable[[], contextlib.AbstractContextManager]) -> nn.Module:
+    """The module the loop calls: ``net`` itself, its channels-last form, graphed or compiled.
+
+    Parameters
+    ----------
+    net
+        The model, on its device, in training mode.
+    fast
+        Which speed-ups to apply (those that do not fit the model are skipped with a log line).
+    sample
+        A training batch of the loop's batch size (shape and dtype of the graph's input); only
+        read, during warm-up passes whose gradients are discarded.
+    amp
+        The autocast scope of the training step (graphs are captured inside it).
+    """
+    module = net
+    if fast.channels_last:
+        if supports_channels_last(net):
+            module = ChannelsLastNT3(net)
+        else:
+            log.info("fast path: channels-last layout skipped (layers it cannot run)")
+    if fast.compile:
+        return torch.compile(module, dynamic=False)
+    if fast.cuda_graphs and sample.is_cuda:
+        module.train()
+        with amp_without_cache(amp):
+            graphed = torch.cuda.make_graphed_callables(module, (sample.detach(),))
+        return GraphedForward(module, graphed, int(sample.shape[0]))
+    return module
+
+
+@contextlib.contextmanager
+def amp_without_cache(amp: Callable[[], contextlib.AbstractContextManager]) -> Iterator[None]:
+    """``amp()`` with autocast's weight cache off, as graph capture requires.
+
+    The cache keeps bf16 copies of weights across calls within one autocast region; inside a
+    captured graph those copies would be stale after the optimizer step.
+    """
+    scope = amp()
+    if isinstance(scope, torch.autocast):
+        scope = torch.autocast(device_type=scope.device, dtype=scope.fast_dtype,
+                               cache_enabled=False)
+    with scope:
+        yield
+
+
+__all__ = ["FastPath", "CUDA_DEFAULT", "FAST_PATH_ENV", "use_fast_path", "fast_path_for",
+           "cudnn_benchmark", "conv1d_as_conv2d", "ChannelsLastNT3", "supports_channels_last",
+           "GraphedForward", "prepare_forward", "amp_without_cache"]

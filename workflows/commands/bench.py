@@ -1,0 +1,43 @@
+"""``genodl bench``: the plain PyTorch port against the default fast path, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="time the plain port against the fast path (s/epoch, TFLOP/s, overhead)",
+        description="Train synthetic trials of one model in several modes, in this process, and "
+                    "print seconds per epoch, trials per GPU-hour, achieved TFLOP/s and its "
+                    "share of a dense matmul measured in the same run, and per-trial overhead.")
+    p.add_argument("--model", choices=["nt3", "dgex"], default="nt3")
+    p.add_argument("--quick", action="store_true",
+                   help="small shapes: seconds on a CPU (a smoke test, not a measurement)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per benchmark trial (default: 3 quick, 6 NT3, 4 D-GEX)")
+    p.add_argument("--modes", default="plain,fast",
+                   help="comma-separated modes: plain, plain-tf32, plain-bf16, fast, batched "
+                        "(default: %(default)s)")
+    p.add_argument("--pack", type=int, default=4,
+                   help="trials per batched computation in the 'batched' mode (default: 4)")
+    p.add_argument("--out", default=None,
+                   help="keep the benchmark trials' records here (default: a temporary folder)")
+    p.add_argument("--json", action="store_true", help="also print the report as one JSON line")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Exit status 0; errors (bad mode, failed trial) propagate as GenodlError (status 2)."""
+    from genodl_core.bench import BenchConfig, format_report, run_benchmark
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    cfg = BenchConfig(model=args.model, quick=args.quick, device=args.device, epochs=args.epochs,
+                      modes=modes, pack=args.pack)
+    report = run_benchmark(cfg, args.out)
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    return 0
