@@ -28,6 +28,7 @@ from genodl_core.registry import MODELS
 from genodl_core.spec import derive_seed
 from genodl_core.typed import check_range
 from genodl_core.training.abstention import AbstentionObjective, AlphaController
+from genodl_core.training.batched import current_pack, pack_key
 from genodl_core.training.context import FitContext, FitOutcome
 from genodl_core.training.loop import CrossEntropyObjective, fit_classifier
 
@@ -321,9 +322,15 @@ def fit(ctx: FitContext) -> FitOutcome:
         objective = AbstentionObjective(n_classes, params.controller())
     else:
         objective = CrossEntropyObjective()
-    outcome = fit_classifier(
-        ctx, lambda: build_nt3(params, n_features, n_classes, seed=init_seed), objective,
-        n_classes=n_classes)
+    def build() -> NT3Net:
+        return build_nt3(params, n_features, n_classes, seed=init_seed)
+
+    pack = current_pack()
+    if pack is not None and pack_key(ctx.spec) is not None:
+        # Trained together with the other trials of its pack (genodl_core.training.batched).
+        outcome = pack.fit(ctx, build, objective, n_classes)
+    else:
+        outcome = fit_classifier(ctx, build, objective, n_classes=n_classes)
     outcome.extra.update(variant=params.variant, n_outputs=params.n_outputs(n_classes),
                          flatten_width=params.conv[-1][0] * nt3_widths(params, n_features)[-1][1])
     return outcome
