@@ -400,7 +400,7 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
     if len(sizes) != 1:
         raise DataError(f"trials of one pack have training splits of sizes {sorted(sizes)}")
     fast = fast_path_for(device, precision)
-    feature_dtype = torch.bfloat16 if fast.bf16_inputs else torch.float32
+    feature_dtype = torch.bfloat16 if fast.bf16_inputs and precision == "bf16" else torch.float32
     datas = [DeviceData.from_dataset(c.dataset, "cpu", n_classes,
                                      source=f"data source {c.spec.data.name!r}") for c in ctxs]
     del datas  # validation of every member's labels; the device copies follow

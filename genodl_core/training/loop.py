@@ -270,7 +270,7 @@ def fit_classifier(ctx: FitContext, build_model: Callable[[], nn.Module], object
     fast = fast_path_for(device, precision) if fast is None else fast
     data = DeviceData.from_dataset(
         ctx.dataset, device, n_classes, source=f"data source {ctx.spec.data.name!r}",
-        feature_dtype=torch.bfloat16 if fast.bf16_inputs else torch.float32)
+        feature_dtype=torch.bfloat16 if fast.bf16_inputs and precision == "bf16" else torch.float32)
     abstaining = objective.abstain_class is not None
     eval_bs = eval_batch_size or fast.eval_batch_size or train.batch_size
 

@@ -1,0 +1,133 @@
+"""The fast path computes what the plain loop computes (CPU checks; CUDA ones when available)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from genodl_core.errors import SpecError
+from genodl_core.models.nt3 import NT3Params, build_nt3
+from genodl_core.records import load_record
+from genodl_core.spec import spec_from_dict
+from genodl_core.training.fast import (CUDA_DEFAULT, FAST_PATH_ENV, ChannelsLastNT3, FastPath,
+                                       cudnn_benchmark, fast_path_for, supports_channels_last,
+                                       use_fast_path)
+from genodl_core.training.trial import run_trial
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_spec(seed=1, device="cpu", precision="auto", epochs=3, **model):
+    return spec_from_dict({
+        "seed": seed, "device": device, "precision": precision,
+        "model": {"name": "nt3", "conv": [[4, 5, 1], [4, 5, 1]], "pool": [1, 4], "dense": [16],
+                  **model},
+        "data": {"source": "synthetic_nt3", "n_train": 80, "n_test": 48, "n_features": 160},
+        "train": {"epochs": epochs, "batch_size": 16, "learning_rate": 0.01}})
+
+
+@pytest.mark.parametrize("params", [
+    NT3Params(conv=((4, 5, 1), (6, 3, 1)), pool=(1, 4), dense=(8,)),
+    NT3Params(conv=((3, 7, 2), (5, 3, 3)), pool=(2, 2), dense=(8, 4), activation="tanh"),
+    NT3Params(conv=((4, 5, 1),), pool=(3,), dense=(), variant="abstaining"),
+])
+def test_channels_last_network_gives_the_same_logits(params):
+    net = build_nt3(params, 90, 3, seed=4)
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(6, 90)).astype(np.float32))
+    torch.testing.assert_close(ChannelsLastNT3(net)(x), net(x), rtol=1e-5, atol=1e-6)
+    # Gradients flow to the same parameters.
+    ChannelsLastNT3(net)(x).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_locally_connected_network_is_not_converted():
+    params = NT3Params(conv=((2, 3, 1),), pool=(2,), dense=(4,), locally_connected=True)
+    net = build_nt3(params, 20, 2, seed=0)
+    assert not supports_channels_last(net)
+    with pytest.raises(TypeError):
+        ChannelsLastNT3(net)
+
+
+def test_default_path_per_device(monkeypatch):
+    monkeypatch.delenv(FAST_PATH_ENV, raising=False)
+    assert fast_path_for("cpu", "fp32") == FastPath.plain()
+    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT
+    assert not fast_path_for("cuda", "fp32").bf16_inputs
+    monkeypatch.setenv(FAST_PATH_ENV, "off")
+    assert fast_path_for("cuda", "bf16") == FastPath.plain()
+    monkeypatch.setenv(FAST_PATH_ENV, "fastest")
+    with pytest.raises(SpecError) as err:
+        fast_path_for("cuda", "bf16")
+    assert "fastest" in str(err.value) and "off" in str(err.value)
+
+
+def test_override_is_scoped():
+    forced = FastPath(channels_last=True)
+    with use_fast_path(forced):
+        assert fast_path_for("cpu", "fp32") == forced
+    assert fast_path_for("cpu", "fp32") == FastPath.plain()
+    assert forced.label() == "nhwc" and FastPath.plain().label() == "plain"
+
+
+def test_cudnn_benchmark_is_restored():
+    saved = torch.backends.cudnn.benchmark
+    with cudnn_benchmark(True):
+        assert torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark == saved
+
+
+def curves(spec, tmp, fast):
+    with use_fast_path(fast):
+        result = run_trial(spec, tmp, raise_errors=True)
+    return load_record(result.path).result["curves"]
+
+
+def test_cpu_path_is_unchanged_and_deterministic(tmp_path):
+    spec = small_spec()
+    default = curves(spec, tmp_path / "a", None)
+    plain = curves(spec, tmp_path / "b", FastPath.plain())
+    for key in default:
+        if key != "epoch_seconds":
+            assert default[key] == plain[key], key
+
+
+@pytest.mark.parametrize("variant", ["base", "abstaining"])
+def test_cpu_usable_speedups_keep_the_trial(tmp_path, variant):
+    """Layout and evaluation batch change only rounding: the curves agree closely."""
+    spec = small_spec(variant=variant)
+    plain = curves(spec, tmp_path / "a", FastPath.plain())
+    fast = curves(spec, tmp_path / "b", FastPath(channels_last=True, eval_batch_size=64))
+    for key in plain:
+        if key != "epoch_seconds":
+            np.testing.assert_allclose(fast[key], plain[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_cuda_fast_path_accuracy_holds(tmp_path):
+    """bf16 + every speed-up of the default path against the plain fp32 port, same seed."""
+    spec = small_spec(device="cuda", epochs=8)
+    plain = curves(spec.replace(precision="fp32"), tmp_path / "a", FastPath.plain())
+    fast = curves(spec, tmp_path / "b", None)
+    assert abs(fast["val_accuracy"][-1] - plain["val_accuracy"][-1]) <= 0.05
+    np.testing.assert_allclose(fast["loss"], plain["loss"], rtol=0.05)
+
+
+@cuda
+@pytest.mark.parametrize("option", [f.name for f in dataclasses.fields(FastPath)
+                                    if f.type in (bool, "bool")])
+def test_cuda_each_speedup_alone_runs(tmp_path, option):
+    spec = small_spec(device="cuda", epochs=2)
+    out = curves(spec, tmp_path, FastPath(**{option: True}))
+    assert np.isfinite(out["loss"]).all()
