@@ -11,8 +11,11 @@ character, deterministic from one seed:
   0.4), so some genes are almost never measured and others always. At full size some genes are
   zero in every training sample (scaling must cope).
 * **classes**: balanced (class sizes differ by at most one). Class 0 plays "normal"; for every
-  other class a random ``informative_fraction`` (default 3 %) of the expressed genes is up- or
-  down-regulated by about ``effect_size`` standard deviations of that gene (on the log scale).
+  other class ``informative_fraction`` (default 10 %) of the genes is up- or down-regulated by
+  about ``effect_size`` (default 2) standard deviations of each gene on the log scale. The
+  changed genes come in runs of ``module_size`` (default 20) neighbouring columns that move in
+  the same direction, as genes on a gained or lost chromosome segment do in tumours; this local
+  structure is what lets a convolutional model such as NT3 learn from few samples.
 * **purity**: like tumour biopsies, each non-normal sample carries the class signal only in
   proportion to a purity drawn from Beta(6, 2); a share ``ambiguous_fraction`` (default 3 %) of
   them has purity 0 and looks exactly normal. This caps the achievable validation accuracy at
@@ -21,8 +24,9 @@ character, deterministic from one seed:
 * **label gene**: gene ``label_gene`` (default 11,180 at full width, the column the NT3 paper
   used for correlated label noise; scaled proportionally, ``n_features * 11180 // 60483``, for
   narrower data) is prevalent and tracks the label: normal samples express it in about half
-  the cases, non-normal samples (in proportion to purity) almost always and at a higher level.
-  After MaxAbs scaling it exceeds 0.01 in about 70 % of the samples, mostly non-normal ones, so
+  the cases, non-normal samples that carry any signal in 96 % of the cases, at a level rising
+  with purity. After MaxAbs scaling it exceeds 0.01 in about 73 % of the samples (correlation
+  with the label about 0.55), mostly non-normal ones, so
   correlated label noise (restricted to samples above a threshold of this gene) hits the
   classes unevenly, as in the paper.
 
@@ -30,6 +34,10 @@ Gene-level parameters, the training split and the test split come from three ind
 streams spawned from ``seed``: changing ``n_test`` does not change the training samples.
 Generation is vectorised in row blocks straight into the output arrays: the full size takes a
 few seconds and about one float32 copy of the data (0.34 GB).
+
+Measured behaviour. Full size, the paper's NT3 network and training (SGD, lr 0.002, batch 16):
+about 96 % validation accuracy after one epoch, levelling at 98-99.6 % (seeds 0 and 1), about
+0.65 s per epoch on one H100 GPU. Generation of the full size takes about 3 s on one CPU core.
 
 Recommended small configuration (examples, tests, laptops)::
 
@@ -39,8 +47,12 @@ Recommended small configuration (examples, tests, laptops)::
     n_test = 100
     n_features = 1000
 
-On it a logistic regression reaches about 0.95-0.99 validation accuracy within a few epochs
-and a second of CPU time, leaving room for noise to show its effect.
+On it a logistic regression reaches 0.93-0.97 validation accuracy in 5 epochs and well under
+a second. A shrunken NT3 (conv ``[[8, 20, 1], [8, 10, 1]]``, pool ``[1, 10]``, dense
+``[32, 8]``) reaches 0.86-0.97 (typically about 0.94) in 8 epochs of SGD with ``learning_rate
+= 0.01`` and ``momentum = 0.9``, or Adam with 0.001, in about a second of CPU time per trial.
+Plain SGD at 0.01 without momentum takes only about 100 small steps in 8 epochs and stays near
+chance (0.5-0.7): small runs need momentum, a larger rate, or many more epochs.
 
 As with real data, the source returns RAW values; the trial runner scales them afterwards
 (``scaling = "maxabs"`` fitted on the training split by default).
@@ -101,6 +113,9 @@ class SyntheticNT3Params:
         Expected share of exact zeros over all cells.
     ambiguous_fraction
         Share of non-normal samples without any class signal (purity 0).
+    module_size
+        Informative genes come in runs of this many neighbouring columns sharing the direction
+        of their change (1 = scattered genes).
     scaling, scale_fit
         Applied by the trial runner: ``"maxabs"``/``"none"``; fitted on ``"train"`` or, as
         CANDLE does, on ``"train+test"``.
@@ -112,10 +127,11 @@ class SyntheticNT3Params:
     n_classes: int = 2
     seed: int = 0
     label_gene: int | None = None
-    informative_fraction: float = 0.03
-    effect_size: float = 1.0
+    informative_fraction: float = 0.1
+    effect_size: float = 2.0
     zero_fraction: float = 0.4
     ambiguous_fraction: float = 0.03
+    module_size: int = 20
     scaling: Literal["maxabs", "none"] = "maxabs"
     scale_fit: Literal["train", "train+test"] = "train"
 
@@ -136,6 +152,7 @@ class SyntheticNT3Params:
         check_range(where, "informative_fraction", self.informative_fraction, 0, 1)
         check_range(where, "effect_size", self.effect_size, 0, 20)
         check_range(where, "zero_fraction", self.zero_fraction, 0, 0.95)
+        check_range(where, "module_size", self.module_size, 1, self.n_features)
         check_range(where, "ambiguous_fraction", self.ambiguous_fraction, 0, 1, hi_open=True)
         if self.label_gene is not None and not 0 <= self.label_gene < self.n_features:
             raise SpecError(f"{where}.label_gene" if where else "label_gene", self.label_gene,
@@ -230,15 +247,21 @@ def synthetic_truth(params: SyntheticNT3Params) -> SyntheticTruth:
     spread[label_gene] = _LABEL_GENE_SPREAD
     zero_prob[label_gene] = _LABEL_GENE_ZERO_NORMAL
 
-    # Differentially expressed genes are drawn among the usually detected ones.
-    candidates = np.flatnonzero(zero_prob < 0.5)
-    candidates = candidates[candidates != label_gene]
-    if candidates.size == 0:
-        candidates = np.setdiff1d(np.arange(n), [label_gene])
-    n_inf = min(candidates.size, int(round(params.informative_fraction * n)))
-    informative = np.sort(rng.choice(candidates, size=n_inf, replace=False))
-    magnitude = rng.uniform(0.5, 1.5, (params.n_classes - 1, n_inf))
-    sign = rng.choice(np.array([-1.0, 1.0]), size=(params.n_classes - 1, n_inf))
+    # Differentially expressed genes come in runs of neighbouring columns that move together,
+    # as genes on a gained or lost chromosome segment do in tumours; the runs give a
+    # convolutional model the local structure it relies on.
+    run = min(params.module_size, n)
+    n_runs_possible = n // run
+    n_runs = min(n_runs_possible, int(round(params.informative_fraction * n / run)))
+    if params.informative_fraction > 0:
+        n_runs = max(n_runs, 1)
+    starts = np.sort(rng.choice(n_runs_possible, size=n_runs, replace=False)) * run
+    informative = (starts[:, None] + np.arange(run)[None, :]).ravel()
+    keep = informative != label_gene
+    informative = informative[keep]
+    magnitude = rng.uniform(0.5, 1.5, (params.n_classes - 1, informative.size))
+    run_sign = rng.choice(np.array([-1.0, 1.0]), size=(params.n_classes - 1, n_runs))
+    sign = np.repeat(run_sign, run, axis=1)[:, keep]
     effects = params.effect_size * spread[informative] * magnitude * sign
     return SyntheticTruth(
         log_level=level.astype(np.float32), log_spread=spread.astype(np.float32),
