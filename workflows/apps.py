@@ -26,12 +26,13 @@ and raises :class:`RetryableTrialFailure` for the others (so the retry handler r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from parsl import python_app
 
@@ -87,36 +88,122 @@ def execute_trial(spec: Mapping[str, Any], trial_id: str, run_dir: str | Path, *
     RetryableTrialFailure
         When the trial failed and the runner says a retry could succeed.
     """
-    from genodl_core.training.trial import run_trial
+    (result,) = _run_unit([spec], [trial_id], Path(run_dir), threads=threads)
+    if result["state"] == records.FAILED and result["deterministic"] is False:
+        raise RetryableTrialFailure(trial_id, result["error_type"], result["error"])
+    return result
 
-    run_dir = Path(run_dir)
+
+def execute_pack(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str],
+                 run_dir: str | Path, *, threads: int | None = None,
+                 submitted_at: float | None = None) -> list[dict[str, Any]]:
+    """Run several compatible NT3 trials as one batched computation, one record each.
+
+    The trials (same architecture and training settings, differing in seed and noise; see
+    ``genodl_core.training.batched.pack_key``) share one grouped computation on this worker's
+    device, which fills a GPU far better than one small trial. Complete members are skipped.
+
+    Parameters
+    ----------
+    specs, trial_ids
+        The members' resolved specs and ids, in the same order.
+    run_dir
+        The sweep's run directory.
+    threads
+        Torch intra-op threads for this process.
+    submitted_at
+        When the driver submitted this pack (``time.time()``). On a retry, members that failed
+        deterministically since then are not run again: only the retryable ones are.
+
+    Returns
+    -------
+    list of dict
+        One result per member, as :func:`execute_trial` returns it, in ``trial_ids`` order.
+
+    Raises
+    ------
+    RetryableTrialFailure
+        When some member failed in a way a retry could cure (the whole pack is retried; its
+        complete and deterministically failed members are skipped then).
+    """
+    results = _run_unit(specs, trial_ids, Path(run_dir), threads=threads,
+                        submitted_at=submitted_at)
+    retryable = [r for r in results
+                 if r["state"] == records.FAILED and r["deterministic"] is False]
+    if retryable:
+        first = retryable[0]
+        raise RetryableTrialFailure(first["trial_id"], first["error_type"],
+                                    f"{first['error']} ({len(retryable)} of "
+                                    f"{len(results)} trials of the pack)")
+    return results
+
+
+def _run_unit(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str], run_dir: Path, *,
+              threads: int | None, submitted_at: float | None = None) -> list[dict[str, Any]]:
+    """Run the trials that still need it, holding every member's attempt lock meanwhile."""
     trials_dir = run_dir / TRIALS_DIR
     events = run_dir / LOGS_DIR / ATTEMPTS_LOG
-    where = {"trial_id": trial_id, "host": socket.gethostname(), "pid": os.getpid(),
+    where = {"host": socket.gethostname(), "pid": os.getpid(),
              "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
              "worker_rank": os.environ.get("PARSL_WORKER_RANK")}
-    with trial_attempt_lock(trials_dir, trial_id):
-        if records.is_complete(trials_dir / trial_id, trial_id):
-            append_event(events, {"event": "skip", **where})
-            status = records.read_status(trials_dir / trial_id) or {}
-            return {**where, "state": records.DONE, "skipped": True, "final": {},
-                    "error_type": None, "error": None, "deterministic": None,
-                    "wall_s": status.get("wall_s")}
-        _set_threads(threads)
-        append_event(events, {"event": "start", **where})
-        t0 = time.monotonic()
-        result = run_trial(dict(spec), trials_dir)
-        append_event(events, {"event": "end", "state": result.state,
-                              "wall_s": time.monotonic() - t0,
-                              "error_type": result.error_type, **where})
-    if result.trial_id != trial_id:
-        raise GenodlError(f"spec of trial {trial_id} resolves to {result.trial_id}: "
-                                  f"the worker runs a different genodl version than the driver")
-    if result.state == records.FAILED and not result.deterministic:
-        raise RetryableTrialFailure(trial_id, result.error_type, result.error)
-    return {**where, "state": result.state, "skipped": False, "final": dict(result.final),
-            "error_type": result.error_type, "error": result.error,
-            "deterministic": result.deterministic, "wall_s": result.wall_s}
+    results: dict[str, dict[str, Any]] = {}
+    with contextlib.ExitStack() as locks:
+        # One global order of acquisition: two packs sharing members can never deadlock.
+        for trial_id in sorted(set(trial_ids)):
+            locks.enter_context(trial_attempt_lock(trials_dir, trial_id))
+        todo = []
+        for spec, trial_id in zip(specs, trial_ids):
+            trial_dir = trials_dir / trial_id
+            status = records.read_status(trial_dir) or {}
+            if records.is_complete(trial_dir, trial_id):
+                append_event(events, {"event": "skip", "trial_id": trial_id, **where})
+                results[trial_id] = _result(trial_id, records.DONE, where, skipped=True,
+                                            wall_s=status.get("wall_s"))
+            elif (submitted_at is not None and status.get("state") == records.FAILED
+                  and status.get("deterministic") and status.get("time", 0) >= submitted_at):
+                results[trial_id] = _result(trial_id, records.FAILED, where, skipped=True,
+                                            error_type=status.get("error_type"),
+                                            error=status.get("error"), deterministic=True)
+            else:
+                todo.append((spec, trial_id))
+        if todo:
+            _set_threads(threads)
+            for _, trial_id in todo:
+                append_event(events, {"event": "start", "trial_id": trial_id, **where})
+            t0 = time.monotonic()
+            outcomes = _run_trials([spec for spec, _ in todo], trials_dir)
+            for (_, trial_id), outcome in zip(todo, outcomes):
+                if outcome.trial_id != trial_id:
+                    raise GenodlError(f"spec of trial {trial_id} resolves to {outcome.trial_id}: "
+                                      f"the worker runs another genodl version than the driver")
+                append_event(events, {"event": "end", "trial_id": trial_id,
+                                      "state": outcome.state, "wall_s": time.monotonic() - t0,
+                                      "error_type": outcome.error_type, **where})
+                results[trial_id] = _result(trial_id, outcome.state, where,
+                                            final=dict(outcome.final),
+                                            error_type=outcome.error_type, error=outcome.error,
+                                            deterministic=outcome.deterministic,
+                                            wall_s=outcome.wall_s)
+    return [results[trial_id] for trial_id in trial_ids]
+
+
+def _run_trials(specs: list[Mapping[str, Any]], trials_dir: Path) -> list[Any]:
+    if len(specs) == 1:
+        from genodl_core.training.trial import run_trial
+
+        return [run_trial(dict(specs[0]), trials_dir)]
+    from genodl_core.training.batched import run_trials
+
+    return run_trials([dict(s) for s in specs], trials_dir, pack_size=len(specs))
+
+
+def _result(trial_id: str, state: str, where: Mapping[str, Any], *, skipped: bool = False,
+            final: dict[str, float] | None = None, error_type: str | None = None,
+            error: str | None = None, deterministic: bool | None = None,
+            wall_s: float | None = None) -> dict[str, Any]:
+    return {"trial_id": trial_id, **where, "state": state, "skipped": skipped,
+            "final": final or {}, "error_type": error_type, "error": error,
+            "deterministic": deterministic, "wall_s": wall_s}
 
 
 def _set_threads(threads: int | None) -> None:
@@ -137,4 +224,13 @@ def trial_app(spec: dict[str, Any], trial_id: str, run_dir: str,
     return execute_trial(spec, trial_id, run_dir, threads=threads)
 
 
-__all__ = ["RetryableTrialFailure", "execute_trial", "trial_app"]
+@python_app
+def pack_app(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
+             threads: int | None = None, submitted_at: float | None = None) -> list[dict[str, Any]]:
+    """Parsl app around :func:`execute_pack`: several trials as one batched computation."""
+    from workflows.apps import execute_pack
+
+    return execute_pack(specs, trial_ids, run_dir, threads=threads, submitted_at=submitted_at)
+
+
+__all__ = ["RetryableTrialFailure", "execute_trial", "execute_pack", "trial_app", "pack_app"]

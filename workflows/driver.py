@@ -43,6 +43,7 @@ class RunSettings:
     retries: int | None = None
     threads_per_trial: int | None = None
     progress_interval_s: float | None = None
+    pack_size: int | None = None
     gather: bool = True
     update_sweep: bool = False
 
@@ -59,6 +60,7 @@ class RunSettings:
             retries=sweep.run.retries if self.retries is None else self.retries,
             threads_per_trial=self.threads_per_trial or sweep.run.threads_per_trial,
             progress_interval_s=self.progress_interval_s or sweep.run.progress_interval_s,
+            pack_size=self.pack_size or sweep.run.pack_size,
             gather=self.gather,
             update_sweep=self.update_sweep,
         )
@@ -159,28 +161,53 @@ def select_todo(run: RunDir, sweep: Sweep,
     return todo, done
 
 
+def make_units(todo: list[SweepTrial], pack_size: int) -> list[list[SweepTrial]]:
+    """Group the trials to run into units of work: single trials, or batched packs.
+
+    With ``pack_size > 1``, NT3 trials that differ only in seed and noise are packed (up to
+    ``pack_size`` per unit) into one batched computation on one worker (see
+    ``genodl_core.training.batched``); other trials stay alone.
+    """
+    if pack_size <= 1 or len(todo) <= 1:
+        return [[t] for t in todo]
+    from genodl_core.spec import spec_from_dict
+    from genodl_core.training.batched import group_packs
+
+    packs = group_packs([spec_from_dict(t.spec) for t in todo], pack_size)
+    return [[todo[i] for i in pack] for pack in packs]
+
+
 def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, *,
                     total: int, already_done: int) -> None:
     import parsl
 
     from site_configs import get_site, load_site
-    from workflows.apps import trial_app
+    from workflows.apps import pack_app, trial_app
 
     site = get_site(settings.site)
     slots = site.slots(settings.options)
     threads = settings.threads_per_trial or default_threads_per_trial(site.scheduler, slots)
     config = load_site(settings.site, run.path, retries=settings.retries,
                        retry_handler=retry_handler, options=settings.options)
-    log.info("site %s: %d trial slots, %s torch threads per trial, %d retries", settings.site,
-             slots, threads or "default", settings.retries)
+    units = make_units(todo, settings.pack_size)
+    log.info("site %s: %d trial slots, %s torch threads per trial, %d retries%s", settings.site,
+             slots, threads or "default", settings.retries,
+             f"; {len(todo)} trials in {len(units)} batched packs" if settings.pack_size > 1
+             else "")
     progress = Progress(total, already_done, interval_s=settings.progress_interval_s,
-                        slots=slots)
+                        slots=slots * max(settings.pack_size, 1))
     wanted = {t.trial_id for t in todo}
     offset = _file_size(run.attempts_file)  # only this run's attempts count for progress
     with parsl.load(config):
-        futures: dict[Future, str] = {
-            trial_app(t.spec, t.trial_id, str(run.path), threads=threads): t.trial_id
-            for t in todo}
+        futures: dict[Future, list[str]] = {}
+        for unit in units:
+            ids = [t.trial_id for t in unit]
+            if len(unit) == 1:
+                future = trial_app(unit[0].spec, ids[0], str(run.path), threads=threads)
+            else:
+                future = pack_app([t.spec for t in unit], ids, str(run.path), threads=threads,
+                                  submitted_at=time.time())
+            futures[future] = ids
         pending = set(futures)
         progress.tick(force=True)
         while pending:
@@ -195,14 +222,22 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
                 elif event.get("event") == "end":
                     progress.requeued(tid)
             for future in finished:
-                tid = futures[future]
-                state, wall = settle(run, tid, future)
-                progress.finished(tid, state, wall)
+                for tid, state, wall in settle_unit(run, futures[future], future):
+                    progress.finished(tid, state, wall)
             progress.tick()
 
 
 def settle(run: RunDir, trial_id: str, future: Future) -> tuple[str, float | None]:
-    """Turn a finished app future into the trial's final state, recording Parsl's failures.
+    """:func:`settle_unit` for a future of a single trial: its (state, wall seconds)."""
+    ((_, state, wall),) = settle_unit(run, [trial_id], future)
+    return state, wall
+
+
+def settle_unit(run: RunDir, trial_ids: list[str],
+                future: Future) -> list[tuple[str, str, float | None]]:
+    """Turn a finished app future into its trials' final states, recording Parsl's failures.
+
+    Returns ``(trial_id, state, wall_s)`` per trial (``wall_s`` None when nothing ran).
 
     A trial whose attempts Parsl gave up on (a worker lost more often than the retry budget, a
     deterministic exception raised around the trial) has no truthful record of its own: the
@@ -212,29 +247,37 @@ def settle(run: RunDir, trial_id: str, future: Future) -> tuple[str, float | Non
     try:
         result = future.result()
     except Exception as err:  # noqa: BLE001 - every failure is written down, none is fatal
-        trial_dir = run.trial_dir(trial_id)
-        status = records.read_status(trial_dir) or {}
-        if status.get("state") == records.FAILED and status.get("trial_id", trial_id) == trial_id \
-                and type(err).__name__ == "RetryableTrialFailure":
-            log.warning("trial %s failed after retries: %s: %s", trial_id,
-                        status.get("error_type"), status.get("error"))
-            return records.FAILED, status.get("wall_s")
-        message = _first_line(err)
-        records.write_status(trial_dir, records.FAILED, trial_id=trial_id,
-                             attempt=int(status.get("attempt", 0) or 0),
-                             error_type=type(err).__name__, error=message,
-                             deterministic=classify(err) == "deterministic",
-                             recorded_by="driver")
-        run.append_event({"event": "lost", "trial_id": trial_id,
-                          "error_type": type(err).__name__, "error": message})
-        log.warning("trial %s failed: %s: %s", trial_id, type(err).__name__, message)
-        return records.FAILED, None
-    if result.get("skipped"):
-        return records.DONE, None
-    if result["state"] == records.FAILED:
-        log.warning("trial %s failed (not retried): %s: %s", trial_id, result.get("error_type"),
-                    result.get("error"))
-    return result["state"], result.get("wall_s")
+        return [_settle_failure(run, tid, err) for tid in trial_ids]
+    settled = []
+    for item in (result if isinstance(result, list) else [result]):
+        tid = item["trial_id"]
+        if item["state"] == records.FAILED and not item.get("skipped"):
+            log.warning("trial %s failed (not retried): %s: %s", tid, item.get("error_type"),
+                        item.get("error"))
+        settled.append((tid, item["state"], None if item.get("skipped") else item.get("wall_s")))
+    return settled
+
+
+def _settle_failure(run: RunDir, trial_id: str, err: Exception) -> tuple[str, str, float | None]:
+    trial_dir = run.trial_dir(trial_id)
+    if records.is_complete(trial_dir, trial_id):
+        return trial_id, records.DONE, None  # a pack member that finished before the failure
+    status = records.read_status(trial_dir) or {}
+    if status.get("state") == records.FAILED and type(err).__name__ == "RetryableTrialFailure":
+        # The trial's own failure, recorded by the runner on the last attempt.
+        log.warning("trial %s failed after retries: %s: %s", trial_id,
+                    status.get("error_type"), status.get("error"))
+        return trial_id, records.FAILED, status.get("wall_s")
+    message = _first_line(err)
+    records.write_status(trial_dir, records.FAILED, trial_id=trial_id,
+                         attempt=int(status.get("attempt", 0) or 0),
+                         error_type=type(err).__name__, error=message,
+                         deterministic=classify(err) == "deterministic",
+                         recorded_by="driver")
+    run.append_event({"event": "lost", "trial_id": trial_id,
+                      "error_type": type(err).__name__, "error": message})
+    log.warning("trial %s failed: %s: %s", trial_id, type(err).__name__, message)
+    return trial_id, records.FAILED, None
 
 
 def rerun(run_dir: str | Path, settings: RunSettings | None = None, *,
@@ -463,5 +506,5 @@ def _first_line(err: BaseException) -> str:
 
 
 __all__ = ["RunSettings", "RunReport", "StatusReport", "run_sweep", "rerun", "select_todo",
-           "settle", "plan_rerun", "sweep_status", "format_status", "gather_summary",
+           "settle", "settle_unit", "make_units", "plan_rerun", "sweep_status", "format_status", "gather_summary",
            "default_threads_per_trial", "workflow_logging", "quiet_trial_logs", "MPI_SITE", "RERUN_STATES"]

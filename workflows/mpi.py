@@ -7,8 +7,8 @@ Parsl's HighThroughputExecutor needs, but always allow ``mpiexec``/``srun``/``js
 
 Rank 0 prepares the run directory exactly as the Parsl driver does (same ``sweep.json``, same
 records, same skipping of complete trials, same driver lock) and hands trials to the other
-ranks one at a time over ``MPI.COMM_WORLD``; a rank asks for the next trial when it finishes
-one, so uneven trial times balance themselves. Each rank is a persistent worker like an HTEX
+ranks one at a time over ``MPI.COMM_WORLD`` (or batched packs of trials, with ``--pack-size``);
+a rank asks for the next trial when it finishes one, so uneven trial times balance themselves. Each rank is a persistent worker like an HTEX
 worker: it keeps the loaded dataset and CUDA context between trials. With a single rank (or
 without mpiexec) rank 0 runs the trials itself, one after another.
 
@@ -33,7 +33,8 @@ from genodl_core import records
 from genodl_core.errors import SpecError
 
 from workflows.driver import (RERUN_STATES, RunReport, RunSettings, gather_summary, log_report,
-                              plan_rerun, quiet_trial_logs, select_todo, workflow_logging)
+                              make_units, plan_rerun, quiet_trial_logs, select_todo,
+                              workflow_logging)
 from workflows.progress import Progress
 from workflows.rundir import RunDir
 from workflows.sweep import Sweep
@@ -102,10 +103,13 @@ def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = 
             progress = Progress(len(sweep.trials), already_done,
                                 interval_s=settings.progress_interval_s, slots=max(size - 1, 1))
             try:
+                units = make_units(todo, settings.pack_size)
+                if settings.pack_size > 1:
+                    log.info("%d trials in %d batched packs", len(todo), len(units))
                 if size == 1:
-                    _serial(run, todo, settings.retries, threads, progress)
+                    _serial(run, units, settings.retries, threads, progress)
                 else:
-                    _dispatch(comm, run, todo, settings.retries, progress)
+                    _dispatch(comm, run, units, settings.retries, progress)
             except BaseException:
                 log.exception("dispatcher failed; aborting the MPI job (records are safe)")
                 comm.Abort(1)
@@ -147,19 +151,24 @@ def _gpus_per_node(options: Mapping[str, Any]) -> int | None:
     return gpus
 
 
-def _attempt(spec: dict[str, Any], trial_id: str, run_dir: str,
-             threads: int | None) -> dict[str, Any]:
-    """One attempt on this rank, as a message: the app's result or what went wrong."""
-    from workflows.apps import RetryableTrialFailure, execute_trial
+def _attempt(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
+             threads: int | None, submitted_at: float) -> dict[str, Any]:
+    """One attempt of a unit (a trial or a batched pack) on this rank, as a message."""
+    from workflows.apps import RetryableTrialFailure, execute_pack, execute_trial
     from workflows.retry import classify
 
     try:
-        return {"outcome": "result", **execute_trial(spec, trial_id, run_dir, threads=threads)}
+        if len(trial_ids) == 1:
+            results = [execute_trial(specs[0], trial_ids[0], run_dir, threads=threads)]
+        else:
+            results = execute_pack(specs, trial_ids, run_dir, threads=threads,
+                                   submitted_at=submitted_at)
+        return {"outcome": "result", "trial_ids": trial_ids, "results": results}
     except RetryableTrialFailure as err:
-        return {"outcome": "retry", "trial_id": trial_id, "error_type": err.error_type,
+        return {"outcome": "retry", "trial_ids": trial_ids, "error_type": err.error_type,
                 "error": err.error}
     except Exception as err:  # noqa: BLE001 - reported to rank 0, which records it
-        return {"outcome": "error", "trial_id": trial_id, "error_type": type(err).__name__,
+        return {"outcome": "error", "trial_ids": trial_ids, "error_type": type(err).__name__,
                 "error": str(err).strip().splitlines()[0] if str(err).strip() else "",
                 "deterministic": classify(err) == "deterministic"}
 
@@ -172,15 +181,41 @@ def _worker(comm: Any, run_dir: str, threads: int | None) -> None:
         message = comm.recv(source=0, tag=MPI.ANY_TAG, status=status)
         if status.Get_tag() == _TAG_STOP:
             return
-        spec, trial_id = message
-        comm.send(_attempt(spec, trial_id, run_dir, threads), dest=0, tag=_TAG_RESULT)
+        specs, trial_ids, submitted_at = message
+        comm.send(_attempt(specs, trial_ids, run_dir, threads, submitted_at), dest=0,
+                  tag=_TAG_RESULT)
 
 
-def _dispatch(comm: Any, run: RunDir, todo: list, retries: int, progress: Progress) -> None:
+class _Queue:
+    """Units of work waiting for a rank, with their retry counts."""
+
+    def __init__(self, units: list[list]):
+        self.units = deque(([t.spec for t in unit], [t.trial_id for t in unit], time.time())
+                           for unit in units)
+        self.failures: dict[tuple[str, ...], int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.units)
+
+    def pop(self) -> tuple[list[dict[str, Any]], list[str], float]:
+        return self.units.popleft()
+
+    def retry(self, specs: list[dict[str, Any]], trial_ids: list[str], submitted_at: float,
+              retries: int) -> bool:
+        """Queue the unit again unless it used up its retries; say whether it was queued."""
+        key = tuple(trial_ids)
+        self.failures[key] = self.failures.get(key, 0) + 1
+        if self.failures[key] > retries:
+            return False
+        self.units.append((specs, trial_ids, submitted_at))
+        return True
+
+
+def _dispatch(comm: Any, run: RunDir, units: list[list], retries: int,
+              progress: Progress) -> None:
     MPI = _mpi()
-    queue = deque((t.spec, t.trial_id) for t in todo)
-    failures: dict[str, int] = {}
-    specs = {t.trial_id: t.spec for t in todo}
+    queue = _Queue(units)
+    sent: dict[int, tuple[list[dict[str, Any]], list[str], float]] = {}
     workers = comm.Get_size() - 1
     stopped = 0
     status = MPI.Status()
@@ -193,63 +228,74 @@ def _dispatch(comm: Any, run: RunDir, todo: list, retries: int, progress: Progre
         message = comm.recv(source=status.Get_source(), tag=status.Get_tag(), status=status)
         source = status.Get_source()
         if status.Get_tag() == _TAG_RESULT:
-            _settle(run, message, failures, retries, queue, specs, progress)
+            _settle(run, message, sent.pop(source), queue, retries, progress)
         if queue:
-            spec, trial_id = queue.popleft()
-            comm.send((spec, trial_id), dest=source, tag=_TAG_TRIAL)
-            progress.started(trial_id)
+            unit = queue.pop()
+            comm.send(unit, dest=source, tag=_TAG_TRIAL)
+            sent[source] = unit
+            for trial_id in unit[1]:
+                progress.started(trial_id)
         else:
             comm.send(None, dest=source, tag=_TAG_STOP)
             stopped += 1
         progress.tick()
 
 
-def _serial(run: RunDir, todo: list, retries: int, threads: int | None,
+def _serial(run: RunDir, units: list[list], retries: int, threads: int | None,
             progress: Progress) -> None:
-    queue = deque((t.spec, t.trial_id) for t in todo)
-    failures: dict[str, int] = {}
-    specs = {t.trial_id: t.spec for t in todo}
+    queue = _Queue(units)
     progress.tick(force=True)
     while queue:
-        spec, trial_id = queue.popleft()
-        progress.started(trial_id)
+        unit = queue.pop()
+        for trial_id in unit[1]:
+            progress.started(trial_id)
         progress.tick()
-        message = _attempt(spec, trial_id, str(run.path), threads)
-        _settle(run, message, failures, retries, queue, specs, progress)
+        message = _attempt(*unit[:2], str(run.path), threads, unit[2])
+        _settle(run, message, unit, queue, retries, progress)
         progress.tick()
 
 
-def _settle(run: RunDir, message: dict[str, Any], failures: dict[str, int], retries: int,
-            queue: deque, specs: dict[str, dict[str, Any]], progress: Progress) -> None:
-    """Apply one attempt's outcome: count it, queue a retry, or record a failure."""
-    trial_id = message["trial_id"]
+def _settle(run: RunDir, message: dict[str, Any], unit: tuple, queue: _Queue, retries: int,
+            progress: Progress) -> None:
+    """Apply one attempt's outcome: count its trials, queue a retry, or record failures."""
     outcome = message["outcome"]
     if outcome == "result":
-        wall = None if message.get("skipped") else message.get("wall_s")
-        if message["state"] == records.FAILED:
-            log.warning("trial %s failed (not retried): %s: %s", trial_id,
-                        message.get("error_type"), message.get("error"))
-        progress.finished(trial_id, message["state"], wall)
+        for result in message["results"]:
+            trial_id = result["trial_id"]
+            if result["state"] == records.FAILED and not result.get("skipped"):
+                log.warning("trial %s failed (not retried): %s: %s", trial_id,
+                            result.get("error_type"), result.get("error"))
+            progress.finished(trial_id, result["state"],
+                              None if result.get("skipped") else result.get("wall_s"))
         return
     retryable = outcome == "retry" or not message.get("deterministic", True)
-    failures[trial_id] = failures.get(trial_id, 0) + 1
-    if retryable and failures[trial_id] <= retries:
-        log.warning("trial %s attempt %d failed (%s: %s): retrying", trial_id,
-                    failures[trial_id], message.get("error_type"), message.get("error"))
-        progress.requeued(trial_id)
-        queue.append((specs[trial_id], trial_id))
+    if retryable and queue.retry(*unit, retries=retries):
+        log.warning("%s failed (%s: %s): retrying", _unit_name(unit[1]),
+                    message.get("error_type"), message.get("error"))
+        for trial_id in unit[1]:
+            progress.requeued(trial_id)
         return
-    if outcome == "error":
-        # Raised around the trial: its record does not say so yet.
+    for trial_id in unit[1]:
         trial_dir = run.trial_dir(trial_id)
+        if records.is_complete(trial_dir, trial_id):
+            progress.finished(trial_id, records.DONE, None)
+            continue
         previous = records.read_status(trial_dir) or {}
-        records.write_status(trial_dir, records.FAILED, trial_id=trial_id,
-                             attempt=int(previous.get("attempt", 0) or 0),
-                             error_type=message.get("error_type"), error=message.get("error"),
-                             deterministic=not retryable, recorded_by="driver")
-    log.warning("trial %s failed: %s: %s", trial_id, message.get("error_type"),
-                message.get("error"))
-    progress.finished(trial_id, records.FAILED, None)
+        if outcome == "error" or previous.get("state") != records.FAILED:
+            # Raised around the trial: its record does not say so yet.
+            records.write_status(trial_dir, records.FAILED, trial_id=trial_id,
+                                 attempt=int(previous.get("attempt", 0) or 0),
+                                 error_type=message.get("error_type"),
+                                 error=message.get("error"), deterministic=not retryable,
+                                 recorded_by="driver")
+        log.warning("trial %s failed: %s: %s", trial_id, message.get("error_type"),
+                    message.get("error"))
+        progress.finished(trial_id, records.FAILED, None)
+
+
+def _unit_name(trial_ids: list[str]) -> str:
+    return f"trial {trial_ids[0]}" if len(trial_ids) == 1 else \
+        f"pack of {len(trial_ids)} trials ({trial_ids[0]}, ...)"
 
 
 __all__ = ["run_sweep_mpi", "rerun_mpi", "MPI_OPTIONS"]

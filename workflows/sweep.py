@@ -15,6 +15,7 @@ A sweep is a TOML (or JSON) file with three tables::
     site = "local_threads"
     retries = 2
     options = { max_threads = 2 }
+    pack_size = 1                     # >1: train NT3 trials differing in seed/noise batched
 
     [trial]                           # the base trial, exactly as `genodl trial` reads it
     seed = 0
@@ -54,7 +55,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 
 _SWEEP_KEYS = {"name", "description", "axes", "zip", "trials_per_level"}
-_RUN_KEYS = {"site", "retries", "options", "threads_per_trial", "progress_interval_s"}
+_RUN_KEYS = {"site", "retries", "options", "threads_per_trial", "progress_interval_s",
+             "pack_size"}
 _TOP_KEYS = {"sweep", "run", "trial"}
 _PATH_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 #: Significant digits kept for float ranges, so that 0.1 + 0.2 is written 0.3 (and hashes so).
@@ -94,6 +96,8 @@ class RunDefaults:
     options: dict[str, Any] = field(default_factory=dict)
     threads_per_trial: int | None = None
     progress_interval_s: float = 30.0
+    #: Trials per batched computation (NT3 trials differing only in seed and noise); 1 = off.
+    pack_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,8 @@ class Sweep:
             "run": {"site": self.run.site, "retries": self.run.retries,
                     "options": dict(self.run.options),
                     "threads_per_trial": self.run.threads_per_trial,
-                    "progress_interval_s": self.run.progress_interval_s},
+                    "progress_interval_s": self.run.progress_interval_s,
+                    "pack_size": self.run.pack_size},
             "base": self.base,
             "trials": [{"index": t.index, "trial_id": t.trial_id, "point": t.point,
                         "spec": t.spec} for t in self.trials],
@@ -482,8 +487,12 @@ def _parse_run(raw: Any) -> RunDefaults:
     interval = raw.get("progress_interval_s", defaults.progress_interval_s)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
         raise SpecError("run.progress_interval_s", interval, "a number > 0", reason="out of range")
+    pack = raw.get("pack_size", defaults.pack_size)
+    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+        raise SpecError("run.pack_size", pack, "an integer >= 1", reason="out of range")
     return RunDefaults(site=site, retries=retries, options=dict(options),
-                       threads_per_trial=threads, progress_interval_s=float(interval))
+                       threads_per_trial=threads, progress_interval_s=float(interval),
+                       pack_size=pack)
 
 
 def plan_table(sweep: Sweep, limit: int | None = None) -> str:

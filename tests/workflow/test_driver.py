@@ -165,3 +165,25 @@ def test_cli_run_status_and_rerun_exit_codes(sweep_file, tmp_path):
     bad = run_cli("run", str(spec), "--out", str(out), "--site", "nowhere")
     assert bad.returncode == 2 and "unknown site" in bad.stderr and "local_threads" in bad.stderr
     assert load_sweep(spec).trial_ids == RunDir.open(out).load_sweep().trial_ids
+
+
+def test_batched_packs_give_each_trial_its_own_record_and_the_same_results(tmp_path):
+    table = tiny_sweep({"noise[0].fraction": [0.0, 0.3], "model.variant": ["base", "abstaining"]},
+                       trials_per_level=1)
+    sweep = sweep_from_dict(table)
+    packed = run_sweep(sweep, tmp_path / "packed", RunSettings(pack_size=2, gather=False))
+    single = run_sweep(sweep, tmp_path / "single", RunSettings(gather=False))
+    assert packed.ok and single.ok
+    log_text = (tmp_path / "packed" / "logs" / "workflow.log").read_text()
+    assert "4 trials in 2 batched packs" in log_text  # base and abstaining cannot share a pack
+    for tid in sweep.trial_ids:
+        a = records.load_record(tmp_path / "packed" / "trials" / tid).result["final"]
+        b = records.load_record(tmp_path / "single" / "trials" / tid).result["final"]
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3, abs=1e-4)
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.02)
+    # Resume with packs: complete members are skipped, a lost one runs again alone.
+    lost = sweep.trial_ids[0]
+    shutil.rmtree(tmp_path / "packed" / "trials" / lost)
+    again = run_sweep(sweep, tmp_path / "packed", RunSettings(pack_size=2, gather=False))
+    assert again.ok and again.submitted == 1
+    assert count_events(tmp_path / "packed", "start")[lost] == 2

@@ -55,13 +55,14 @@ def test_sweep_over_three_ranks_then_resume_over_two(sweep_file, tmp_path):
     assert counts.pop(lost) == 2 and set(counts.values()) == {1}
 
 
-def test_single_process_and_rerun_without_mpiexec(sweep_file, tmp_path):
+def test_single_process_with_packs_and_rerun_without_mpiexec(sweep_file, tmp_path):
     spec = sweep_file({"noise[0].fraction": [0.0]})
     out = tmp_path / "run"
-    done = subprocess.run([*GENODL, "run", str(spec), "--out", str(out), "--site", "mpi"],
+    done = subprocess.run([*GENODL, "run", str(spec), "--out", str(out), "--site", "mpi",
+                           "--pack-size", "2"],
                           cwd=REPO, env=cli_env(), text=True, capture_output=True, timeout=150)
     assert done.returncode == 0, done.stderr
-    assert "over 1 MPI ranks" in done.stderr
+    assert "over 1 MPI ranks" in done.stderr and "2 trials in 1 batched packs" in done.stderr
     assert count_events(out, "end", "done") == {t: 1 for t in load_sweep(spec).trial_ids}
     rerun = mpirun(2, "rerun", str(out), "--site", "mpi")
     assert rerun.returncode == 0 and "0 to run" in rerun.stderr

@@ -34,6 +34,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads per trial (default: cores / trial slots on local sites)")
     p.add_argument("--progress-interval", type=float, default=None, metavar="S",
                    help="longest silence between progress lines in seconds (default: 30)")
+    p.add_argument("--pack-size", type=int, default=None, metavar="K",
+                   help="train up to K NT3 trials that differ only in seed and noise as one "
+                        "batched computation per worker (default: the sweep's [run] pack_size, "
+                        "else 1 = off)")
     p.add_argument("--no-gather", action="store_true", help="skip writing summary.h5")
 
 
@@ -43,17 +47,18 @@ def settings_from_args(args: argparse.Namespace):
     from site_configs import site_options_from_args
     from workflows.driver import RunSettings
 
-    for name in ("retries", "threads_per_trial"):
+    for name, least in (("retries", 0), ("threads_per_trial", 1), ("pack_size", 1)):
         value = getattr(args, name)
-        if value is not None and value < (0 if name == "retries" else 1):
-            raise SpecError(f"--{name.replace('_', '-')}", value,
-                            ">= 0" if name == "retries" else ">= 1", reason="out of range")
+        if value is not None and value < least:
+            raise SpecError(f"--{name.replace('_', '-')}", value, f">= {least}",
+                            reason="out of range")
     if args.progress_interval is not None and args.progress_interval <= 0:
         raise SpecError("--progress-interval", args.progress_interval, "> 0",
                         reason="out of range")
     return RunSettings(site=args.site, options=site_options_from_args(args),
                        retries=args.retries, threads_per_trial=args.threads_per_trial,
-                       progress_interval_s=args.progress_interval, gather=not args.no_gather,
+                       progress_interval_s=args.progress_interval, pack_size=args.pack_size,
+                       gather=not args.no_gather,
                        update_sweep=getattr(args, "update_sweep", False))
 
 
