@@ -422,6 +422,7 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
         nets = [m[1]() for m in members]
         n_parameters = sum(p.numel() for p in nets[0].parameters())
         model = BatchedNT3(nets).to(device)
+        forward = torch.compile(model, dynamic=False) if fast.compile else model
         optimizer = BatchedOptimizer(model.trial_groups(), k, kind=train.optimizer,
                                      lr=train.learning_rate, momentum=train.momentum,
                                      weight_decay=train.weight_decay)
@@ -455,13 +456,14 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
                 yb = y_train[rows, idx]
                 optimizer.zero_grad()
                 with amp():
-                    logits = model(xb)
+                    logits = forward(xb)
                 losses = [obj.per_sample_loss(logits[t], yb[t]) for t, obj in enumerate(objectives)]
                 torch.stack([loss.mean() for loss in losses]).sum().backward()
                 optimizer.step()
                 sums += torch.stack([batch_sums(loss, logits[t].detach(), yb[t], obj.abstain_class)
                                      for t, (loss, obj) in enumerate(zip(losses, objectives))])
-            val_sums, val_logits = _evaluate(model, objectives, x_val, y_val, eval_bs, amp)
+            val_sums, val_logits = _evaluate(model, forward, objectives, x_val, y_val, eval_bs,
+                                             amp)
             seconds = time.perf_counter() - t_epoch
             for t, (ctx, obj) in enumerate(zip(ctxs, objectives)):
                 metrics = rates_from_sums(sums[t], n, abstaining)
@@ -507,10 +509,14 @@ def _stack_shared(arrays: Sequence[np.ndarray], device: str, dtype: torch.dtype)
 
 
 @torch.no_grad()
-def _evaluate(model: BatchedNT3, objectives: Sequence[Any], x: torch.Tensor, y: torch.Tensor,
-              batch_size: int, amp: Callable[[], contextlib.AbstractContextManager]
+def _evaluate(model: BatchedNT3, forward: Callable[[torch.Tensor], torch.Tensor],
+              objectives: Sequence[Any], x: torch.Tensor, y: torch.Tensor, batch_size: int,
+              amp: Callable[[], contextlib.AbstractContextManager]
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-trial metric sums ``[K, 3]`` and fp32 logits ``[K, n, outputs]`` of the shared split."""
+    """Per-trial metric sums ``[K, 3]`` and fp32 logits ``[K, n, outputs]`` of the shared split.
+
+    ``forward`` is ``model`` itself or its compiled form.
+    """
     model.eval()
     k = model.k
     sums = torch.zeros(k, 3, dtype=torch.float64, device=x.device)
@@ -519,7 +525,7 @@ def _evaluate(model: BatchedNT3, objectives: Sequence[Any], x: torch.Tensor, y: 
         xb = x[start:start + batch_size].unsqueeze(0).expand(k, -1, -1)
         yb = y[start:start + batch_size]
         with amp():
-            logits = model(xb)
+            logits = forward(xb)
         logits = logits.float()
         sums += torch.stack([batch_sums(obj.per_sample_loss(logits[t], yb), logits[t], yb,
                                         obj.abstain_class) for t, obj in enumerate(objectives)])

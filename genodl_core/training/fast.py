@@ -83,8 +83,11 @@ class FastPath:
 
 
 #: The default fast path on CUDA (what measured fastest for a single trial; see the docs).
+#: On an H100 (paper-size NT3, bf16): compile 0.234 s/epoch against 0.354-0.358 for the same
+#: path with or without CUDA graphs (the step is GPU-bound, so graphs gain nothing), and
+#: torch.compile's in-process cache brings the compile cost of later trials under a second.
 CUDA_DEFAULT = FastPath(channels_last=True, fused_optimizer=True, eval_batch_size=256,
-                        cudnn_benchmark=True, cuda_graphs=True, compile=False, bf16_inputs=True)
+                        cudnn_benchmark=True, cuda_graphs=False, compile=True, bf16_inputs=True)
 
 _override = threading.local()
 
