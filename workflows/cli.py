@@ -17,7 +17,10 @@ from genodl_core.errors import GenodlError
 #: Modules that provide subcommands, in the order ``genodl --help`` lists them.
 COMMANDS = [
     "workflows.commands.trial",
-    "workflows.commands.plan", "workflows.commands.run", "workflows.commands.rerun", "workflows.commands.status",
+    "workflows.commands.plan",
+    "workflows.commands.run",
+    "workflows.commands.rerun",
+    "workflows.commands.status",
     "workflows.commands.sites",
     "workflows.commands.submit",
     "workflows.commands.gather",
