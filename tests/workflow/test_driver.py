@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from concurrent.futures import Future
 
 import pytest
@@ -187,3 +188,24 @@ def test_batched_packs_give_each_trial_its_own_record_and_the_same_results(tmp_p
     again = run_sweep(sweep, tmp_path / "packed", RunSettings(pack_size=2, gather=False))
     assert again.ok and again.submitted == 1
     assert count_events(tmp_path / "packed", "start")[lost] == 2
+
+
+def test_retried_pack_skips_members_that_failed_deterministically_in_this_submission(tmp_path):
+    from workflows.apps import execute_pack
+
+    sweep = sweep_from_dict(tiny_sweep(trials_per_level=1))
+    run = RunDir.prepare(tmp_path / "run", sweep)
+    a, b = sweep.trials
+    submitted_at = time.time()
+    records.write_status(run.trial_dir(a.trial_id), records.FAILED, trial_id=a.trial_id,
+                         attempt=1, error_type="DataError", error="bad row 3",
+                         deterministic=True)
+    results = execute_pack([a.spec, b.spec], [a.trial_id, b.trial_id], run.path,
+                           submitted_at=submitted_at)
+    assert [(r["state"], r["skipped"]) for r in results] == [("failed", True), ("done", False)]
+    assert count_events(run.path, "start") == {b.trial_id: 1}
+    # A failure from before this submission (an earlier run) is run again; b is complete.
+    results = execute_pack([a.spec, b.spec], [a.trial_id, b.trial_id], run.path,
+                           submitted_at=time.time() + 60)
+    assert [(r["state"], r["skipped"]) for r in results] == [("done", False), ("done", True)]
+    assert count_events(run.path, "start") == {a.trial_id: 1, b.trial_id: 1}
