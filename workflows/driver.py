@@ -506,5 +506,6 @@ def _first_line(err: BaseException) -> str:
 
 
 __all__ = ["RunSettings", "RunReport", "StatusReport", "run_sweep", "rerun", "select_todo",
-           "settle", "settle_unit", "make_units", "plan_rerun", "sweep_status", "format_status", "gather_summary",
-           "default_threads_per_trial", "workflow_logging", "quiet_trial_logs", "MPI_SITE", "RERUN_STATES"]
+           "settle", "settle_unit", "make_units", "plan_rerun", "sweep_status", "format_status",
+           "gather_summary", "default_threads_per_trial", "workflow_logging", "quiet_trial_logs",
+           "MPI_SITE", "RERUN_STATES"]

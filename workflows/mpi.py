@@ -8,8 +8,9 @@ Parsl's HighThroughputExecutor needs, but always allow ``mpiexec``/``srun``/``js
 Rank 0 prepares the run directory exactly as the Parsl driver does (same ``sweep.json``, same
 records, same skipping of complete trials, same driver lock) and hands trials to the other
 ranks one at a time over ``MPI.COMM_WORLD`` (or batched packs of trials, with ``--pack-size``);
-a rank asks for the next trial when it finishes one, so uneven trial times balance themselves. Each rank is a persistent worker like an HTEX
-worker: it keeps the loaded dataset and CUDA context between trials. With a single rank (or
+a rank asks for the next trial when it finishes one, so uneven trial times balance themselves.
+Each rank is a persistent worker like an HTEX worker: it keeps the loaded dataset and CUDA
+context between trials. With a single rank (or
 without mpiexec) rank 0 runs the trials itself, one after another.
 
 Failures follow the Parsl path's policy: a failure the trial runner calls retryable is queued

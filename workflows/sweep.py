@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import logging
 import math
 import re
@@ -89,7 +88,7 @@ class SweepTrial:
 
 @dataclass(frozen=True)
 class RunDefaults:
-    """Settings of the ``[run]`` table: defaults for ``genodl run`` that the command line overrides."""
+    """The ``[run]`` table: defaults for ``genodl run`` that the command line overrides."""
 
     site: str = "local_threads"
     retries: int = 2
@@ -162,7 +161,8 @@ def sweep_from_dict(table: Mapping[str, Any], source: str | None = None) -> Swee
         As :func:`load_sweep`.
     """
     if not isinstance(table, Mapping):
-        raise SpecError("sweep file", table, "a table with [sweep] and [trial]", reason="not a table")
+        raise SpecError("sweep file", table, "a table with [sweep] and [trial]",
+                        reason="not a table")
     _check_keys(table, _TOP_KEYS, "")
     if "trial" not in table:
         raise SpecError("trial", None, "a [trial] table holding the base trial spec",

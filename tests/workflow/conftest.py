@@ -61,7 +61,8 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 120,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `genodl ARGS` in a subprocess and return the completed process (text output)."""
     return subprocess.run([*GENODL, *args], cwd=cwd or REPO, env=cli_env(), text=True,
                           capture_output=True, timeout=timeout)

@@ -16,7 +16,7 @@ from tests.workflow.conftest import (TINY_TRIAL, count_events, events, run_cli, 
                                      tiny_sweep, wait_for, write_nt3_csv, write_spec)
 from workflows.apps import RetryableTrialFailure
 from workflows.cli import main as genodl
-from workflows.driver import RunSettings, run_sweep, sweep_status
+from workflows.driver import run_sweep, sweep_status
 from workflows.retry import NO_RETRY_COST, classify, retry_handler
 from workflows.sweep import load_sweep, sweep_from_dict
 
