@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workflows.commands.run import add_run_arguments, settings_from_args
+from workflows.commands.run import add_run_arguments, describe_site_default, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the sweep stored in DIR/sweep.json; then gather.")
     p.add_argument("run_dir", metavar="DIR", help="run directory written by `genodl run`")
     add_site_arguments(p, default_site=None)
+    describe_site_default(p)
     add_run_arguments(p)
     p.add_argument("--only", action="append", default=None, metavar="STATE",
                    help="rerun only trials in this state (repeatable; failed, interrupted, "

@@ -18,11 +18,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="run directory (default: runs/<sweep name>)")
     add_site_arguments(p, default_site=None)
+    describe_site_default(p)
     add_run_arguments(p)
     p.add_argument("--update-sweep", action="store_true",
                    help="allow DIR to hold a different version of this sweep (e.g. more seeds); "
                         "records of shared trials are kept")
     p.set_defaults(func=main)
+
+
+def describe_site_default(p: argparse.ArgumentParser) -> None:
+    """Say in --help where the site comes from when --site is not given, and name `mpi`."""
+    for action in p._actions:
+        if action.dest == "site":
+            action.help = ("site configuration (see `genodl sites`), or `mpi` under mpiexec; "
+                           "default: the sweep's [run] site, else local_threads")
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
