@@ -21,6 +21,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
@@ -101,8 +102,11 @@ class DeviceData:
                             f"has {dataset.x_train.shape[1]}")
 
         def put(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-            # as_tensor may share the caller's memory on CPU; nothing below writes into it.
-            return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+            # as_tensor may share the caller's memory on CPU; nothing below writes into it, so
+            # read-only inputs (memory-mapped caches, the shared dataset) need no copy.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
 
         return cls(put(dataset.x_train, feature_dtype), put(dataset.y_train, torch.int64),
                    put(dataset.x_val, feature_dtype), put(dataset.y_val, torch.int64))
