@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, MutableMapping
 
 import torch
 
 from genodl_core.errors import InfrastructureError
+
+
+def pin_rocm_devices(env: MutableMapping[str, str] = os.environ) -> None:
+    """On ROCm builds of torch, let ROCR_VISIBLE_DEVICES alone choose the GPU.
+
+    Workflow executors pin a worker to GPU ``i`` by setting both ``ROCR_VISIBLE_DEVICES=i`` and
+    ``CUDA_VISIBLE_DEVICES=i``. ROCm applies the first, renumbering the one remaining GPU as 0,
+    and then the second, which for ``i > 0`` hides it: the trial would silently see no GPU.
+    Must run before torch first touches the GPU in this process.
+    """
+    if getattr(torch.version, "hip", None) and env.get("ROCR_VISIBLE_DEVICES"):
+        for name in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"):
+            env.pop(name, None)
 
 
 def resolve_device(requested: str) -> str:
@@ -19,6 +32,7 @@ def resolve_device(requested: str) -> str:
         ``device='cuda'`` on a machine without a usable GPU (a placement problem: a retry on
         another node may succeed, so it is not classed as a deterministic failure).
     """
+    pin_rocm_devices()
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():

@@ -128,3 +128,18 @@ def _read(path: Path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+def test_rocm_pinning_keeps_only_rocr_visible_devices(monkeypatch):
+    import torch
+
+    from genodl_core.training.device import pin_rocm_devices
+
+    env = {"ROCR_VISIBLE_DEVICES": "3", "CUDA_VISIBLE_DEVICES": "3", "HIP_VISIBLE_DEVICES": "3"}
+    monkeypatch.setattr(torch.version, "hip", "6.2", raising=False)
+    pin_rocm_devices(env)
+    assert env == {"ROCR_VISIBLE_DEVICES": "3"}
+    cuda_env = {"CUDA_VISIBLE_DEVICES": "1"}
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    pin_rocm_devices(cuda_env)
+    assert cuda_env == {"CUDA_VISIBLE_DEVICES": "1"}
