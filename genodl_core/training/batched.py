@@ -241,28 +241,56 @@ class BatchedNT3(nn.Module):
         self.conv_b = nn.ParameterList()
         self.dense_w = nn.ParameterList()
         self.dense_b = nn.ParameterList()
-        with torch.no_grad():
-            for i, layer in enumerate(first.layers):
-                if isinstance(layer, nn.Conv1d):
-                    w = torch.cat([n.layers[i].weight for n in nets]).unsqueeze(2)
-                    self.conv_w.append(nn.Parameter(w.clone()))
-                    self.conv_b.append(nn.Parameter(torch.cat([n.layers[i].bias for n in nets])
-                                                    .clone()))
-                    self.plan.append(("conv", (len(self.conv_w) - 1, layer.stride[0])))
-                elif isinstance(layer, nn.MaxPool1d):
-                    self.plan.append(("pool", layer.kernel_size))
-                elif isinstance(layer, nn.Flatten):
-                    self.plan.append(("flatten", None))
-                elif isinstance(layer, nn.Linear):
-                    w = torch.stack([n.layers[i].weight.t() for n in nets])
-                    b = torch.stack([n.layers[i].bias for n in nets]).unsqueeze(1)
-                    self.dense_w.append(nn.Parameter(w.contiguous().clone()))
-                    self.dense_b.append(nn.Parameter(b.clone()))
-                    self.plan.append(("dense", len(self.dense_w) - 1))
-                elif isinstance(layer, (nn.ReLU, nn.ELU, nn.Tanh, nn.Sigmoid)):
-                    self.plan.append(("act", layer))
-                else:
-                    raise TypeError(f"BatchedNT3 cannot batch a {type(layer).__name__} layer")
+        k = self.k
+        for layer in first.layers:
+            if isinstance(layer, nn.Conv1d):
+                out_c, in_c, width = layer.weight.shape
+                self.conv_w.append(nn.Parameter(torch.empty(k * out_c, in_c, 1, width)))
+                self.conv_b.append(nn.Parameter(torch.empty(k * out_c)))
+                self.plan.append(("conv", (len(self.conv_w) - 1, layer.stride[0])))
+            elif isinstance(layer, nn.MaxPool1d):
+                self.plan.append(("pool", layer.kernel_size))
+            elif isinstance(layer, nn.Flatten):
+                self.plan.append(("flatten", None))
+            elif isinstance(layer, nn.Linear):
+                self.dense_w.append(nn.Parameter(torch.empty(k, layer.in_features,
+                                                             layer.out_features)))
+                self.dense_b.append(nn.Parameter(torch.empty(k, 1, layer.out_features)))
+                self.plan.append(("dense", len(self.dense_w) - 1))
+            elif type(layer) in _ACTIVATIONS:
+                # Plain functions, not the nets' module objects: a compiled forward then
+                # depends on no object of one pack and serves the next pack unchanged.
+                self.plan.append(("act", _ACTIVATIONS[type(layer)]))
+            else:
+                raise TypeError(f"BatchedNT3 cannot batch a {type(layer).__name__} layer")
+        self.load(nets)
+
+    @staticmethod
+    def signature(nets: Sequence[nn.Module]) -> tuple:
+        """What a module built from ``nets`` depends on besides the weights' values."""
+        layers = nets[0].layers
+        return (len(nets),) + tuple(
+            (type(layer).__name__, tuple(getattr(layer, "weight", torch.empty(0)).shape),
+             getattr(layer, "stride", None), getattr(layer, "kernel_size", None))
+            for layer in layers)
+
+    @torch.no_grad()
+    def load(self, nets: Sequence[nn.Module]) -> None:
+        """Copy the ``K`` networks' weights in (used again for every pack of a worker)."""
+        conv_i = dense_i = 0
+        for i, layer in enumerate(nets[0].layers):
+            if isinstance(layer, nn.Conv1d):
+                self.conv_w[conv_i].copy_(torch.cat([n.layers[i].weight for n in nets])
+                                          .unsqueeze(2))
+                self.conv_b[conv_i].copy_(torch.cat([n.layers[i].bias for n in nets]))
+                conv_i += 1
+            elif isinstance(layer, nn.Linear):
+                self.dense_w[dense_i].copy_(torch.stack([n.layers[i].weight.t() for n in nets]))
+                self.dense_b[dense_i].copy_(torch.stack([n.layers[i].bias for n in nets])
+                                            .unsqueeze(1))
+                dense_i += 1
+        for param in self.parameters():
+            param.grad = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, b, width = x.shape
@@ -418,11 +446,12 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
     abstaining = objectives[0].abstain_class is not None
     curves: list[dict[str, list[float]]] = [{} for _ in ctxs]
     t_start = time.perf_counter()
-    with matmul_precision(device, precision), cudnn_benchmark(fast.cudnn_benchmark):
+    with matmul_precision(device, precision), cudnn_benchmark(fast.cudnn_benchmark), \
+            contextlib.ExitStack() as cleanup:
         nets = [m[1]() for m in members]
         n_parameters = sum(p.numel() for p in nets[0].parameters())
-        model = BatchedNT3(nets).to(device)
-        forward = torch.compile(model, dynamic=False) if fast.compile else model
+        model, forward, release = _batched_model(nets, device, fast.compile)
+        cleanup.callback(release)
         optimizer = BatchedOptimizer(model.trial_groups(), k, kind=train.optimizer,
                                      lr=train.learning_rate, momentum=train.momentum,
                                      weight_decay=train.weight_decay)
@@ -492,6 +521,41 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
                                    extra={**obj.extra(), "n_parameters": int(n_parameters),
                                           "batched_trials": k}))
     return outcomes
+
+
+_ACTIVATIONS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: F.relu, nn.ELU: F.elu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
+
+#: One batched module (and its compiled forward) per worker process, reused by every pack of
+#: the same shape: compiling costs ~10 s per pack on a GPU, loading new weights microseconds.
+_model_cache: dict[tuple, tuple[BatchedNT3, Callable, threading.Lock]] = {}
+_model_cache_lock = threading.Lock()
+
+
+def _batched_model(nets: Sequence[nn.Module], device: str, compile_forward: bool
+                   ) -> tuple[BatchedNT3, Callable, Callable[[], None]]:
+    """The pack's module with the nets' weights loaded, its forward, and a release function.
+
+    A cached module busy with another pack of the same process (thread executors) is not
+    shared: that pack gets a fresh, uncached module.
+    """
+    key = (BatchedNT3.signature(nets), str(device), compile_forward)
+    with _model_cache_lock:
+        cached = _model_cache.get(key)
+        if cached is not None and cached[2].acquire(blocking=False):
+            model, forward, lock = cached
+            model.load(nets)
+            return model, forward, lock.release
+        model = BatchedNT3(nets).to(device)
+        forward = torch.compile(model, dynamic=False) if compile_forward else model
+        if cached is not None:               # busy: this pack's module stays private
+            return model, forward, lambda: None
+        if len(_model_cache) >= 2:
+            _model_cache.pop(next(iter(_model_cache)))
+        lock = threading.Lock()
+        lock.acquire()
+        _model_cache[key] = (model, forward, lock)
+        return model, forward, lock.release
 
 
 def _stack_shared(arrays: Sequence[np.ndarray], device: str, dtype: torch.dtype) -> torch.Tensor:

@@ -135,3 +135,21 @@ def test_batched_optimizer_per_trial_learning_rates():
     p.grad = torch.ones(2, 3)
     opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([[0.9] * 3, [0.5] * 3]))
+
+
+def test_later_packs_reuse_the_worker_module_and_still_equal_separate_trials(tmp_path):
+    from genodl_core.training import batched
+
+    batched._model_cache.clear()
+    first = [make_spec(1), make_spec(2, 0.2)]
+    second = [make_spec(3, 0.1), make_spec(4, 0.3)]
+    run_trials(first, tmp_path / "packed", pack_size=2, raise_errors=True)
+    (cached_model, _, lock), = batched._model_cache.values()
+    assert not lock.locked()                       # released after the pack
+    packed = run_trials(second, tmp_path / "packed", pack_size=2, raise_errors=True)
+    (model_again, _, _), = batched._model_cache.values()
+    assert model_again is cached_model             # no second build (or compile)
+    alone = [run_trial(s, tmp_path / "alone", raise_errors=True) for s in second]
+    for a, b in zip(results(r.path for r in alone), results(r.path for r in packed)):
+        np.testing.assert_allclose(a["curves"]["loss"], b["curves"]["loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["curves"]["val_loss"], b["curves"]["val_loss"], rtol=1e-5)
