@@ -242,9 +242,12 @@ def glorot_fans(module: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def init_glorot(model: nn.Module, generator: torch.Generator | None) -> None:
-    """Glorot-uniform weights and zero biases, drawn from the CPU ``generator``.
+    """Glorot-uniform weights and zero biases, drawn from ``generator`` on its device.
 
-    On the 'meta' device (used to count or plan without memory) nothing is drawn.
+    The generator lives on the model's device: drawing 77 M weights on a CPU takes about a
+    second per trial, on a GPU a millisecond. CPU runs stay reproducible bit for bit; a GPU run
+    is reproducible for a given seed on the same kind of GPU, but its initial weights differ
+    from the CPU draw of the same seed. On the 'meta' device nothing is drawn.
     """
     for module in model.modules():
         if not isinstance(module, (nn.Linear, nn.Conv1d, LocallyConnected1d)):
@@ -255,9 +258,7 @@ def init_glorot(model: nn.Module, generator: torch.Generator | None) -> None:
             continue
         fan_in, fan_out = glorot_fans(module)
         bound = math.sqrt(6.0 / (fan_in + fan_out))
-        # Drawn on the CPU and copied, so the weights are the same whatever the device.
-        drawn = torch.empty(module.weight.shape).uniform_(-bound, bound, generator=generator)
-        module.weight.copy_(drawn)
+        module.weight.uniform_(-bound, bound, generator=generator)
 
 
 def build_nt3(params: NT3Params, n_features: int, n_classes: int, *, seed: int = 0,
@@ -275,8 +276,8 @@ def build_nt3(params: NT3Params, n_features: int, n_classes: int, *, seed: int =
     seed
         Seed of the weight initialisation (a local generator; the global RNG is untouched).
     device
-        'cpu' (weights drawn there), or 'meta' to build the structure without memory (weights
-        left undrawn: for parameter counts and shape checks of the full-size model).
+        Where the weights live and are drawn ('cpu', 'cuda'), or 'meta' to build the structure
+        without memory (weights left undrawn: for parameter counts and shape checks).
 
     Raises
     ------
@@ -293,7 +294,7 @@ def build_nt3(params: NT3Params, n_features: int, n_classes: int, *, seed: int =
     if torch.device(device).type == "meta":
         return model
     model = model.to_empty(device=device)
-    init_glorot(model, torch.Generator().manual_seed(seed))
+    init_glorot(model, torch.Generator(device=device).manual_seed(seed))
     return model
 
 
@@ -323,7 +324,7 @@ def fit(ctx: FitContext) -> FitOutcome:
     else:
         objective = CrossEntropyObjective()
     def build() -> NT3Net:
-        return build_nt3(params, n_features, n_classes, seed=init_seed)
+        return build_nt3(params, n_features, n_classes, seed=init_seed, device=ctx.device)
 
     pack = current_pack()
     if pack is not None and pack_key(ctx.spec) is not None:

@@ -25,6 +25,7 @@ seed and noise may differ.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -242,20 +243,22 @@ class BatchedNT3(nn.Module):
         self.dense_w = nn.ParameterList()
         self.dense_b = nn.ParameterList()
         k = self.k
+        # Made where the nets live, so loading their weights never crosses the PCIe bus twice.
+        empty = functools.partial(torch.empty, device=next(first.parameters()).device)
         for layer in first.layers:
             if isinstance(layer, nn.Conv1d):
                 out_c, in_c, width = layer.weight.shape
-                self.conv_w.append(nn.Parameter(torch.empty(k * out_c, in_c, 1, width)))
-                self.conv_b.append(nn.Parameter(torch.empty(k * out_c)))
+                self.conv_w.append(nn.Parameter(empty(k * out_c, in_c, 1, width)))
+                self.conv_b.append(nn.Parameter(empty(k * out_c)))
                 self.plan.append(("conv", (len(self.conv_w) - 1, layer.stride[0])))
             elif isinstance(layer, nn.MaxPool1d):
                 self.plan.append(("pool", layer.kernel_size))
             elif isinstance(layer, nn.Flatten):
                 self.plan.append(("flatten", None))
             elif isinstance(layer, nn.Linear):
-                self.dense_w.append(nn.Parameter(torch.empty(k, layer.in_features,
+                self.dense_w.append(nn.Parameter(empty(k, layer.in_features,
                                                              layer.out_features)))
-                self.dense_b.append(nn.Parameter(torch.empty(k, 1, layer.out_features)))
+                self.dense_b.append(nn.Parameter(empty(k, 1, layer.out_features)))
                 self.plan.append(("dense", len(self.dense_w) - 1))
             elif type(layer) in _ACTIVATIONS:
                 # Plain functions, not the nets' module objects: a compiled forward then
