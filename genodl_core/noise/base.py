@@ -164,3 +164,23 @@ def check_matrix(x: np.ndarray, what: str) -> None:
     if x.ndim != 2:
         raise DataError(f"training {what}: expected a 2-D array [n_samples, n_columns], "
                         f"got shape {x.shape}")
+
+
+def add_gaussian(matrix: np.ndarray, std: float, kind: str,
+                 rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A float32 copy of ``matrix`` plus ``N(0, std)`` in every cell, and the step's record.
+
+    Shared by feature and target noise: the record holds ``std``, ``n_cells`` and the realised
+    mean and standard deviation of what was added.
+    """
+    noise = draw("normal", std, matrix.shape, rng)
+    noisy = float32_copy(matrix)
+    noisy += noise
+    record = {
+        "kind": kind,
+        "std": float(std),
+        "n_cells": int(noise.size),
+        "realised_mean": float(noise.mean(dtype=np.float64)) if noise.size else 0.0,
+        "realised_std": float(noise.std(dtype=np.float64)) if noise.size else 0.0,
+    }
+    return noisy, record

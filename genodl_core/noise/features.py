@@ -15,7 +15,7 @@ import numpy as np
 
 from genodl_core.data.types import NoiseOutcome, TrainArrays
 from genodl_core.errors import SpecError
-from genodl_core.noise.base import (Distribution, SelectionMode, check_columns,
+from genodl_core.noise.base import (Distribution, SelectionMode, add_gaussian, check_columns,
                                     check_columns_fit, check_fraction, check_matrix, draw,
                                     float32_copy, fraction_of, runtime_where, select_mask)
 from genodl_core.registry import NOISES
@@ -171,16 +171,7 @@ def gaussian(arrays: TrainArrays, params: GaussianParams,
         When ``x`` is not two-dimensional.
     """
     check_matrix(arrays.x, "features")
-    noise = draw("normal", params.std, arrays.x.shape, rng)
-    new_x = float32_copy(arrays.x)
-    new_x += noise
-    record = {
-        "kind": "gaussian",
-        "std": float(params.std),
-        "n_cells": int(noise.size),
-        "realised_mean": float(noise.mean(dtype=np.float64)) if noise.size else 0.0,
-        "realised_std": float(noise.std(dtype=np.float64)) if noise.size else 0.0,
-    }
+    new_x, record = add_gaussian(arrays.x, params.std, "gaussian", rng)
     return _x_outcome(arrays, new_x, record)
 
 

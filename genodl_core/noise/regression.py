@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from genodl_core.data.types import NoiseOutcome, TrainArrays
-from genodl_core.noise.base import (SelectionMode, check_fraction, check_matrix, draw,
+from genodl_core.noise.base import (SelectionMode, add_gaussian, check_fraction, check_matrix,
                                     float32_copy, fraction_of, select_mask)
 from genodl_core.registry import NOISES
 from genodl_core.typed import check_range
@@ -137,17 +137,7 @@ def target_gaussian(arrays: TrainArrays, params: TargetGaussianParams,
     DataError
         When ``y`` is not a 2-D target matrix.
     """
-    y = _targets(arrays)
-    noise = draw("normal", params.std, y.shape, rng)
-    new_y = float32_copy(y)
-    new_y += noise
-    record = {
-        "kind": "target_gaussian",
-        "std": float(params.std),
-        "n_cells": int(noise.size),
-        "realised_mean": float(noise.mean(dtype=np.float64)) if noise.size else 0.0,
-        "realised_std": float(noise.std(dtype=np.float64)) if noise.size else 0.0,
-    }
+    new_y, record = add_gaussian(_targets(arrays), params.std, "target_gaussian", rng)
     return NoiseOutcome(TrainArrays(arrays.x, new_y, arrays.n_classes), record)
 
 
