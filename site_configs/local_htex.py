@@ -24,7 +24,6 @@ from typing import Any, Callable, Sequence
 
 from genodl_core.errors import SpecError
 from site_configs import SiteOption, register_site
-from site_configs.local_threads import default_threads
 
 log = logging.getLogger(__name__)
 

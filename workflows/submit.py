@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from genodl_core.errors import InfrastructureError, SpecError
-from site_configs import format_walltime, get_site, parse_walltime
+from site_configs import get_site, parse_walltime
 
 log = logging.getLogger(__name__)
 

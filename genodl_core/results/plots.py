@@ -162,7 +162,7 @@ def plot_accuracy_abstention(groups: pd.DataFrame, done: pd.DataFrame, kind: str
     base_name = next((v for v in BASE_VARIANTS if (g.variant == v).any()), None)
     base_g, base_d = g[g.variant == base_name], d[d.variant == base_name]
     abst_g, abst_d = g[g.variant == ABSTAINING_VARIANT], d[d.variant == ABSTAINING_VARIANT]
-    abst_acc = "val_abstention_accuracy" if f"val_abstention_accuracy.mean" in abst_g and \
+    abst_acc = "val_abstention_accuracy" if "val_abstention_accuracy.mean" in abst_g and \
         abst_g["val_abstention_accuracy.mean"].notna().any() else "val_accuracy"
 
     fig, (ax_acc, ax_abs) = _new_figure(2)

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from genodl_core import records
 from genodl_core.spec import load_spec, read_table
