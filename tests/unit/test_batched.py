@@ -16,12 +16,7 @@ from genodl_core.training.trial import run_trial
 from genodl_core.models.nt3 import NT3Params, build_nt3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def make_spec(seed: int, flip: float | None = None, *, optimizer: str = "sgd",

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from genodl_core.bench import BenchConfig, epoch_flops, forward_flops, run_benchmark, trial_spec
 from genodl_core.errors import SpecError
 from workflows.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_quick_report_has_every_figure():

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import genodl_core.catalog  # noqa: F401
 from genodl_core.data.dgex_source import locate_nci60, read_split_file
@@ -19,19 +18,11 @@ from genodl_core.registry import DATASETS
 from genodl_core.spec import spec_from_dict
 from genodl_core.training.trial import run_trial
 
-pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads; on a busy shared machine the threads'
-    spin-waiting makes them many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("torch_one_thread")]
 
 
 def _load(data: dict):

@@ -20,17 +20,9 @@ from genodl_core.spec import spec_from_dict
 from genodl_core.training.context import FitContext
 from genodl_core.training.regression import PartState, SGDSettings, _select_and_decay
 
-pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads; on a shared, busy machine the
-    threads' spin-waiting makes them many times slower, so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("torch_one_thread")]
 
 
 def _ctx(ds, model=None, train=None, deadline=None, seed=0, name="dgex"):

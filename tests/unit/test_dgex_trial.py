@@ -8,26 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import genodl_core.catalog  # noqa: F401
 from genodl_core.records import is_complete, load_record
 from genodl_core.spec import load_spec
 from genodl_core.training.trial import run_trial
 
-pytestmark = pytest.mark.timeout(120)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "jobs" / "examples" / "dgex_trial_small.toml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads; on a busy shared machine the threads'
-    spin-waiting makes them many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("torch_one_thread")]
 
 
 def _example(epochs: int) -> dict:

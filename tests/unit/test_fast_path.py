@@ -18,12 +18,7 @@ from genodl_core.training.fast import (CUDA_DEFAULT, FAST_PATH_ENV, ChannelsLast
 from genodl_core.training.trial import run_trial
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def small_spec(seed=1, device="cpu", precision="auto", epochs=3, **model):
