@@ -32,5 +32,12 @@ def main(args: argparse.Namespace) -> int:
     if args.name:
         blocks = [b for b in text.split("\n\n") if b.split(" ", 1)[0] == args.name]
         text = "\n\n".join(blocks).rstrip() + "\n"
+    else:
+        # Not a Parsl configuration, so not in the registry, but a choice of --site all the same.
+        from workflows.mpi import MPI_OPTIONS
+
+        text += ("\nmpi [mpiexec]: without Parsl, `mpiexec -n N genodl run SPEC --site mpi`: "
+                 "rank 0 hands out trials, the other ranks train them\n")
+        text += "".join(f"    {name:<15} {meaning}\n" for name, meaning in MPI_OPTIONS.items())
     print(text, end="")
     return 0
