@@ -17,3 +17,28 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def islp_data():
+    """Read a file of the ISLP wheel's data folder (real expression data sets), or skip.
+
+    ``make test`` fetches the wheel once into ``GENODL_TEST_DATA`` (default ``.test-data/``)
+    with ``tests/fetch_test_data.sh``; tests never touch the network themselves.
+    """
+    import os
+    import zipfile
+    from pathlib import Path
+
+    folder = Path(os.environ.get("GENODL_TEST_DATA", Path(__file__).resolve().parents[2]
+                                 / ".test-data"))
+    wheels = sorted(folder.glob("[Ii][Ss][Ll][Pp]-*.whl"))
+    if not wheels:
+        pytest.skip(f"ISLP wheel not found in {folder}: run tests/fetch_test_data.sh (needs the "
+                    "package index once)")
+
+    def read(name: str) -> bytes:
+        with zipfile.ZipFile(wheels[-1]) as wheel:
+            return wheel.read(f"ISLP/data/{name}")
+
+    return read
