@@ -136,6 +136,8 @@ def _component(registry, table: Any, key: str, where: str) -> Component:
     if key not in params:
         raise SpecError(f"{where}.{key}", None, registry.names(), reason="missing required key")
     name = params.pop(key)
+    if not isinstance(name, str):
+        raise SpecError(f"{where}.{key}", name, registry.names(), reason="expected a name")
     entry: Entry = registry.get(name, f"{where}.{key}")
     return Component(name, build(entry.params, params, where))
 

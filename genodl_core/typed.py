@@ -9,6 +9,7 @@ After conversion a dataclass may define ``validate(where)`` for range checks acr
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union
@@ -20,9 +21,9 @@ T = TypeVar("T")
 
 def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     """Convert ``data`` into an instance of dataclass ``cls``; unknown keys are errors."""
+    if data is not None and not isinstance(data, Mapping):
+        raise SpecError(where or "spec", data, "a table of key = value pairs", reason="not a table")
     data = dict(data or {})
-    if not isinstance(data, dict):
-        raise SpecError(where, data, "a table of key = value pairs", reason="not a table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
@@ -56,13 +57,11 @@ def convert(tp: Any, value: Any, path: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
+        for option in (a for a in args if a is not type(None)):
             try:
                 return convert(option, value, path)
-            except SpecError as err:
-                errors.append(err)
+            except SpecError:
+                continue
         raise SpecError(path, value, _describe(tp), reason="wrong type")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
@@ -90,6 +89,9 @@ def convert(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(path, value, "a number", reason="expected a number")
+        if not math.isfinite(value):
+            # NaN would pass every range check (all its comparisons are False).
+            raise SpecError(path, value, "a finite number", reason="not finite")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -114,7 +116,7 @@ def check_range(where: str, name: str, value: float | int | None, lo: float | No
     """Raise a :class:`SpecError` unless ``lo <= value <= hi`` (bounds optionally open)."""
     if value is None:
         return
-    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
+    bad = value != value or (lo is not None and (value < lo or (lo_open and value == lo))) or (
         hi is not None and (value > hi or (hi_open and value == hi)))
     if bad:
         left = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "

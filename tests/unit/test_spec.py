@@ -102,3 +102,17 @@ def test_missing_file_and_bad_toml_name_the_file(tmp_path):
 def test_derived_seeds_are_stable_and_independent():
     assert derive_seed(1, "noise[0]") == derive_seed(1, "noise[0]")
     assert len({derive_seed(1, "noise[0]"), derive_seed(1, "init"), derive_seed(2, "noise[0]")}) == 3
+
+
+@pytest.mark.parametrize("path, value, field", [
+    ("noise.0.fraction", float("nan"), "noise[0].fraction"),
+    ("train.learning_rate", float("nan"), "train.learning_rate"),
+    ("train.timeout_s", float("inf"), "train.timeout_s"),
+    ("train", 5, "train"),
+    ("train", "abc", "train"),
+    ("model.name", ["nt3"], "model.name"),
+])
+def test_non_finite_numbers_and_non_tables_name_the_field(path, value, field):
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(with_(path, value))
+    assert info.value.field == field
