@@ -140,11 +140,14 @@ def load_or_build(source: str | os.PathLike[str], build: Builder, *, tag: str,
     if hit is not None:
         return CacheResult(hit[0], hit[1], "hit", key, str(manifest), time.monotonic() - started)
 
+    stack = contextlib.ExitStack()
     try:
-        lock = _exclusive_lock(prefix.with_name(prefix.name + ".lock"))
+        # Entering (not just creating) the context opens the lock file: a directory that
+        # exists but is read-only fails here and falls back to parsing without a cache.
+        stack.enter_context(_exclusive_lock(prefix.with_name(prefix.name + ".lock")))
     except OSError as err:
         return _build_unwritable(source, build, key, directory, err, started)
-    with lock:
+    with stack:
         # Another loader may have written the entry while this one waited for the lock.
         hit = _read_entry(manifest, key)
         if hit is not None:

@@ -127,6 +127,25 @@ def test_unwritable_cache_dir_falls_back_to_parsing(tmp_path):
     np.testing.assert_array_equal(ds.x_train, x)
 
 
+def test_existing_cache_dir_without_lock_permission_falls_back_to_parsing(tmp_path, monkeypatch):
+    # As for a non-root user on a shared, read-only cache directory: creating the lock fails.
+    import genodl_core.data.cache as cache_module
+
+    (x, _), _ = _pair(tmp_path)
+    (tmp_path / "cache").mkdir()
+    real_open = os.open
+
+    def refuse_locks(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module.os, "open", refuse_locks)
+    ds = load_nt3_csv(_params(tmp_path, cache_dir=str(tmp_path / "cache")))
+    assert ds.info["train"]["cache"]["status"] == "unwritable"
+    np.testing.assert_array_equal(ds.x_train, x)
+
+
 def _load_in_child(args):
     path, cache_dir = args
     table = read_nt3_csv(path, cache_dir=cache_dir)
