@@ -7,8 +7,10 @@ spec. Arrays in the cache are never modified: noise steps return new arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import threading
 from collections import OrderedDict
 
@@ -33,7 +35,8 @@ def load_dataset(data: Component) -> tuple[Dataset, bool]:
     Concurrent callers in one process (thread executor) asking for the same data wait for a
     single load instead of each parsing the files.
     """
-    key = json.dumps(data.to_dict("source"), sort_keys=True)
+    key = json.dumps({"spec": data.to_dict("source"), "files": _file_versions(data.params)},
+                     sort_keys=True)
     with _cache_lock:
         lock = _key_locks.setdefault(key, threading.Lock())
     with lock:
@@ -52,6 +55,21 @@ def load_dataset(data: Component) -> tuple[Dataset, bool]:
             while len(_cache) > CACHE_SIZE:
                 _cache.popitem(last=False)
         return dataset, False
+
+
+def _file_versions(params: object) -> dict[str, list[int]]:
+    """Size and modification time of every existing file a data spec names.
+
+    A worker keeps its cached arrays only while the files behind them are unchanged (the same
+    rule as the on-disk binary cache), and relative paths are told apart by where they resolve.
+    """
+    versions = {}
+    for field in dataclasses.fields(params):
+        value = getattr(params, field.name)
+        if isinstance(value, str) and value and os.path.isfile(value):
+            stat = os.stat(value)
+            versions[os.path.realpath(value)] = [stat.st_size, stat.st_mtime_ns]
+    return versions
 
 
 def clear_cache() -> None:

@@ -200,11 +200,15 @@ def is_deterministic(err: BaseException) -> bool:
     """Would running the same trial again fail the same way?
 
     Our own errors say so themselves. Out-of-memory, interrupted and OS-level errors depend on
-    the node and its neighbours, so they are worth a retry; any other exception is a bug or bad
-    input that reproduces.
+    the node and its neighbours, so they are worth a retry, except those that name a missing or
+    forbidden path, which fail the same way again; any other exception is a bug or bad input
+    that reproduces.
     """
     if isinstance(err, GenodlError):
         return err.deterministic
+    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError,
+                        NotADirectoryError)):
+        return True
     if isinstance(err, (MemoryError, OSError, KeyboardInterrupt, SystemExit)):
         return False
     text = str(err)[:300]

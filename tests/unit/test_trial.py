@@ -142,3 +142,21 @@ def test_rocm_pinning_keeps_only_rocr_visible_devices(monkeypatch):
     monkeypatch.setattr(torch.version, "hip", None, raising=False)
     pin_rocm_devices(cuda_env)
     assert cuda_env == {"CUDA_VISIBLE_DEVICES": "1"}
+
+
+def test_worker_reloads_a_data_file_that_changed(tmp_path):
+    from genodl_core.data.loading import load_dataset
+    from genodl_core.spec import spec_from_dict
+
+    rows = ["0," + ",".join(["1"] * 30), "1," + ",".join(["2"] * 30)] * 4
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("\n".join(rows) + "\n")
+    test.write_text("\n".join(rows) + "\n")
+    spec = spec_from_dict({"model": {"name": "nt3"}, "data": {
+        "source": "nt3_csv", "train_path": str(train), "test_path": str(test)}})
+    first, cached = load_dataset(spec.data)
+    assert not cached and load_dataset(spec.data)[1]
+    train.write_text("\n".join(rows[:4]) + "\n")          # replaced: 4 samples instead of 8
+    os.utime(train, ns=(time.time_ns(), time.time_ns() + 10**9))
+    second, cached = load_dataset(spec.data)
+    assert not cached and second.x_train.shape[0] == 4 and first.x_train.shape[0] == 8
