@@ -169,6 +169,7 @@ class PackTrainer:
         self._left = 0
         self._outcomes: dict[int, FitOutcome | BaseException] = {}
         self._started = False
+        self._abandoned: TrialTimeout | None = None
         self._arrived: set[int] = set()
 
     def leave(self) -> None:
@@ -193,13 +194,22 @@ class PackTrainer:
         ident = threading.get_ident()
         with self._cond:
             self._arrived.add(ident)
+            if self._abandoned is not None:
+                raise self._abandoned
             slot = len(self._waiting)
             self._waiting.append((ctx, build_model, objective, n_classes))
             self._cond.notify_all()
             deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
             while not self._started and len(self._waiting) + self._left < self.size:
                 if not self._cond.wait(timeout=max(deadline - time.monotonic(), 0)):
-                    raise TrialTimeout("the other trials of the batched pack never arrived")
+                    # Give up as a pack: nobody trains the members already waiting, and any
+                    # straggler fails at once instead of training on its own.
+                    self._abandoned = TrialTimeout(
+                        "the other trials of the batched pack never arrived")
+                    self._started = True
+                    self._outcomes = dict.fromkeys(range(len(self._waiting)), self._abandoned)
+                    self._cond.notify_all()
+                    raise self._abandoned
             leader = not self._started
             self._started = True
         if leader:

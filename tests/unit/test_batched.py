@@ -148,3 +148,31 @@ def test_later_packs_reuse_the_worker_module_and_still_equal_separate_trials(tmp
     for a, b in zip(results(r.path for r in alone), results(r.path for r in packed)):
         np.testing.assert_allclose(a["curves"]["loss"], b["curves"]["loss"], rtol=1e-5)
         np.testing.assert_allclose(a["curves"]["val_loss"], b["curves"]["val_loss"], rtol=1e-5)
+
+
+def test_pack_whose_members_never_all_arrive_fails_them_without_training(monkeypatch):
+    import threading
+
+    from genodl_core.errors import TrialTimeout
+    from genodl_core.training import batched
+
+    monkeypatch.setattr(batched, "ARRIVAL_TIMEOUT_S", 0.2)
+    trained = []
+    monkeypatch.setattr(batched, "fit_pack", lambda members: trained.append(members))
+    pack = batched.PackTrainer(size=3)
+    errors = []
+
+    def member():
+        try:
+            pack.fit(None, None, None, 2)
+        except TrialTimeout as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=member) for _ in range(2)]   # the third never comes
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(errors) == 2 and not trained
+    member()                                                        # a straggler fails at once
+    assert len(errors) == 3 and not trained
