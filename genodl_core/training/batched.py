@@ -429,7 +429,7 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
     TrialTimeout
         The earliest deadline of the members ran out.
     """
-    from genodl_core.training.loop import DeviceData, PlateauSchedule
+    from genodl_core.training.loop import PlateauSchedule, check_split
 
     ctxs = [m[0] for m in members]
     objectives = [m[2] for m in members]
@@ -442,9 +442,10 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
         raise DataError(f"trials of one pack have training splits of sizes {sorted(sizes)}")
     fast = fast_path_for(device, precision)
     feature_dtype = torch.bfloat16 if fast.bf16_inputs and precision == "bf16" else torch.float32
-    datas = [DeviceData.from_dataset(c.dataset, "cpu", n_classes,
-                                     source=f"data source {c.spec.data.name!r}") for c in ctxs]
-    del datas  # validation of every member's labels; the device copies follow
+    for c in ctxs:  # the checks a single trial's DeviceData makes, without its copies
+        for split, x, y in (("train", c.dataset.x_train, c.dataset.y_train),
+                            ("val", c.dataset.x_val, c.dataset.y_val)):
+            check_split(split, x, y, n_classes, f"data source {c.spec.data.name!r}")
     x_train = _stack_shared([c.dataset.x_train for c in ctxs], device, feature_dtype)
     y_train = torch.stack([torch.as_tensor(c.dataset.y_train, dtype=torch.int64)
                            for c in ctxs]).to(device)
@@ -580,7 +581,7 @@ def _stack_shared(arrays: Sequence[np.ndarray], device: str, dtype: torch.dtype)
     def put(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
 
-    if all(a is arrays[0] or np.array_equal(a, arrays[0]) for a in arrays[1:]):
+    if all(a is arrays[0] for a in arrays[1:]):  # identity: comparing values costs a pass
         return put(arrays[0])
     return torch.stack([put(a) for a in arrays])
 

@@ -96,7 +96,7 @@ class DeviceData:
         """
         for split, x, y in (("train", dataset.x_train, dataset.y_train),
                             ("val", dataset.x_val, dataset.y_val)):
-            _check_split(split, x, y, n_classes, source)
+            check_split(split, x, y, n_classes, source)
         if dataset.x_val.shape[1] != dataset.x_train.shape[1]:
             raise DataError(f"{source}: x_val has {dataset.x_val.shape[1]} features but x_train "
                             f"has {dataset.x_train.shape[1]}")
@@ -112,7 +112,7 @@ class DeviceData:
                    put(dataset.x_val, feature_dtype), put(dataset.y_val, torch.int64))
 
 
-def _check_split(split: str, x: np.ndarray, y: np.ndarray, n_classes: int, source: str) -> None:
+def check_split(split: str, x: np.ndarray, y: np.ndarray, n_classes: int, source: str) -> None:
     if x.ndim != 2 or len(x) == 0:
         raise DataError(f"{source}: x_{split} must be a non-empty [samples, features] array, "
                         f"got shape {x.shape}")
