@@ -61,7 +61,7 @@ class Registry(Generic[F]):
         return iter(self._entries.values())
 
 
-#: Data sources: ``fn(params, seed) -> Dataset``.
+#: Data sources: ``fn(params) -> Dataset`` (raw values; the trial runner scales them).
 DATASETS: Registry = Registry("data source")
 #: Noise steps: ``fn(arrays, params, rng) -> (TrainArrays, record)``.
 NOISES: Registry = Registry("noise kind")

@@ -241,8 +241,8 @@ def fit_classifier(ctx: FitContext, build_model: Callable[[], nn.Module], object
     ctx
         The fit context (spec, scaled and noised dataset, device, precision, callbacks).
     build_model
-        Returns a freshly initialised model on the CPU mapping ``[batch, features]`` to logits
-        (the caller seeds it); it is moved to ``ctx.device`` here.
+        Returns a freshly initialised model mapping ``[batch, features]`` to logits (the
+        caller seeds it, ideally on ``ctx.device``); it is moved to ``ctx.device`` here if not.
     objective
         :class:`CrossEntropyObjective` or an abstaining objective.
     n_classes
