@@ -13,6 +13,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from genodl_core.records import atomic_write_bytes
 from genodl_core.results import load
 
 #: Metrics shown by default when present (the others only with ``--metrics`` or in the CSV).
@@ -97,8 +98,8 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
     shown = list(metrics) if metrics is not None else headline_metrics(path)
     table = group_table(path, shown)
     if csv is not None:
-        Path(csv).parent.mkdir(parents=True, exist_ok=True)
-        group_table(path, metrics).to_csv(csv, index=False)
+        every = table if metrics is not None else group_table(path, None)
+        atomic_write_bytes(csv, every.to_csv(index=False).encode())
     attrs = load.attributes(path)
     parts = [f"{attrs['n_trials']} trials: {attrs['n_done']} done, {attrs['n_failed']} failed, "
              f"{attrs['n_running']} running, {attrs['n_pending']} pending, "
