@@ -169,9 +169,9 @@ def target_outliers(arrays: TrainArrays, params: TargetOutliersParams,
         rows = select_mask(n, params.fraction, params.mode, rng)
         mask = np.repeat(rows[:, None], t, axis=1)
         n_outliers = int(rows.sum())
-    y64 = y.astype(np.float64)
-    mean = y64.mean(axis=0) if n else np.zeros(t)
-    std = y64.std(axis=0) if n else np.ones(t)
+    # float64 accumulators without a float64 copy of y (the targets can be gigabytes).
+    mean = y.mean(axis=0, dtype=np.float64) if n else np.zeros(t)
+    std = y.std(axis=0, dtype=np.float64) if n else np.ones(t)
     std = np.where(std > 0, std, 1.0)
     rows_idx, cols_idx = np.nonzero(mask)
     if params.sign == "random":
@@ -179,7 +179,8 @@ def target_outliers(arrays: TrainArrays, params: TargetOutliersParams,
     else:
         signs = np.full(rows_idx.size, 1.0 if params.sign == "positive" else -1.0)
     offset = signs * params.scale * std[cols_idx]
-    base = y64[rows_idx, cols_idx] if params.action == "shift" else mean[cols_idx]
+    base = (y[rows_idx, cols_idx].astype(np.float64) if params.action == "shift"
+            else mean[cols_idx])
     new_y = float32_copy(y)
     new_y[rows_idx, cols_idx] = (base + offset).astype(np.float32)
     record = {
