@@ -122,19 +122,28 @@ def run_sweep(sweep: Sweep, out: str | Path, settings: RunSettings | None = None
     # Site name and options are checked before the run directory is touched.
     get_site(settings.site).resolve(settings.options)
     t0 = time.monotonic()
-    run = RunDir.prepare(out, sweep, update=settings.update_sweep)
-    with run.driver_lock(), workflow_logging(run):
-        todo, already_done = select_todo(run, sweep, only)
-        log.info("sweep %s: %d trials, %d complete, %d to run; run directory %s",
-                 sweep.name, len(sweep.trials), already_done, len(todo), run.path)
-        if todo:
-            _run_with_parsl(run, todo, settings, total=len(sweep.trials),
-                            already_done=already_done)
-        summary = gather_summary(run) if settings.gather else None
-        states = run.scan(sweep.trial_ids)
-        report = RunReport(run.path, len(sweep.trials), len(todo), already_done, states,
-                           summary, time.monotonic() - t0)
-        log_report(report)
+    # The lock comes first: a refused second driver must not touch sweep.json.
+    run = RunDir.create(out)
+    with run.driver_lock():
+        run.adopt(sweep, update=settings.update_sweep)
+        with workflow_logging(run):
+            return _drive(run, sweep, settings, only, t0)
+
+
+def _drive(run: RunDir, sweep: Sweep, settings: RunSettings, only: Iterable[str] | None,
+           t0: float) -> RunReport:
+    """The part of :func:`run_sweep` that runs under the driver lock."""
+    todo, already_done = select_todo(run, sweep, only)
+    log.info("sweep %s: %d trials, %d complete, %d to run; run directory %s",
+             sweep.name, len(sweep.trials), already_done, len(todo), run.path)
+    if todo:
+        _run_with_parsl(run, todo, settings, total=len(sweep.trials),
+                        already_done=already_done)
+    summary = gather_summary(run) if settings.gather else None
+    states = run.scan(sweep.trial_ids)
+    report = RunReport(run.path, len(sweep.trials), len(todo), already_done, states,
+                       summary, time.monotonic() - t0)
+    log_report(report)
     return report
 
 

@@ -90,40 +90,47 @@ def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = 
 
     t0 = time.monotonic()
     try:
-        run = RunDir.prepare(out, sweep, update=settings.update_sweep)
+        # The lock comes first: a refused second driver must not touch sweep.json.
+        run = RunDir.create(out)
+        with run.driver_lock():
+            run.adopt(sweep, update=settings.update_sweep)
+            return _drive(comm, run, sweep, settings, only, t0)
     except SpecError as err:
+        # The lock, the sweep check or the selection failed before the broadcast: release
+        # the waiting ranks.
         comm.bcast({"error": (err.field, err.value, err.allowed, err.reason)}, root=0)
         raise
-    try:
-        with run.driver_lock(), workflow_logging(run):
-            todo, already_done = select_todo(run, sweep, only)
-            threads = settings.threads_per_trial
-            comm.bcast({"error": None, "run_dir": str(run.path), "threads": threads}, root=0)
-            log.info("sweep %s over %d MPI ranks: %d trials, %d complete, %d to run", sweep.name,
-                     size, len(sweep.trials), already_done, len(todo))
-            progress = Progress(len(sweep.trials), already_done,
-                                interval_s=settings.progress_interval_s, slots=max(size - 1, 1))
-            try:
-                units = make_units(todo, settings.pack_size)
-                if settings.pack_size > 1:
-                    log.info("%d trials in %d batched packs", len(todo), len(units))
-                if size == 1:
-                    _serial(run, units, settings.retries, threads, progress)
-                else:
-                    _dispatch(comm, run, units, settings.retries, progress)
-            except BaseException:
-                log.exception("dispatcher failed; aborting the MPI job (records are safe)")
-                comm.Abort(1)
-                raise
-            summary = gather_summary(run) if settings.gather else None
-            report = RunReport(run.path, len(sweep.trials), len(todo), already_done,
-                               run.scan(sweep.trial_ids), summary, time.monotonic() - t0)
-            log_report(report)
-            return report
-    except SpecError as err:
-        # The lock or selection failed before the broadcast: release the waiting ranks.
-        comm.bcast({"error": (err.field, err.value, err.allowed, err.reason)}, root=0)
-        raise
+
+
+def _drive(comm: Any, run: RunDir, sweep: Sweep, settings: RunSettings,
+           only: Iterable[str] | None, t0: float) -> RunReport:
+    """Rank 0's part of :func:`run_sweep_mpi`, under the driver lock."""
+    size = comm.Get_size()
+    with workflow_logging(run):
+        todo, already_done = select_todo(run, sweep, only)
+        threads = settings.threads_per_trial
+        comm.bcast({"error": None, "run_dir": str(run.path), "threads": threads}, root=0)
+        log.info("sweep %s over %d MPI ranks: %d trials, %d complete, %d to run", sweep.name,
+                 size, len(sweep.trials), already_done, len(todo))
+        progress = Progress(len(sweep.trials), already_done,
+                            interval_s=settings.progress_interval_s, slots=max(size - 1, 1))
+        try:
+            units = make_units(todo, settings.pack_size)
+            if settings.pack_size > 1:
+                log.info("%d trials in %d batched packs", len(todo), len(units))
+            if size == 1:
+                _serial(run, units, settings.retries, threads, progress)
+            else:
+                _dispatch(comm, run, units, settings.retries, progress)
+        except BaseException:
+            log.exception("dispatcher failed; aborting the MPI job (records are safe)")
+            comm.Abort(1)
+            raise
+        summary = gather_summary(run) if settings.gather else None
+        report = RunReport(run.path, len(sweep.trials), len(todo), already_done,
+                           run.scan(sweep.trial_ids), summary, time.monotonic() - t0)
+        log_report(report)
+        return report
 
 
 def rerun_mpi(run_dir: str | Path, settings: RunSettings | None = None, *,

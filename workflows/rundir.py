@@ -109,15 +109,93 @@ class RunDir:
 
     # Creation ------------------------------------------------------------------------------
     @classmethod
+    def create(cls, path: str | Path) -> "RunDir":
+        """The run directory at ``path``, creating only its top folder.
+
+        This is all a driver may do before it holds :meth:`driver_lock`: the sweep file and
+        the subfolders are written by :meth:`adopt` under the lock, so that a driver refused
+        because another one runs never changes what the running one reads.
+        """
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @classmethod
     def prepare(cls, path: str | Path, sweep: Sweep, *, update: bool = False) -> "RunDir":
         """Create the directory for ``sweep``, or check that an existing one holds the same sweep.
 
+        Takes the driver lock for the moment of the check and write (see :meth:`adopt`).
+
+        Raises
+        ------
+        SpecError
+            As :meth:`adopt`, or when a live driver holds the directory.
+        """
+        run = cls.create(path)
+        with run.driver_lock():
+            run.adopt(sweep, update=update)
+        return run
+
+    def compare(self, sweep: Sweep) -> tuple[str, int, int]:
+        """How ``sweep`` relates to the stored one, without writing anything.
+
+        Returns
+        -------
+        (relation, added, dropped)
+            ``relation`` is 'new' (no sweep stored), 'same' (the same trials, possibly listed
+            in another order: axes written in another order expand to another order of the
+            same trials) or 'different'; ``added``/``dropped`` count trial ids.
+
+        Raises
+        ------
+        SpecError
+            When a stored ``sweep.json`` cannot be read.
+        """
+        if not self.sweep_file.is_file():
+            return "new", len(set(sweep.trial_ids)), 0
+        old_ids = set(self._read_stored_ids())
+        new_ids = set(sweep.trial_ids)
+        if old_ids == new_ids:
+            return "same", 0, 0
+        return "different", len(new_ids - old_ids), len(old_ids - new_ids)
+
+    def check_sweep(self, sweep: Sweep, *, update: bool = False) -> str:
+        """Refuse ``sweep`` when the directory holds a different one and ``update`` is false.
+
+        Read-only: ``genodl submit`` calls it before writing a batch script, so that a job
+        that could only fail is never queued.
+
+        Returns
+        -------
+        str
+            The relation found by :meth:`compare`.
+
+        Raises
+        ------
+        SpecError
+            When the directory already holds a different sweep and ``update`` is false, because
+            mixing two sweeps' trials in one summary would silently mislead.
+        """
+        relation, added, dropped = self.compare(sweep)
+        if relation == "different" and not update:
+            name = self._read_stored().get("name")
+            raise SpecError("--out", str(self.path),
+                            "a new directory, the same sweep, or --update-sweep",
+                            reason=f"it holds a different sweep ({name!r}: "
+                                   f"{added} trials would be added, {dropped} dropped)")
+        return relation
+
+    def adopt(self, sweep: Sweep, *, update: bool = False) -> None:
+        """Make the subfolders and store ``sweep``, or check that it is the stored one.
+
+        Call while holding :meth:`driver_lock`. A stored sweep with the same trials is kept as
+        it is (whatever order they are listed in), so that trial order on disk never changes
+        under a running ``genodl status``.
+
         Parameters
         ----------
-        path
-            The run directory (created if needed).
         sweep
-            The resolved sweep to run there.
+            The resolved sweep to run here.
         update
             Allow replacing a different stored sweep (e.g. one extended with more seeds); records
             of trials that both share are kept and count as done. The old ``sweep.json`` is kept
@@ -126,37 +204,31 @@ class RunDir:
         Raises
         ------
         SpecError
-            When the directory already holds a different sweep and ``update`` is false, because
-            mixing two sweeps' trials in one summary would silently mislead.
+            As :meth:`check_sweep`.
         """
-        run = cls(path)
-        for folder in (run.path, run.trials_dir, run.logs_dir, run.runinfo_dir,
-                       run.trials_dir / LOCKS_DIR):
+        for folder in (self.path, self.trials_dir, self.logs_dir, self.runinfo_dir,
+                       self.trials_dir / LOCKS_DIR):
             folder.mkdir(parents=True, exist_ok=True)
-        resolved = sweep.to_dict()
-        if run.sweep_file.is_file():
-            try:
-                stored = records.read_json(run.sweep_file)
-            except (OSError, ValueError) as err:
-                raise SpecError(SWEEP_FILE, str(run.sweep_file), "a readable resolved sweep",
-                                reason=f"unreadable: {err}") from None
-            old_ids = [t.get("trial_id") for t in stored.get("trials", [])]
-            if old_ids != sweep.trial_ids:
-                if not update:
-                    added = len(set(sweep.trial_ids) - set(old_ids))
-                    removed = len(set(old_ids) - set(sweep.trial_ids))
-                    raise SpecError("--out", str(run.path),
-                                    "a new directory, the same sweep, or --update-sweep",
-                                    reason=f"it holds a different sweep ({stored.get('name')!r}: "
-                                           f"{added} trials would be added, {removed} dropped)")
-                backup = run.logs_dir / f"sweep.{time.strftime('%Y%m%d-%H%M%S')}.json"
-                records.atomic_write_json(backup, stored)
-                log.warning("replacing the stored sweep (%d trials) by %d trials; old copy in %s",
-                            len(old_ids), len(sweep.trial_ids), backup)
-                records.atomic_write_json(run.sweep_file, resolved)
-        else:
-            records.atomic_write_json(run.sweep_file, resolved)
-        return run
+        relation = self.check_sweep(sweep, update=update)
+        if relation == "same":
+            return
+        if relation == "different":
+            stored = self._read_stored()
+            backup = self.logs_dir / f"sweep.{time.strftime('%Y%m%d-%H%M%S')}.json"
+            records.atomic_write_json(backup, stored)
+            log.warning("replacing the stored sweep (%d trials) by %d trials; old copy in %s",
+                        len(stored.get("trials", [])), len(sweep.trial_ids), backup)
+        records.atomic_write_json(self.sweep_file, sweep.to_dict())
+
+    def _read_stored(self) -> dict[str, Any]:
+        try:
+            return records.read_json(self.sweep_file)
+        except (OSError, ValueError) as err:
+            raise SpecError(SWEEP_FILE, str(self.sweep_file), "a readable resolved sweep",
+                            reason=f"unreadable: {err}") from None
+
+    def _read_stored_ids(self) -> list[str]:
+        return [t.get("trial_id") for t in self._read_stored().get("trials", [])]
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":

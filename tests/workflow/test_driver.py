@@ -76,6 +76,37 @@ def test_second_driver_on_a_directory_is_refused(tmp_path):
     assert run_sweep(sweep, run.path, RunSettings(gather=False)).ok
 
 
+def test_refused_second_driver_leaves_the_stored_sweep_alone(tmp_path):
+    out = tmp_path / "run"
+    first = sweep_from_dict(tiny_sweep(trials_per_level=1))
+    run = RunDir.prepare(out, first)
+    before = (out / "sweep.json").read_bytes()
+    extended = sweep_from_dict(tiny_sweep(trials_per_level=2))
+    with run.driver_lock():
+        with pytest.raises(SpecError, match="a driver \\(pid"):
+            run_sweep(extended, out, RunSettings(update_sweep=True, gather=False))
+        with pytest.raises(SpecError, match="a driver \\(pid"):
+            RunDir.prepare(out, extended, update=True)
+    assert (out / "sweep.json").read_bytes() == before, "the running driver's sweep is intact"
+    assert not list((out / "logs").glob("sweep.*.json")), "nothing was replaced"
+
+
+def test_reordered_axes_are_the_same_sweep_and_keep_the_stored_file(tmp_path):
+    out = tmp_path / "run"
+    a = sweep_from_dict(tiny_sweep({"model.variant": ["base", "abstaining"],
+                                    "noise[0].fraction": [0.0, 0.2]}, trials_per_level=1))
+    b = sweep_from_dict(tiny_sweep({"noise[0].fraction": [0.0, 0.2],
+                                    "model.variant": ["base", "abstaining"]}, trials_per_level=1))
+    assert a.trial_ids != b.trial_ids and set(a.trial_ids) == set(b.trial_ids)
+    assert run_sweep(a, out, RunSettings(gather=False)).ok
+    before = (out / "sweep.json").read_bytes()
+    again = run_sweep(b, out, RunSettings(gather=False))
+    assert again.ok and again.submitted == 0 and again.already_done == 4
+    assert (out / "sweep.json").read_bytes() == before
+    assert not list((out / "logs").glob("sweep.*.json"))
+    assert RunDir(out).compare(b) == ("same", 0, 0)
+
+
 def test_unknown_site_option_fails_before_anything_runs(tmp_path):
     sweep = sweep_from_dict(tiny_sweep(trials_per_level=1))
     with pytest.raises(SpecError, match="max_thread"):

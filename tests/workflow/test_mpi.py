@@ -74,3 +74,18 @@ def test_invalid_option_fails_on_every_rank_without_hanging(sweep_file, tmp_path
                  "-o", "gpus=2", timeout=60)
     assert bad.returncode != 0
     assert "unknown option of site 'mpi'" in bad.stderr and "gpus_per_node" in bad.stderr
+
+
+def test_refused_second_driver_leaves_the_stored_sweep_alone(sweep_file, tmp_path):
+    from workflows.rundir import RunDir
+
+    out = tmp_path / "run"
+    run = RunDir.prepare(out, load_sweep(sweep_file(trials_per_level=1)))
+    before = (out / "sweep.json").read_bytes()
+    extended = sweep_file(trials_per_level=2)
+    with run.driver_lock():
+        refused = mpirun(2, "run", str(extended), "--out", str(out), "--site", "mpi",
+                         "--update-sweep", timeout=60)
+    assert refused.returncode != 0 and "a driver (pid" in refused.stderr
+    assert (out / "sweep.json").read_bytes() == before
+    assert not list((out / "logs").glob("sweep.*.json"))
