@@ -20,7 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from genodl_core.errors import SpecError
 from site_configs import SiteOption, register_site
@@ -191,17 +191,39 @@ def worker_path_init(worker_init: str) -> str:
     return f"{line}\n{worker_init}" if worker_init else line
 
 
+#: Consecutive failed pilot jobs after which a pilot-mode executor gives up.
+PILOT_BLOCK_FAILURES = 3
+
+
+def tolerant_block_errors(executor: Any, status: Mapping[str, Any]) -> None:
+    """Block error handler of pilot-job executors: give up after consecutive failed blocks.
+
+    Parsl's default handler puts the executor in a bad state as soon as every block it has
+    started so far failed, which with one pilot job at a time means the first node failure:
+    every remaining trial would then fail without running. Here the executor only gives up
+    when the last :data:`PILOT_BLOCK_FAILURES` blocks all failed (a broken ``worker_init``
+    or account, say), and otherwise starts a new pilot job.
+    """
+    from parsl.jobs.error_handlers import windowed_error_handler
+
+    windowed_error_handler(executor, dict(status), threshold=PILOT_BLOCK_FAILURES)
+
+
 def htex_executor(label: str, provider: Any, run_dir: Path, *, accelerators: Sequence[str],
                   cpu_workers: int, address: str | None, encrypted: bool,
-                  cores_per_worker: float = 1.0):
+                  cores_per_worker: float = 1.0, pilot: bool = False):
     """One HighThroughputExecutor with workers pinned to ``accelerators`` (or CPU workers).
 
     With GPUs the worker count is the number of entries: ``cores_per_worker`` is made small so
-    that Parsl's core-based limit never silently drops a GPU.
+    that Parsl's core-based limit never silently drops a GPU. ``pilot`` marks a provider that
+    queues batch jobs: one failed pilot job then does not end the sweep (see
+    :func:`tolerant_block_errors`).
     """
     from parsl.executors import HighThroughputExecutor
 
     kwargs: dict[str, Any] = {}
+    if pilot:
+        kwargs["block_error_handler"] = tolerant_block_errors
     if accelerators:
         kwargs.update(available_accelerators=list(accelerators),
                       max_workers_per_node=len(accelerators), cores_per_worker=1e-3)

@@ -152,7 +152,7 @@ def build_slurm_config(site: str, run_dir: Path, *, retries: int,
     executor = htex_executor(site, provider, run_dir, accelerators=gpu_entries(o, vendor),
                              cpu_workers=o["cpu_workers"],
                              address=resolve_address(site, o["address"], o["interface"]),
-                             encrypted=o["encrypted"])
+                             encrypted=o["encrypted"], pilot=not inside)
     return make_config(run_dir, executor, retries, retry_handler)
 
 

@@ -89,5 +89,5 @@ def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., floa
                                   GPUS_PER_NODE)
     executor = htex_executor("summit", provider, run_dir, accelerators=entries, cpu_workers=1,
                              address=resolve_address("summit", o["address"], o["interface"]),
-                             encrypted=o["encrypted"])
+                             encrypted=o["encrypted"], pilot=o["mode"] != "inside")
     return make_config(run_dir, executor, retries, retry_handler)

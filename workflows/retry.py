@@ -4,8 +4,9 @@ Parsl calls ``retry_handler(exception, task_record)`` after every failed attempt
 task while the summed costs stay within ``Config.retries``. We separate two kinds of failure:
 
 * infrastructure and transient failures (a lost worker or manager: a node died, the batch job
-  hit its walltime; an executor that lost its blocks; CUDA out-of-memory caused by a neighbour;
-  I/O errors) cost 1, so they are retried up to ``retries`` times;
+  hit its walltime; an executor whose pilot jobs kept failing; CUDA out-of-memory caused by a
+  neighbour; I/O errors) cost 1, so they are retried up to ``retries`` times, and a trial that
+  uses them all up is recorded as a retryable failure for ``genodl rerun``;
 * deterministic failures (an invalid spec, bad data, a bug in the model code) would fail the
   same way again, so they cost more than any retry budget and are recorded as failed at once.
 
@@ -29,11 +30,15 @@ Kind = Literal["infrastructure", "transient", "deterministic"]
 #: Cost that exceeds any sensible retry budget: Parsl then fails the task at once.
 NO_RETRY_COST = 10**6
 
-#: Parsl exception class names that mean the machinery lost the task, not that it failed.
-#: Matched by name so that this module works with the Parsl releases that moved them.
+#: Parsl exception class names that mean the machinery lost the task, not that it failed:
+#: a lost worker or manager, an executor put in a bad state because its blocks (pilot jobs)
+#: failed (``BadStateException`` on the tasks it held, ``TooManyJobFailuresError`` raised by
+#: the submit of every later attempt), or a provider that could not submit a block. Matched by
+#: name so that this module works with the Parsl releases that moved them. Other executor
+#: errors (``InvalidResourceSpecification``, ``UnsupportedFeatureError``) are configuration
+#: mistakes that every attempt would repeat, so they stay deterministic.
 _INFRASTRUCTURE_NAMES = frozenset({
-    "WorkerLost", "ManagerLost", "BadStateException", "ScalingFailed", "ExecutorError",
-    "CommandClientTimeoutError", "CommandClientBadError", "BadMessage", "AppTimeout",
+    "WorkerLost", "ManagerLost", "BadStateException", "ScalingFailed", "TooManyJobFailuresError",
 })
 
 

@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import time
+from concurrent.futures import Future
 
 import pytest
 
@@ -119,6 +120,75 @@ def test_failure_classes():
     assert retry_handler(DataError("bad"), {"id": 1, "try_id": 0}) == NO_RETRY_COST
     err = pickle.loads(pickle.dumps(RetryableTrialFailure("t9", "OutOfMemoryError", "oom")))
     assert (err.trial_id, err.error_type, err.error) == ("t9", "OutOfMemoryError", "oom")
+
+
+def test_executor_failures_are_infrastructure_and_configuration_errors_are_not():
+    from parsl.executors.errors import (BadStateException, InvalidResourceSpecification,
+                                        ScalingFailed, UnsupportedFeatureError)
+    from parsl.jobs.errors import TooManyJobFailuresError
+
+    class Executor:
+        label = "slurm"
+
+    # A failed pilot job: the tasks it held, then every later submit of the executor.
+    assert classify(BadStateException(Executor(), "block 0 failed")) == "infrastructure"
+    assert classify(TooManyJobFailuresError("Error 1: EXIT CODE: 1")) == "infrastructure"
+    assert classify(ScalingFailed(Executor(), "sbatch timed out")) == "infrastructure"
+    assert retry_handler(TooManyJobFailuresError("x"), {"id": 3, "try_id": 1}) == 1
+    # Mistakes in the configuration fail every attempt the same way.
+    assert classify(InvalidResourceSpecification({"gpus"}, "unknown key")) == "deterministic"
+    assert classify(UnsupportedFeatureError("resource spec", "HTEX", None)) == "deterministic"
+
+
+def test_trial_lost_to_a_bad_executor_is_recorded_as_retryable(tmp_path):
+    from parsl.jobs.errors import TooManyJobFailuresError
+
+    from workflows.driver import settle_unit
+    from workflows.rundir import RunDir
+
+    sweep = sweep_from_dict(tiny_sweep(trials_per_level=1))
+    run = RunDir.prepare(tmp_path / "run", sweep)
+    tid = sweep.trial_ids[0]
+    future = Future()
+    future.set_exception(TooManyJobFailuresError("Error 1:\n\tEXIT CODE: 1"))
+    assert settle_unit(run, [tid], future) == [(tid, "failed", None)]
+    status = records.read_status(run.trial_dir(tid))
+    assert status["error_type"] == "TooManyJobFailuresError"
+    assert status["deterministic"] is False
+
+
+def test_pilot_executors_survive_one_failed_block(tmp_path):
+    from parsl.jobs.states import JobState, JobStatus
+
+    from site_configs import load_site
+    from site_configs.local_htex import PILOT_BLOCK_FAILURES, tolerant_block_errors
+
+    class Executor:
+        def __init__(self):
+            self.bad = None
+
+        def set_bad_state_and_fail_all(self, exception):
+            self.bad = exception
+
+    def statuses(*states):
+        return {str(i): JobStatus(state) for i, state in enumerate(states)}
+
+    executor = Executor()
+    tolerant_block_errors(executor, statuses(JobState.FAILED))
+    assert executor.bad is None, "one dead pilot job does not end the sweep"
+    tolerant_block_errors(executor, statuses(JobState.FAILED, JobState.COMPLETED,
+                                             JobState.FAILED, JobState.RUNNING))
+    assert executor.bad is None
+    tolerant_block_errors(executor, statuses(JobState.COMPLETED,
+                                             *[JobState.FAILED] * PILOT_BLOCK_FAILURES))
+    assert type(executor.bad).__name__ == "TooManyJobFailuresError"
+
+    pilot = load_site("slurm", tmp_path, options={"account": "a", "address": "127.0.0.1"})
+    assert pilot.executors[0].block_error_handler is tolerant_block_errors
+    lsf = load_site("summit", tmp_path, options={"project": "p", "address": "127.0.0.1"})
+    assert lsf.executors[0].block_error_handler is tolerant_block_errors
+    inside = load_site("slurm", tmp_path, options={"mode": "inside", "address": "127.0.0.1"})
+    assert inside.executors[0].block_error_handler is not tolerant_block_errors
 
 
 @pytest.mark.timeout(240)
