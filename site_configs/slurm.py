@@ -16,12 +16,15 @@ reuse :func:`slurm_options` and :func:`build_slurm_config` with their own defaul
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from site_configs import SiteOption, register_site
 from site_configs.local_htex import (accelerator_entries, htex_executor, make_config,
                                      resolve_address, worker_path_init)
+
+log = logging.getLogger(__name__)
 
 Vendor = Literal["nvidia", "amd"]
 
@@ -49,7 +52,8 @@ def slurm_options(*, partition: str | None = None, constraint: str | None = None
         SiteOption("trials_per_gpu", "int", 1, "workers sharing each GPU", minimum=1),
         SiteOption("cpu_workers", "int", 1, "workers per node when gpus_per_node=0", minimum=1),
         SiteOption("cores_per_node", "int", cores_per_node,
-                   "cores given to the workers of a node (--cpus-per-task of the srun step)",
+                   "cores given to the workers of a node (--cpus-per-task of the srun step; "
+                   "unset: every CPU the job holds on the node)",
                    minimum=1),
         SiteOption("exclusive", "bool", True, "request whole nodes (--exclusive)"),
         SiteOption("worker_init", "str", "",
@@ -96,19 +100,34 @@ def sbatch_lines(o: Mapping[str, Any]) -> list[str]:
 def srun_overrides(o: Mapping[str, Any], *, inside: bool) -> str:
     """Arguments of the ``srun`` that starts one worker manager per node.
 
-    Without ``--cpu-bind=none`` and ``--cpus-per-task`` a one-task-per-node step may be bound
-    to a single core, and every worker of the node would share it.
+    The step asks for its CPUs explicitly: ``cores_per_node`` when set, else every CPU the job
+    holds on the node (``$SLURM_CPUS_ON_NODE``, expanded by the launcher script inside the
+    job). Slurm 20.11.0-20.11.2 gave a step only the CPUs it asked for (one per task by
+    default), so the workers of a node would have shared one core; later releases give a step
+    without ``--cpus-per-task`` all of the job's CPUs, which the explicit request matches.
+    ``--cpu-bind=none`` keeps the task from being bound to a subset of them.
     """
     parts = ["--ntasks-per-node=1", "--cpu-bind=none"]
     if inside:
         parts.insert(0, f"--nodes={o['nodes']}")
-    if o.get("cores_per_node"):
-        parts.append(f"--cpus-per-task={o['cores_per_node']}")
+    cores = o.get("cores_per_node")
+    parts.append(f"--cpus-per-task={cores if cores else '$SLURM_CPUS_ON_NODE'}")
     if o["gpus_per_node"] > 0:
         parts.append(f"--gpus-per-node={o['gpus_per_node']}")
     if o.get("srun_overrides"):
         parts.append(o["srun_overrides"])
     return " ".join(parts)
+
+
+def warn_small_cpu_request(site: str, o: Mapping[str, Any]) -> None:
+    """Log when a job would hold one CPU per node: not exclusive and no ``cores_per_node``.
+
+    With one task per node and no CPU count, Slurm allocates one CPU per node to a shared-node
+    job, and every worker of the node would share it.
+    """
+    if not o.get("exclusive") and not o.get("cores_per_node"):
+        log.warning("%s: exclusive=false without cores_per_node: Slurm gives the job one CPU "
+                    "per node; set -o cores_per_node=N", site)
 
 
 def gpu_entries(o: Mapping[str, Any], vendor: Vendor) -> list[str]:
@@ -136,6 +155,7 @@ def build_slurm_config(site: str, run_dir: Path, *, retries: int,
     inside = o["mode"] == "inside"
     if not inside:
         SITES[site].check_required(o)
+        warn_small_cpu_request(site, o)
     launcher = SrunLauncher(overrides=srun_overrides(o, inside=inside))
     if inside:
         provider = LocalProvider(nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0,

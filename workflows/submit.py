@@ -124,6 +124,10 @@ def _slurm_header(o: Mapping[str, Any], request: BatchRequest) -> list[str]:
             lines.append(f"#SBATCH --{key}={o[key]}")
     if o.get("cores_per_node"):
         lines.append(f"#SBATCH --cpus-per-task={o['cores_per_node']}")
+    else:
+        from site_configs.slurm import warn_small_cpu_request
+
+        warn_small_cpu_request(request.site, o)
     if o["gpus_per_node"] > 0:
         lines.append(f"#SBATCH --gpus-per-node={o['gpus_per_node']}")
     if o["exclusive"]:

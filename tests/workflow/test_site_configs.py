@@ -335,6 +335,19 @@ def test_slurm_inside_mode_runs_srun_on_the_allocation(tmp_path):
     srun = [ln for ln in htex.provider.launcher("CMD", 1, 3).splitlines()
             if ln.startswith("srun")][0]
     assert "--nodes=3" in srun and "--ntasks 3" in srun
+    # No cores_per_node: the step asks for every CPU the job holds on the node, not one.
+    assert "--cpus-per-task=$SLURM_CPUS_ON_NODE" in srun
+
+
+def test_slurm_pilot_step_asks_for_all_cpus_and_warns_about_shared_nodes(tmp_path, caplog):
+    cfg = load_site("slurm", tmp_path, options={"account": "a", "address": "127.0.0.1"})
+    launch = cfg.executors[0].provider.launcher("CMD", 1, 1)
+    srun = [ln for ln in launch.splitlines() if ln.startswith("srun")][0]
+    assert "--cpus-per-task=$SLURM_CPUS_ON_NODE" in srun and "--cpu-bind=none" in srun
+    assert not [r for r in caplog.records if "one CPU per node" in r.getMessage()]
+    load_site("slurm", tmp_path, options={"account": "a", "address": "127.0.0.1",
+                                          "exclusive": "false"})
+    assert [r for r in caplog.records if "one CPU per node" in r.getMessage()]
 
 
 def test_frontier_and_perlmutter_presets(tmp_path):
