@@ -74,7 +74,7 @@ def execute_trial(spec: Mapping[str, Any], trial_id: str, run_dir: str | Path, *
     run_dir
         The sweep's run directory; the record goes to ``run_dir/trials/<trial_id>/``.
     threads
-        Torch intra-op threads for this process (None leaves torch's default).
+        Torch intra-op threads for this process (None: see :func:`worker_threads`).
 
     Returns
     -------
@@ -167,9 +167,10 @@ def _run_unit(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str], run_
             else:
                 todo.append((spec, trial_id))
         if todo:
-            _set_threads(threads)
+            used = _set_threads(threads)
             for _, trial_id in todo:
-                append_event(events, {"event": "start", "trial_id": trial_id, **where})
+                append_event(events, {"event": "start", "trial_id": trial_id, **where,
+                                      "threads": used})
             t0 = time.monotonic()
             outcomes = _run_trials([spec for spec, _ in todo], trials_dir)
             for (_, trial_id), outcome in zip(todo, outcomes):
@@ -206,13 +207,39 @@ def _result(trial_id: str, state: str, where: Mapping[str, Any], *, skipped: boo
             "deterministic": deterministic, "wall_s": wall_s}
 
 
-def _set_threads(threads: int | None) -> None:
-    if not threads:
-        return
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask: what a cgroup or binding allows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_threads(threads: int | None) -> int | None:
+    """Torch threads for trials in this process.
+
+    An explicit count wins. Otherwise, in an HTEX worker (``PARSL_WORKER_COUNT`` is set by the
+    worker pool) the node's usable cores are shared among the node's workers: torch's own
+    default is every core, and N workers each taking every core oversubscribe the node N-fold.
+    Elsewhere (the thread executor, a plain process) torch's default is left alone.
+    """
+    if threads:
+        return threads
+    try:
+        workers = int(os.environ.get("PARSL_WORKER_COUNT", ""))
+    except ValueError:
+        return None
+    return max(1, usable_cores() // max(workers, 1))
+
+
+def _set_threads(threads: int | None) -> int:
+    """Apply :func:`worker_threads` to torch; return the thread count torch now uses."""
     import torch
 
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    wanted = worker_threads(threads)
+    if wanted and torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+    return torch.get_num_threads()
 
 
 @python_app
@@ -233,4 +260,5 @@ def pack_app(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
     return execute_pack(specs, trial_ids, run_dir, threads=threads, submitted_at=submitted_at)
 
 
-__all__ = ["RetryableTrialFailure", "execute_trial", "execute_pack", "trial_app", "pack_app"]
+__all__ = ["RetryableTrialFailure", "execute_trial", "execute_pack", "trial_app", "pack_app",
+           "worker_threads", "usable_cores"]

@@ -18,7 +18,9 @@ again up to ``retries`` times; a deterministic one is recorded and not retried. 
 takes the MPI job down (MPI has no fault tolerance); the records make the next run a resume.
 
 Site options for ``--site mpi``: ``gpus_per_node=N`` pins each rank to GPU ``local_rank % N``
-through ``CUDA_VISIBLE_DEVICES`` (before torch initialises CUDA).
+through ``CUDA_VISIBLE_DEVICES`` (before torch initialises CUDA); when the launcher already set
+``CUDA_VISIBLE_DEVICES``, the rank takes the device at that position of the list. Without
+``--threads-per-trial``, the trial ranks of a node share its cores for torch's threads.
 """
 
 from __future__ import annotations
@@ -74,18 +76,20 @@ def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = 
     """
     MPI = _mpi()
     comm = comm or MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
+    rank = comm.Get_rank()
     settings = (settings or RunSettings()).resolve(sweep)
     gpus = _gpus_per_node(settings.options)
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks of this node
     if gpus:
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(local % gpus)
+        os.environ["CUDA_VISIBLE_DEVICES"] = rank_device(
+            node.Get_rank(), gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    threads = settings.threads_per_trial or _rank_threads(comm, node)
     if rank != 0:
         go = comm.bcast(None, root=0)
         if go["error"]:
             return None  # rank 0 reports the error
         with quiet_trial_logs():
-            _worker(comm, go["run_dir"], go["threads"])
+            _worker(comm, go["run_dir"], threads)
         return None
 
     t0 = time.monotonic()
@@ -94,7 +98,7 @@ def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = 
         run = RunDir.create(out)
         with run.driver_lock():
             run.adopt(sweep, update=settings.update_sweep)
-            return _drive(comm, run, sweep, settings, only, t0)
+            return _drive(comm, run, sweep, settings, only, threads, t0)
     except SpecError as err:
         # The lock, the sweep check or the selection failed before the broadcast: release
         # the waiting ranks.
@@ -103,15 +107,15 @@ def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = 
 
 
 def _drive(comm: Any, run: RunDir, sweep: Sweep, settings: RunSettings,
-           only: Iterable[str] | None, t0: float) -> RunReport:
+           only: Iterable[str] | None, threads: int, t0: float) -> RunReport:
     """Rank 0's part of :func:`run_sweep_mpi`, under the driver lock."""
     size = comm.Get_size()
     with workflow_logging(run):
         todo, already_done = select_todo(run, sweep, only)
-        threads = settings.threads_per_trial
-        comm.bcast({"error": None, "run_dir": str(run.path), "threads": threads}, root=0)
-        log.info("sweep %s over %d MPI ranks: %d trials, %d complete, %d to run", sweep.name,
-                 size, len(sweep.trials), already_done, len(todo))
+        comm.bcast({"error": None, "run_dir": str(run.path)}, root=0)
+        log.info("sweep %s over %d MPI ranks: %d trials, %d complete, %d to run; %d torch "
+                 "threads per trial", sweep.name, size, len(sweep.trials), already_done,
+                 len(todo), threads)
         progress = Progress(len(sweep.trials), already_done,
                             interval_s=settings.progress_interval_s, slots=max(size - 1, 1))
         try:
@@ -157,6 +161,53 @@ def _gpus_per_node(options: Mapping[str, Any]) -> int | None:
     if gpus < 1:
         raise SpecError("mpi.gpus_per_node", value, "an integer >= 1", reason="out of range")
     return gpus
+
+
+def rank_device(local_rank: int, gpus: int, visible: str | None) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` value of one rank: device ``local_rank % gpus``.
+
+    When the launcher or batch system already restricted the node's devices (the variable is
+    set), the rank picks among those, by position: pinning rank 1 to "1" when only "4,5" are
+    this job's would give it a device of another job, or none.
+
+    Parameters
+    ----------
+    local_rank
+        The rank's index among the ranks of its node.
+    gpus
+        ``gpus_per_node``: how many devices the node's ranks share.
+    visible
+        The inherited ``CUDA_VISIBLE_DEVICES`` (None when unset).
+    """
+    if visible is None:
+        return str(local_rank % gpus)
+    devices = [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if not devices:
+        log.warning("mpi.gpus_per_node=%d, but CUDA_VISIBLE_DEVICES=%r hides every device; "
+                    "the rank stays on the CPU", gpus, visible)
+        return visible
+    pool = devices[:gpus]
+    if len(pool) < gpus:
+        log.warning("mpi.gpus_per_node=%d, but only %d devices are visible (%s); ranks share "
+                    "them", gpus, len(pool), visible)
+    return pool[local_rank % len(pool)]
+
+
+def _rank_threads(comm: Any, node: Any) -> int:
+    """Torch threads of this rank: its usable cores shared with the trial ranks that overlap.
+
+    Ranks started without binding all see the node's cores, so each gets its share instead
+    of torch's default of every core; ranks bound to disjoint cores by the launcher keep
+    their own. Rank 0 only dispatches (with more than one rank) and takes no share.
+    """
+    mine = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        list(range(os.cpu_count() or 1))
+    world = comm.Get_rank()
+    masks = node.allgather((world, mine))
+    trains = comm.Get_size() == 1
+    mask = set(mine)
+    sharing = sum(1 for r, m in masks if (trains or r != 0) and mask & set(m))
+    return max(1, len(mask) // max(sharing, 1))
 
 
 def _attempt(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
@@ -306,4 +357,4 @@ def _unit_name(trial_ids: list[str]) -> str:
         f"pack of {len(trial_ids)} trials ({trial_ids[0]}, ...)"
 
 
-__all__ = ["run_sweep_mpi", "rerun_mpi", "MPI_OPTIONS"]
+__all__ = ["run_sweep_mpi", "rerun_mpi", "rank_device", "MPI_OPTIONS"]

@@ -157,6 +157,28 @@ def test_trial_lost_to_a_bad_executor_is_recorded_as_retryable(tmp_path):
     assert status["deterministic"] is False
 
 
+def test_htex_workers_share_the_node_cores_for_torch_threads(monkeypatch):
+    import torch
+
+    from workflows.apps import _set_threads, worker_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.delenv("PARSL_WORKER_COUNT", raising=False)
+    assert worker_threads(None) is None, "outside a worker pool torch keeps its default"
+    assert worker_threads(5) == 5
+    monkeypatch.setenv("PARSL_WORKER_COUNT", "4")
+    assert worker_threads(None) == 3
+    assert worker_threads(2) == 2, "an explicit count wins"
+    monkeypatch.setenv("PARSL_WORKER_COUNT", "32")
+    assert worker_threads(None) == 1
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("PARSL_WORKER_COUNT", "6")
+        assert _set_threads(None) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_pilot_executors_survive_one_failed_block(tmp_path):
     from parsl.jobs.states import JobState, JobStatus
 

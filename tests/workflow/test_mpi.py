@@ -89,3 +89,31 @@ def test_refused_second_driver_leaves_the_stored_sweep_alone(sweep_file, tmp_pat
     assert refused.returncode != 0 and "a driver (pid" in refused.stderr
     assert (out / "sweep.json").read_bytes() == before
     assert not list((out / "logs").glob("sweep.*.json"))
+
+
+def test_ranks_share_the_node_cores_for_torch_threads(sweep_file, tmp_path):
+    """Without --threads-per-trial, trial ranks of a node split its cores among themselves."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    env = cli_env()
+    env.pop("OMP_NUM_THREADS")  # torch's own default would be every core
+    spec = sweep_file({"noise[0].fraction": [0.0]}, trials_per_level=2)
+    for ranks, out in ((3, tmp_path / "three"), (2, tmp_path / "two")):
+        done = subprocess.run([str(MPIEXEC), "-n", str(ranks), *GENODL, "run", str(spec),
+                               "--out", str(out), "--site", "mpi", "--no-gather"],
+                              cwd=REPO, env=env, text=True, capture_output=True, timeout=150)
+        assert done.returncode == 0, done.stderr
+        threads = {e["threads"] for e in events(out) if e["event"] == "start"}
+        assert threads == {max(1, cores // (ranks - 1))}, (ranks, threads)
+
+
+def test_gpu_pinning_indexes_an_inherited_device_list():
+    from workflows.mpi import rank_device
+
+    assert [rank_device(r, 2, None) for r in range(4)] == ["0", "1", "0", "1"]
+    # The batch system gave this job devices 4 and 5 only.
+    assert [rank_device(r, 2, "4,5") for r in range(3)] == ["4", "5", "4"]
+    assert rank_device(1, 2, "GPU-aa,GPU-bb,GPU-cc") == "GPU-bb"
+    assert rank_device(3, 4, "6,7") == "7"  # fewer visible than asked: ranks share them
+    assert rank_device(0, 2, "") == ""  # everything hidden stays hidden
