@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import re
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
@@ -23,6 +23,15 @@ from genodl_core.errors import SpecError
 
 OptionKind = Literal["int", "float", "bool", "str", "walltime"]
 Scheduler = Literal["local", "slurm", "lsf"]
+
+def usable_cores() -> int:
+    """CPUs this process may run on: its affinity mask (what a cgroup or a binding allows),
+    which can be far fewer than ``os.cpu_count()`` inside a batch job or a container."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
 
 #: Shown in place of a value the user must supply (an account, a project).
 PLACEHOLDER = "<required>"
@@ -53,6 +62,9 @@ class SiteOption:
     required
         The option has no sensible default (an allocation name): building a pilot-job
         configuration or a batch script without it is an error.
+    check
+        ``check(value, where)`` for a converted value: returns it normalised or raises
+        ``SpecError``. For values whose form a type cannot say (a list of device ids).
     """
 
     name: str
@@ -62,6 +74,7 @@ class SiteOption:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     required: bool = False
+    check: Callable[[Any, str], Any] | None = field(default=None, repr=False, compare=False)
 
     def convert(self, value: Any, site: str) -> Any:
         """Convert a command-line string (or an already typed value) to this option's type.
@@ -70,7 +83,7 @@ class SiteOption:
         ------
         SpecError
             Naming ``<site>.<option>``, the value and what is accepted, when the value does
-            not parse, is not among ``choices`` or is below ``minimum``.
+            not parse, is not among ``choices``, is below ``minimum`` or fails ``check``.
         """
         where = f"{site}.{self.name}"
         if value is None:
@@ -82,6 +95,8 @@ class SiteOption:
             raise SpecError(where, value, list(self.choices), reason="unknown choice")
         if self.minimum is not None and converted < self.minimum:
             raise SpecError(where, value, f">= {self.minimum}", reason="out of range")
+        if self.check is not None:
+            converted = self.check(converted, where)
         return converted
 
     def describe_type(self) -> str:
@@ -138,8 +153,6 @@ _CONVERTERS: dict[str, Callable[[Any, str, SiteOption], Any]] = {
     "int": _to_int, "float": _to_float, "bool": _to_bool, "str": _to_str,
     "walltime": _to_walltime,
 }
-
-_WALLTIME = re.compile(r"^(?:(\d+):)?(\d+)(?::(\d+))?$")
 
 
 def parse_walltime(value: Any, where: str = "walltime") -> int:
@@ -201,7 +214,6 @@ class Site:
     options: tuple[SiteOption, ...]
     scheduler: Scheduler
     slots_fn: Callable[[Mapping[str, Any]], int]
-    accelerator: Literal["none", "auto", "nvidia", "amd"] = "none"
     _index: dict[str, SiteOption] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -277,8 +289,7 @@ DEFAULT_SITE = "local_threads"
 
 
 def register_site(name: str, *, description: str, options: Iterable[SiteOption],
-                  slots: Callable[[Mapping[str, Any]], int], scheduler: Scheduler = "local",
-                  accelerator: Literal["none", "auto", "nvidia", "amd"] = "none"):
+                  slots: Callable[[Mapping[str, Any]], int], scheduler: Scheduler = "local"):
     """Register the decorated config builder as site ``name``.
 
     The builder is called as ``builder(run_dir: Path, *, retries, retry_handler, **options)``
@@ -289,8 +300,7 @@ def register_site(name: str, *, description: str, options: Iterable[SiteOption],
         if name in SITES:
             raise ValueError(f"site {name!r} is registered twice")
         SITES[name] = Site(name=name, description=description, builder=fn,
-                           options=tuple(options), scheduler=scheduler, slots_fn=slots,
-                           accelerator=accelerator)
+                           options=tuple(options), scheduler=scheduler, slots_fn=slots)
         return fn
 
     return deco
@@ -408,7 +418,8 @@ def describe_sites() -> str:
 def describe_sites_dict() -> list[dict[str, Any]]:
     """The same listing as plain data (for ``genodl sites --json``)."""
     return [{"name": s.name, "description": s.description, "scheduler": s.scheduler,
-             "options": [dataclasses.asdict(o) for o in s.options]}
+             "options": [{k: v for k, v in dataclasses.asdict(o).items() if k != "check"}
+                         for o in s.options]}
             for s in (SITES[n] for n in sorted(SITES))]
 
 

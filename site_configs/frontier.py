@@ -19,7 +19,7 @@ GPUS_PER_NODE = 8
 CORES_PER_NODE = 56
 
 
-@register_site("frontier", scheduler="slurm", accelerator="amd", slots=slurm_slots,
+@register_site("frontier", scheduler="slurm", slots=slurm_slots,
                options=slurm_options(partition="batch", gpus_per_node=GPUS_PER_NODE,
                                      cores_per_node=CORES_PER_NODE, interface="hsn0",
                                      account_required=True),

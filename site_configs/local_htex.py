@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from genodl_core.errors import SpecError
-from site_configs import SiteOption, register_site
+from site_configs import SiteOption, register_site, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ class GpuInventory:
     """
 
     devices: tuple[str, ...]
-    vendor: str  # "nvidia", "amd" or "none"
     nvidia_smi_count: int | None
     source: str
 
@@ -87,17 +87,17 @@ def detect_gpus() -> GpuInventory:
     smi = nvidia_smi_count()
     cuda = _env_list("CUDA_VISIBLE_DEVICES")
     if cuda is not None:
-        return GpuInventory(cuda, "nvidia" if cuda else "none", smi, "CUDA_VISIBLE_DEVICES")
+        return GpuInventory(cuda, smi, "CUDA_VISIBLE_DEVICES")
     for name in ("ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"):
         amd = _env_list(name)
         if amd is not None:
-            return GpuInventory(amd, "amd" if amd else "none", smi, name)
+            return GpuInventory(amd, smi, name)
     if smi:
-        return GpuInventory(tuple(str(i) for i in range(smi)), "nvidia", smi, "nvidia-smi -L")
+        return GpuInventory(tuple(str(i) for i in range(smi)), smi, "nvidia-smi -L")
     rocm = _rocm_smi_count()
     if rocm:
-        return GpuInventory(tuple(str(i) for i in range(rocm)), "amd", smi, "rocm-smi")
-    return GpuInventory((), "none", smi, "none found")
+        return GpuInventory(tuple(str(i) for i in range(rocm)), smi, "rocm-smi")
+    return GpuInventory((), smi, "none found")
 
 
 def accelerator_entries(gpus: Sequence[str], trials_per_gpu: int,
@@ -252,14 +252,57 @@ def make_config(run_dir: Path, executor: Any, retries: int,
                   retry_handler=retry_handler, usage_tracking=0)
 
 
+#: One device id of ``-o gpus``: an index, or an NVIDIA GPU/MIG UUID as ``nvidia-smi -L``
+#: prints it (MIG ids may hold slashes in the older ``MIG-GPU-<uuid>/gi/ci`` form).
+_DEVICE_ID = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z][0-9A-Za-z/_-]*)$")
+GPUS_ALLOWED = "auto | none | ids like 0,2"
+
+
+def check_gpus(value: str, where: str = "local_htex.gpus") -> str:
+    """Normalise ``-o gpus``: 'auto', 'none', or a comma-separated list of distinct ids.
+
+    Checked when the options are read, so that a typo (``-o gpus=0;1``, ``-o gpus=all``)
+    fails before anything starts instead of pinning workers to devices that do not exist.
+
+    Raises
+    ------
+    SpecError
+        Naming the option, the value and the accepted forms, for anything else or for an id
+        given twice (two workers would share a device the user meant to be separate).
+    """
+    text = value.strip()
+    if text.lower() in ("auto", "none"):
+        return text.lower()
+    ids = [v.strip() for v in text.split(",")]
+    for device in ids:
+        if not _DEVICE_ID.match(device):
+            raise SpecError(where, value, GPUS_ALLOWED,
+                            reason=f"{device!r} is not a device index or GPU-/MIG- UUID")
+    duplicates = sorted({d for d in ids if ids.count(d) > 1})
+    if duplicates:
+        raise SpecError(where, value, GPUS_ALLOWED,
+                        reason=f"device {duplicates[0]} is listed twice (use trials_per_gpu "
+                               f"to share a device)")
+    return ",".join(ids)
+
+
 def _parse_gpus(value: str) -> GpuInventory:
-    text = value.strip().lower()
+    text = check_gpus(value)
     if text == "auto":
         return detect_gpus()
-    if text in ("none", "cpu", ""):
-        return GpuInventory((), "none", None, "-o gpus=none")
-    devices = tuple(v.strip() for v in value.split(",") if v.strip())
-    return GpuInventory(devices, "nvidia", nvidia_smi_count(), "-o gpus")
+    if text == "none":
+        return GpuInventory((), None, "-o gpus=none")
+    return GpuInventory(tuple(text.split(",")), nvidia_smi_count(), "-o gpus")
+
+
+def cpu_only_init(worker_init: str) -> str:
+    """``worker_init`` preceded by a line that hides every GPU from the workers.
+
+    CPU workers on a node with GPUs would otherwise all see them, and a trial whose device
+    is 'auto' would put every worker on GPU 0.
+    """
+    line = "export CUDA_VISIBLE_DEVICES="
+    return f"{line}\n{worker_init}" if worker_init else line
 
 
 def _local_accelerators(o: dict[str, Any]) -> list[str]:
@@ -271,20 +314,26 @@ def _slots(o: dict[str, Any]) -> int:
     return len(_local_accelerators(o)) or o["cpu_workers"]
 
 
+def default_cpu_workers() -> int:
+    """Half the cores this process may use (its affinity mask, not the machine's count)."""
+    return max(1, usable_cores() // 2)
+
+
 OPTIONS = (
     SiteOption("gpus", "str", "auto",
-               "GPUs to use: auto (detect), none, or ids like 0,1"),
+               "GPUs to use: auto (detect), none, or ids like 0,1", check=check_gpus),
     SiteOption("trials_per_gpu", "int", 1, "workers sharing each GPU (packing small trials)",
                minimum=1),
-    SiteOption("cpu_workers", "int", max(1, (os.cpu_count() or 2) // 2),
-               "worker processes when no GPU is used (default: half the cores)", minimum=1),
+    SiteOption("cpu_workers", "int", default_cpu_workers(),
+               "worker processes when no GPU is used (default: half the usable cores)",
+               minimum=1),
     SiteOption("address", "str", "127.0.0.1", "interchange address the workers connect to"),
     SiteOption("worker_init", "str", "", "shell line run before the workers start"),
     SiteOption("encrypted", "bool", True, "encrypt driver-worker traffic (keys in the run dir)"),
 )
 
 
-@register_site("local_htex", options=OPTIONS, slots=_slots, accelerator="auto",
+@register_site("local_htex", options=OPTIONS, slots=_slots,
                description="HighThroughputExecutor on this machine; one persistent worker per "
                            "detected GPU (or CPU workers)")
 def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., float] | None = None,
@@ -297,8 +346,9 @@ def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., floa
     entries = accelerator_entries(inv.devices, trials_per_gpu, inv.nvidia_smi_count)
     log.info("local_htex: %s (%s) -> %s", inv.devices or "no GPU", inv.source,
              entries or f"{cpu_workers} CPU workers")
+    init = worker_path_init(worker_init)
     provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1,
-                             worker_init=worker_path_init(worker_init))
+                             worker_init=init if entries else cpu_only_init(init))
     executor = htex_executor("local_htex", provider, run_dir, accelerators=entries,
                              cpu_workers=cpu_workers, address=address or None,
                              encrypted=encrypted)

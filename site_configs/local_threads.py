@@ -7,11 +7,10 @@ far as PyTorch releases the GIL; more than a few threads rarely pay off on a sma
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
-from site_configs import SiteOption, register_site
+from site_configs import SiteOption, register_site, usable_cores
 
 
 def default_threads() -> int:
@@ -20,11 +19,7 @@ def default_threads() -> int:
     Each PyTorch trial already uses several intra-op threads; running more trials than half
     the cores mostly adds contention.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores // 2))
+    return max(1, min(4, usable_cores() // 2))
 
 
 OPTIONS = (

@@ -17,7 +17,7 @@ GPUS_PER_NODE = 4
 CORES_PER_NODE = 64
 
 
-@register_site("perlmutter", scheduler="slurm", accelerator="nvidia", slots=slurm_slots,
+@register_site("perlmutter", scheduler="slurm", slots=slurm_slots,
                options=slurm_options(constraint="gpu", qos="regular",
                                      gpus_per_node=GPUS_PER_NODE, cores_per_node=CORES_PER_NODE,
                                      interface="hsn0", account_required=True),

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from site_configs import SiteOption, register_site
-from site_configs.local_htex import (accelerator_entries, htex_executor, make_config,
-                                     resolve_address, worker_path_init)
+from site_configs.local_htex import (accelerator_entries, cpu_only_init, htex_executor,
+                                     make_config, resolve_address, worker_path_init)
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +157,12 @@ def build_slurm_config(site: str, run_dir: Path, *, retries: int,
         SITES[site].check_required(o)
         warn_small_cpu_request(site, o)
     launcher = SrunLauncher(overrides=srun_overrides(o, inside=inside))
+    init = worker_path_init(o["worker_init"])
+    if o["gpus_per_node"] == 0:
+        init = cpu_only_init(init)
     if inside:
         provider = LocalProvider(nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0,
-                                 max_blocks=1, worker_init=worker_path_init(o["worker_init"]),
-                                 launcher=launcher)
+                                 max_blocks=1, worker_init=init, launcher=launcher)
     else:
         provider = SlurmProvider(
             partition=o["partition"], account=o["account"], qos=o["qos"],
@@ -168,7 +170,7 @@ def build_slurm_config(site: str, run_dir: Path, *, retries: int,
             cores_per_node=o["cores_per_node"], walltime=o["walltime"],
             exclusive=o["exclusive"], init_blocks=1, min_blocks=0, max_blocks=o["max_blocks"],
             scheduler_options="\n".join(sbatch_lines(o)),
-            worker_init=worker_path_init(o["worker_init"]), launcher=launcher, cmd_timeout=60)
+            worker_init=init, launcher=launcher, cmd_timeout=60)
     executor = htex_executor(site, provider, run_dir, accelerators=gpu_entries(o, vendor),
                              cpu_workers=o["cpu_workers"],
                              address=resolve_address(site, o["address"], o["interface"]),
@@ -177,7 +179,6 @@ def build_slurm_config(site: str, run_dir: Path, *, retries: int,
 
 
 @register_site("slurm", options=slurm_options(), slots=slurm_slots, scheduler="slurm",
-               accelerator="nvidia",
                description="generic Slurm cluster: SlurmProvider pilot jobs + srun, or "
                            "mode=inside an allocation")
 def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., float] | None = None,

@@ -59,7 +59,7 @@ def _slots(o: Mapping[str, Any]) -> int:
     return GPUS_PER_NODE * o["trials_per_gpu"] * o["nodes"] * blocks
 
 
-@register_site("summit", options=OPTIONS, slots=_slots, scheduler="lsf", accelerator="nvidia",
+@register_site("summit", options=OPTIONS, slots=_slots, scheduler="lsf",
                description="Summit-like LSF system: jsrun, 6 V100/node, ib0 (project required)")
 def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., float] | None = None,
            **o: Any):

@@ -39,6 +39,7 @@ from parsl import python_app
 from genodl_core import records
 from genodl_core.errors import GenodlError, InfrastructureError
 
+from site_configs import usable_cores
 from workflows.rundir import ATTEMPTS_LOG, LOGS_DIR, TRIALS_DIR, append_event, trial_attempt_lock
 
 log = logging.getLogger(__name__)
@@ -207,14 +208,6 @@ def _result(trial_id: str, state: str, where: Mapping[str, Any], *, skipped: boo
             "deterministic": deterministic, "wall_s": wall_s}
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask: what a cgroup or binding allows)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def worker_threads(threads: int | None) -> int | None:
     """Torch threads for trials in this process.
 
@@ -261,4 +254,4 @@ def pack_app(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
 
 
 __all__ = ["RetryableTrialFailure", "execute_trial", "execute_pack", "trial_app", "pack_app",
-           "worker_threads", "usable_cores"]
+           "worker_threads"]

@@ -215,10 +215,10 @@ def test_detect_gpus_amd_and_none(monkeypatch, tmp_path):
     for var in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"):
         monkeypatch.delenv(var, raising=False)
     inv = detect_gpus()
-    assert inv.devices == () and inv.vendor == "none"
+    assert inv.devices == () and inv.source == "none found"
     monkeypatch.setenv("ROCR_VISIBLE_DEVICES", "4,5,6")
     inv = detect_gpus()
-    assert inv.devices == ("4", "5", "6") and inv.vendor == "amd"
+    assert inv.devices == ("4", "5", "6") and inv.source == "ROCR_VISIBLE_DEVICES"
 
 
 @pytest.mark.parametrize("gpus,per_gpu,smi", [
@@ -244,6 +244,53 @@ def test_local_htex_packing_options(monkeypatch, tmp_path):
     cpu = load_site("local_htex", tmp_path, options={"gpus": "none", "cpu_workers": "3"})
     assert list(cpu.executors[0].available_accelerators) == []
     assert cpu.executors[0].max_workers_per_node == 3
+
+
+def test_cpu_workers_see_no_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    hidden = "export CUDA_VISIBLE_DEVICES="
+    cpu = load_site("local_htex", tmp_path, options={"gpus": "none", "worker_init": "echo hi"})
+    init = cpu.executors[0].provider.worker_init.splitlines()
+    assert hidden in init and init[-1] == "echo hi"
+    gpu = load_site("local_htex", tmp_path, options={"gpus": "0,1"})
+    assert hidden not in gpu.executors[0].provider.worker_init
+    for mode in ("pilot", "inside"):
+        slurm_cpu = load_site("slurm", tmp_path, options={"account": "a", "mode": mode,
+                                                          "address": "127.0.0.1"})
+        assert hidden in slurm_cpu.executors[0].provider.worker_init.splitlines()
+    slurm_gpu = load_site("slurm", tmp_path, options={"account": "a", "gpus_per_node": "2",
+                                                      "address": "127.0.0.1"})
+    assert hidden not in slurm_gpu.executors[0].provider.worker_init
+
+
+@pytest.mark.parametrize("value,normal", [
+    ("auto", "auto"), ("NONE", "none"), ("0,2", "0,2"), (" 1 , 3 ", "1,3"),
+    ("GPU-5f2c1e0a-aaaa-bbbb-cccc-0123456789ab", "GPU-5f2c1e0a-aaaa-bbbb-cccc-0123456789ab"),
+    ("MIG-GPU-5f2c1e0a/1/0,MIG-GPU-5f2c1e0a/2/0", "MIG-GPU-5f2c1e0a/1/0,MIG-GPU-5f2c1e0a/2/0")])
+def test_local_htex_gpus_forms(value, normal):
+    assert get_site("local_htex").resolve({"gpus": value})["gpus"] == normal
+
+
+@pytest.mark.parametrize("value,fragment", [
+    ("all", "'all' is not a device index"), ("0;1", "'0;1'"), ("0,,1", "'' is not"),
+    ("-1", "'-1'"), ("", "'' is not"), ("0,1,0", "device 0 is listed twice"),
+    ("cpu", "'cpu'")])
+def test_local_htex_gpus_rejects(tmp_path, value, fragment):
+    with pytest.raises(SpecError) as info:
+        load_site("local_htex", tmp_path, options={"gpus": value})
+    assert info.value.field == "local_htex.gpus" and info.value.value == value
+    assert fragment in str(info.value) and "auto | none | ids like 0,2" in str(info.value)
+
+
+def test_local_cpu_defaults_follow_the_affinity_mask(monkeypatch):
+    import site_configs.local_htex as local_htex
+    import site_configs.local_threads as local_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 256)
+    assert site_configs.usable_cores() == 4
+    assert local_threads.default_threads() == 2
+    assert local_htex.default_cpu_workers() == 2, "half the usable cores, not of cpu_count()"
 
 
 # --- pilot-job text: what Parsl would hand to sbatch / bsub --------------------------------------
