@@ -180,7 +180,8 @@ def _run_unit(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str], run_
                                       f"the worker runs another genodl version than the driver")
                 append_event(events, {"event": "end", "trial_id": trial_id,
                                       "state": outcome.state, "wall_s": time.monotonic() - t0,
-                                      "error_type": outcome.error_type, **where})
+                                      "error_type": outcome.error_type,
+                                      "deterministic": outcome.deterministic, **where})
                 results[trial_id] = _result(trial_id, outcome.state, where,
                                             final=dict(outcome.final),
                                             error_type=outcome.error_type, error=outcome.error,

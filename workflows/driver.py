@@ -137,8 +137,7 @@ def _drive(run: RunDir, sweep: Sweep, settings: RunSettings, only: Iterable[str]
     log.info("sweep %s: %d trials, %d complete, %d to run; run directory %s",
              sweep.name, len(sweep.trials), already_done, len(todo), run.path)
     if todo:
-        _run_with_parsl(run, todo, settings, total=len(sweep.trials),
-                        already_done=already_done)
+        _run_with_parsl(run, todo, settings, already_done=already_done)
     summary = gather_summary(run) if settings.gather else None
     states = run.scan(sweep.trial_ids)
     report = RunReport(run.path, len(sweep.trials), len(todo), already_done, states,
@@ -187,7 +186,7 @@ def make_units(todo: list[SweepTrial], pack_size: int) -> list[list[SweepTrial]]
 
 
 def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, *,
-                    total: int, already_done: int) -> None:
+                    already_done: int) -> None:
     import parsl
 
     from site_configs import get_site, load_site
@@ -203,8 +202,11 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
              slots, threads or "default", settings.retries,
              f"; {len(todo)} trials in {len(units)} batched packs" if settings.pack_size > 1
              else "")
-    progress = Progress(total, already_done, interval_s=settings.progress_interval_s,
-                        slots=slots * max(settings.pack_size, 1))
+    # Progress counts the trials this run settles (a rerun of some leaves the others out, so
+    # the ETA reaches zero), plus the complete ones for orientation.
+    progress = Progress(already_done + len(todo), already_done,
+                        interval_s=settings.progress_interval_s,
+                        slots=trial_slots(slots, units))
     wanted = {t.trial_id for t in todo}
     offset = _file_size(run.attempts_file)  # only this run's attempts count for progress
     with parsl.load(config):
@@ -228,18 +230,15 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
                     continue
                 if event.get("event") == "start":
                     progress.started(tid)
-                elif event.get("event") == "end":
+                elif (event.get("event") == "end" and event.get("state") == records.FAILED
+                      and event.get("deterministic") is False):
+                    # The attempt failed in a way Parsl retries. A final attempt is counted
+                    # when its future settles.
                     progress.requeued(tid)
             for future in finished:
                 for tid, state, wall in settle_unit(run, futures[future], future):
                     progress.finished(tid, state, wall)
             progress.tick()
-
-
-def settle(run: RunDir, trial_id: str, future: Future) -> tuple[str, float | None]:
-    """:func:`settle_unit` for a future of a single trial: its (state, wall seconds)."""
-    ((_, state, wall),) = settle_unit(run, [trial_id], future)
-    return state, wall
 
 
 def settle_unit(run: RunDir, trial_ids: list[str],
@@ -441,11 +440,25 @@ def log_report(report: RunReport) -> None:
         log.info("  ... %d more failures (genodl status %s)", len(failed) - 20, report.run_dir)
 
 
+def trial_slots(slots: int, units: list[list[SweepTrial]]) -> int:
+    """Trials that run at once when ``slots`` workers each take one unit of work.
+
+    With ``--pack-size K`` a unit holds up to K trials, but only trials that can share a
+    batched computation are packed: the mean size of the real units, not K, says how many
+    trials a worker runs at once.
+    """
+    if not units:
+        return max(slots, 1)
+    mean = sum(len(unit) for unit in units) / len(units)
+    return max(1, round(max(slots, 1) * mean))
+
+
 def default_threads_per_trial(scheduler: str, slots: int) -> int | None:
     """Torch threads per trial so that concurrent trials share the cores without contention.
 
     On a local machine all slots share this machine's cores; on cluster sites workers run on
-    other nodes and torch's own default (the cores it sees there) is left alone.
+    other nodes, and each worker shares its node's cores with the node's other workers
+    (``workflows.apps.worker_threads``).
     """
     if scheduler != "local":
         return None
@@ -515,6 +528,6 @@ def _first_line(err: BaseException) -> str:
 
 
 __all__ = ["RunSettings", "RunReport", "StatusReport", "run_sweep", "rerun", "select_todo",
-           "settle", "settle_unit", "make_units", "plan_rerun", "sweep_status", "format_status",
+           "settle_unit", "make_units", "trial_slots", "plan_rerun", "sweep_status", "format_status",
            "gather_summary", "default_threads_per_trial", "workflow_logging", "quiet_trial_logs",
            "MPI_SITE", "RERUN_STATES"]

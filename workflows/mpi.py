@@ -37,7 +37,7 @@ from genodl_core.errors import SpecError
 
 from workflows.driver import (RERUN_STATES, RunReport, RunSettings, gather_summary, log_report,
                               make_units, plan_rerun, quiet_trial_logs, select_todo,
-                              workflow_logging)
+                              trial_slots, workflow_logging)
 from workflows.progress import Progress
 from workflows.rundir import RunDir
 from workflows.sweep import Sweep
@@ -116,10 +116,11 @@ def _drive(comm: Any, run: RunDir, sweep: Sweep, settings: RunSettings,
         log.info("sweep %s over %d MPI ranks: %d trials, %d complete, %d to run; %d torch "
                  "threads per trial", sweep.name, size, len(sweep.trials), already_done,
                  len(todo), threads)
-        progress = Progress(len(sweep.trials), already_done,
-                            interval_s=settings.progress_interval_s, slots=max(size - 1, 1))
         try:
             units = make_units(todo, settings.pack_size)
+            progress = Progress(already_done + len(todo), already_done,
+                                interval_s=settings.progress_interval_s,
+                                slots=trial_slots(max(size - 1, 1), units))
             if settings.pack_size > 1:
                 log.info("%d trials in %d batched packs", len(todo), len(units))
             if size == 1:

@@ -34,7 +34,8 @@ class Progress:
     Parameters
     ----------
     total
-        Trials in the sweep.
+        Trials this run settles, plus those found complete (a rerun of some trials leaves the
+        sweep's other trials out, so that the ETA reaches zero when the run ends).
     already_done
         Trials found complete before this run started (not run again).
     interval_s
@@ -57,10 +58,11 @@ class Progress:
         self.done = already_done
         self.failed = 0
         self.running: set[str] = set()
+        self.retried = 0
         self.walls: list[float] = []
         self.max_parallel = 0
         self._last_line: float | None = None
-        self._last_counts: Counts | None = None
+        self._last_state: tuple[Counts, int] | None = None
 
     def counts(self) -> Counts:
         settled = self.done + self.failed + len(self.running)
@@ -83,6 +85,7 @@ class Progress:
     def requeued(self, trial_id: str) -> None:
         """A trial attempt ended without a final state (it will be retried)."""
         self.running.discard(trial_id)
+        self.retried += 1
 
     def eta_s(self) -> float | None:
         """Seconds until every trial is settled, from the mean trial time so far."""
@@ -103,19 +106,21 @@ class Progress:
         eta = self.eta_s()
         parts = [f"[{c.done + c.failed}/{c.total}]", f"done {c.done}", f"failed {c.failed}",
                  f"running {c.running}", f"pending {c.pending}",
+                 *([f"retried {self.retried}"] if self.retried else []),
                  f"elapsed {format_duration(elapsed)}",
                  f"ETA {format_duration(eta) if eta is not None else '?'}"]
         return " | ".join(parts)
 
     def tick(self, force: bool = False) -> bool:
-        """Log a line if the counts changed, the interval passed, or ``force``; say if it did."""
+        """Log a line if the counts or retries changed, the interval passed, or ``force``;
+        say if it did."""
         now = self.clock()
-        counts = self.counts()
+        state = (self.counts(), self.retried)
         due = self._last_line is None or now - self._last_line >= self.interval_s
-        if force or due or counts != self._last_counts:
+        if force or due or state != self._last_state:
             self.log.info("%s", self.line())
             self._last_line = now
-            self._last_counts = counts
+            self._last_state = state
             return True
         return False
 

@@ -13,8 +13,8 @@ import pytest
 from genodl_core import records
 from genodl_core.errors import SpecError
 from tests.workflow.conftest import count_events, events, run_cli, tiny_sweep
-from workflows.driver import (RunSettings, format_status, plan_rerun, run_sweep, settle,
-                              sweep_status)
+from workflows.driver import (RunSettings, format_status, make_units, plan_rerun, run_sweep,
+                              settle_unit, sweep_status, trial_slots)
 from workflows.progress import Progress, format_duration
 from workflows.rundir import RunDir
 from workflows.sweep import load_sweep, sweep_from_dict
@@ -36,6 +36,7 @@ def test_run_then_resume_skips_complete_trials(tmp_path):
     assert count_events(out, "end", "done") == {tid: 1 for tid in sweep.trial_ids}
     log_text = (out / "logs" / "workflow.log").read_text()
     assert "[4/4] | done 4 | failed 0" in log_text
+    assert "retried" not in log_text, "attempts that ended with a final state are not retries"
     assert (out / "runinfo").is_dir() and any((out / "runinfo").iterdir())
 
     # Same sweep again: nothing is submitted, nothing starts.
@@ -124,7 +125,7 @@ def test_parsl_failure_is_written_into_the_record_and_selected_for_rerun(tmp_pat
     records.write_status(run.trial_dir(tid), records.RUNNING, trial_id=tid, attempt=3)
     future: Future = Future()
     future.set_exception(WorkerLost(7, "node12"))
-    assert settle(run, tid, future) == ("failed", None)
+    assert settle_unit(run, [tid], future) == [(tid, "failed", None)]
     status = records.read_status(run.trial_dir(tid))
     assert status["state"] == "failed" and status["error_type"] == "WorkerLost"
     assert status["deterministic"] is False and status["attempt"] == 3
@@ -177,6 +178,9 @@ def test_progress_lines_counts_and_eta():
     assert "ETA 45s" in lines[-1]
     now[0] = 45.0
     assert progress.tick(), "the interval forces a line"
+    progress.started("c")
+    progress.requeued("c")
+    assert progress.tick() and "pending 6 | retried 1 |" in lines[-1]
     assert format_duration(3725) == "1h02m" and format_duration(75) == "1m15s"
 
 
@@ -240,3 +244,30 @@ def test_retried_pack_skips_members_that_failed_deterministically_in_this_submis
                            submitted_at=time.time() + 60)
     assert [(r["state"], r["skipped"]) for r in results] == [("done", False), ("done", True)]
     assert count_events(run.path, "start") == {a.trial_id: 1, b.trial_id: 1}
+
+
+def test_partial_rerun_progress_reaches_zero(tmp_path):
+    sweep = sweep_from_dict(tiny_sweep())
+    out = tmp_path / "run"
+    one = sweep.trial_ids[1]
+    report = run_sweep(sweep, out, RunSettings(gather=False), only=[one])
+    assert report.submitted == 1 and report.count("done") == 1 and report.count("missing") == 3
+    log_text = (out / "logs" / "workflow.log").read_text()
+    assert "[1/1] | done 1 | failed 0 | running 0 | pending 0" in log_text
+    assert "ETA 0s" in log_text
+
+
+def test_eta_slots_follow_the_real_units():
+    # Base and abstaining NT3 trials cannot share a batched pack: with --pack-size 4 every
+    # unit holds one trial, so 2 workers run 2 trials at once, not 8.
+    singles = sweep_from_dict(tiny_sweep({"model.variant": ["base", "abstaining"]},
+                                         trials_per_level=1))
+    units = make_units(singles.trials, 4)
+    assert [len(u) for u in units] == [1, 1]
+    assert trial_slots(2, units) == 2
+    packed = sweep_from_dict(tiny_sweep({"noise[0].fraction": [0.0, 0.1, 0.2, 0.3]},
+                                        trials_per_level=2))
+    units = make_units(packed.trials, 4)
+    assert sorted(len(u) for u in units) == [4, 4]
+    assert trial_slots(2, units) == 8
+    assert trial_slots(3, []) == 3
