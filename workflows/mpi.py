@@ -45,7 +45,8 @@ from workflows.sweep import Sweep
 log = logging.getLogger(__name__)
 
 #: Options of the pseudo-site ``mpi`` (validated here; it builds no Parsl config).
-MPI_OPTIONS = {"gpus_per_node": "pin rank r to GPU (local rank % N); unset: no pinning"}
+MPI_OPTIONS = {"gpus_per_node": "pin rank r to GPU (local rank % N), counted within "
+                                  "CUDA_VISIBLE_DEVICES when set; unset: no pinning"}
 
 _TAG_READY, _TAG_TRIAL, _TAG_RESULT, _TAG_STOP = 1, 2, 3, 4
 

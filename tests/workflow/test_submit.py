@@ -3,6 +3,7 @@ job-id parsing and submission through (fake) scheduler commands."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import stat
@@ -305,3 +306,14 @@ def test_cli_sites_lists_sites(capsys):
     out = capsys.readouterr().out
     assert out.startswith("summit") and "local_threads" not in out and "project" in out
     assert genodl(["sites", "nosuch"]) == 2
+
+
+def test_cli_sites_shows_the_mpi_pseudo_site(capsys):
+    assert genodl(["sites", "mpi"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mpi [mpiexec]") and "gpus_per_node" in out and "slurm" not in out
+    assert genodl(["sites", "mpi", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == "mpi" and [o["name"] for o in row["options"]] == ["gpus_per_node"]
+    assert genodl(["sites", "--json"]) == 0
+    assert "mpi" in {r["name"] for r in json.loads(capsys.readouterr().out)}

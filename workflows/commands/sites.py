@@ -19,14 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from site_configs import describe_sites, describe_sites_dict, get_site
+    from workflows.driver import MPI_SITE
 
-    if args.name:
+    if args.name and args.name != MPI_SITE:
         get_site(args.name)  # unknown names list the known ones
     if args.json:
-        rows = describe_sites_dict()
+        rows = describe_sites_dict() + [_mpi_row()]
         if args.name:
             rows = [r for r in rows if r["name"] == args.name]
         print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if args.name == MPI_SITE:
+        print(_mpi_block(), end="")
         return 0
     text = describe_sites()
     if args.name:
@@ -34,10 +38,25 @@ def main(args: argparse.Namespace) -> int:
         text = "\n\n".join(blocks).rstrip() + "\n"
     else:
         # Not a Parsl configuration, so not in the registry, but a choice of --site all the same.
-        from workflows.mpi import MPI_OPTIONS
-
-        text += ("\nmpi [mpiexec]: without Parsl, `mpiexec -n N genodl run SPEC --site mpi`: "
-                 "rank 0 hands out trials, the other ranks train them\n")
-        text += "".join(f"    {name:<15} {meaning}\n" for name, meaning in MPI_OPTIONS.items())
+        text += "\n" + _mpi_block()
     print(text, end="")
     return 0
+
+
+_MPI_DESCRIPTION = ("without Parsl, `mpiexec -n N genodl run SPEC --site mpi`: rank 0 hands out "
+                    "trials, the other ranks train them")
+
+
+def _mpi_block() -> str:
+    from workflows.mpi import MPI_OPTIONS
+
+    return (f"mpi [mpiexec]: {_MPI_DESCRIPTION}\n"
+            + "".join(f"    {name:<15} {meaning}\n" for name, meaning in MPI_OPTIONS.items()))
+
+
+def _mpi_row() -> dict:
+    from workflows.mpi import MPI_OPTIONS
+
+    return {"name": "mpi", "description": _MPI_DESCRIPTION, "scheduler": "mpiexec",
+            "options": [{"name": name, "kind": "int", "default": None, "help": meaning}
+                        for name, meaning in MPI_OPTIONS.items()]}
