@@ -59,6 +59,8 @@ class BatchRequest:
         Shell line(s) that make ``genodl`` available in the job (venv or module activation).
     job_name
         Name shown by ``squeue``/``bjobs``.
+    run_args
+        Further arguments of the ``genodl run`` line (``--retries 3``, ``--update-sweep``).
     """
 
     spec: str
@@ -67,6 +69,7 @@ class BatchRequest:
     options: Mapping[str, Any]
     env: str = ""
     job_name: str = "genodl"
+    run_args: tuple[str, ...] = ()
 
 
 def scheduler_of(site: str) -> BatchScheduler:
@@ -158,6 +161,7 @@ def run_command(request: BatchRequest, resolved: Mapping[str, Any]) -> str:
 
     It repeats the user's options that matter to the workers (nodes, GPUs, worker_init,
     interface) and adds ``mode=inside``; options that only shaped the batch request stay out.
+    ``request.run_args`` (retries, pack size, ...) follow.
     """
     parts = ["genodl", "run", request.spec, "--site", request.site, "--out", request.out_dir,
              "-o", "mode=inside"]
@@ -170,6 +174,7 @@ def run_command(request: BatchRequest, resolved: Mapping[str, Any]) -> str:
         if isinstance(value, bool):
             value = str(value).lower()
         parts += ["-o", f"{key}={value}"]
+    parts += list(request.run_args)
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 

@@ -297,6 +297,47 @@ def test_cli_invalid_site_option_fails_before_writing(tmp_path, capsys):
     assert not (tmp_path / "run" / "submit.lsf").exists()
 
 
+def test_cli_forwards_run_options_to_the_driver_in_the_job(tmp_path, capsys):
+    spec = write_sweep(tmp_path)
+    out = tmp_path / "run"
+    assert genodl(["submit", str(spec), "--site", "slurm", "--out", str(out), "--dry-run",
+                   "--retries", "3", "--pack-size", "4", "--threads-per-trial", "2",
+                   "--progress-interval", "10", "--no-gather", "--update-sweep"]) == 0
+    argv = run_line((out / "submit.sbatch").read_text())
+    after = argv[argv.index("mode=inside") + 1:]
+    for flag, value in (("--retries", "3"), ("--pack-size", "4"), ("--threads-per-trial", "2"),
+                        ("--progress-interval", "10.0")):
+        assert after[after.index(flag) + 1] == value, flag
+    assert "--no-gather" in after and "--update-sweep" in after
+    assert genodl(["submit", str(spec), "--site", "slurm", "--out", str(tmp_path / "bad"),
+                   "--dry-run", "--retries", "-1"]) == 2
+    assert "--retries" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "submit.sbatch").exists()
+
+
+def test_cli_refuses_a_directory_holding_another_sweep_before_writing(tmp_path, capsys):
+    from workflows.rundir import RunDir
+    from workflows.sweep import load_sweep
+
+    out = tmp_path / "run"
+    RunDir.prepare(out, load_sweep(write_sweep(tmp_path)))
+    before = (out / "sweep.json").read_bytes()
+    spec = write_sweep(tmp_path, TINY_SWEEP.replace("seed = [0, 1]", "seed = [0, 1, 2]"))
+    code = genodl(["submit", str(spec), "--site", "slurm", "--out", str(out), "--dry-run"])
+    assert code == 2
+    assert "1 trials would be added, 0 dropped" in capsys.readouterr().err
+    assert not (out / "submit.sbatch").exists()
+    # With --update-sweep the job's driver may replace it; submit itself still writes nothing
+    # into sweep.json (the driver does, under its lock).
+    code = genodl(["submit", str(spec), "--site", "slurm", "--out", str(out), "--dry-run",
+                   "--update-sweep"])
+    assert code == 0 and "--update-sweep" in run_line((out / "submit.sbatch").read_text())
+    assert (out / "sweep.json").read_bytes() == before
+    # The same sweep again (or a fresh directory) needs nothing.
+    same = write_sweep(tmp_path)
+    assert genodl(["submit", str(same), "--site", "slurm", "--out", str(out), "--dry-run"]) == 0
+
+
 def test_cli_sites_lists_sites(capsys):
     assert genodl(["sites"]) == 0
     out = capsys.readouterr().out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     from site_configs import add_site_arguments
+    from workflows.commands.run import add_run_arguments
 
     p = sub.add_parser(
         "submit", help="write a batch script (sbatch/bsub) that runs the sweep, and submit it",
@@ -28,12 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--job-name", default=None, help="scheduler job name (default: genodl-<sweep>)")
     p.add_argument("--dry-run", action="store_true",
                    help="write the script and print it, but do not submit")
+    add_run_arguments(p)
+    p.add_argument("--update-sweep", action="store_true",
+                   help="allow DIR to hold a different version of this sweep (e.g. more seeds); "
+                        "records of shared trials are kept")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from genodl_core.errors import SpecError
     from site_configs import site_options_from_args
+    from workflows.commands.run import settings_from_args
+    from workflows.rundir import RunDir
     from workflows.submit import (BatchRequest, default_env_line, scheduler_of, submit_script,
                                   write_batch_script)
     from workflows.sweep import load_sweep
@@ -43,13 +50,16 @@ def main(args: argparse.Namespace) -> int:
                         reason="required")
     scheduler = scheduler_of(args.site)
     sweep = load_sweep(args.spec)  # an invalid sweep fails here, before anything is queued
+    settings_from_args(args)  # out-of-range --retries, --pack-size, ... fail here too
     out_dir = Path(args.out) if args.out else Path("runs") / sweep.name
+    # A directory holding another sweep would refuse the job's driver: say so before queueing.
+    RunDir(out_dir).check_sweep(sweep, update=args.update_sweep)
     # The job may start in another directory than this one: give it absolute paths.
     request = BatchRequest(
         spec=os.path.abspath(args.spec), out_dir=os.path.abspath(out_dir), site=args.site,
         options=_options(sweep, args.site, site_options_from_args(args)),
         env=default_env_line() if args.env is None else args.env,
-        job_name=args.job_name or f"genodl-{sweep.name}")
+        job_name=args.job_name or f"genodl-{sweep.name}", run_args=_run_args(args))
     path = write_batch_script(request)
     print(f"{len(sweep.trials)} trials; batch script: {path}", file=sys.stderr)
     if args.dry_run:
@@ -69,3 +79,17 @@ def _options(sweep, site: str, given: dict[str, str]) -> dict:
     options = dict(sweep.run.options) if sweep.run.site == site else {}
     options.update(given)
     return options
+
+
+def _run_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The `genodl run` options given here, repeated for the driver inside the job."""
+    out: list[str] = []
+    for name in ("retries", "threads_per_trial", "pack_size", "progress_interval"):
+        value = getattr(args, name)
+        if value is not None:
+            out += [f"--{name.replace('_', '-')}", str(value)]
+    if args.no_gather:
+        out.append("--no-gather")
+    if args.update_sweep:
+        out.append("--update-sweep")
+    return tuple(out)
