@@ -59,13 +59,14 @@ class NT3Params:
     #: Locally connected layers (unshared weights per position) instead of convolutions.
     locally_connected: bool = False
     variant: Literal["base", "abstaining"] = "base"
-    alpha: float = 0.3
-    alpha_scale_factor: float = 0.95
-    min_acc: float = 0.99
-    max_abs: float = 0.10
-    acc_gain: float = 0.5
-    abs_gain: float = 0.5
-    init_abs_epoch: int = 2
+    # Abstention defaults live in one place, the controller (paper-era values).
+    alpha: float = AlphaController.alpha
+    alpha_scale_factor: float = AlphaController.scale_factor
+    min_acc: float = AlphaController.min_acc
+    max_abs: float = AlphaController.max_abs
+    acc_gain: float = AlphaController.acc_gain
+    abs_gain: float = AlphaController.abs_gain
+    init_abs_epoch: int = AlphaController.init_abs_epoch
 
     def validate(self, where: str) -> None:
         """Range checks across fields; every error names the field.
