@@ -18,14 +18,16 @@ Every figure comes from the same process on the same device, so their ratios are
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 
@@ -43,6 +45,8 @@ MODES = {
     "plain-bf16": ("plain port, bf16 autocast", "bf16", "off"),
     "fast": ("default fast path", "auto", "default"),
     "batched": ("fast path, trials batched", "auto", "batched"),
+    "fast-cudnn": ("fast path, cuDNN convolutions", "auto", "default"),
+    "batched-cudnn": ("batched, cuDNN convolutions", "auto", "batched"),
 }
 
 
@@ -239,6 +243,10 @@ def _run_mode(cfg: BenchConfig, mode: str, device: str, epochs: int, out: Path,
     from genodl_core.training.trial import run_trial
 
     label, precision, fast_setting = MODES[mode]
+    if mode.endswith("-cudnn"):
+        with _conv_kernel_off():
+            result = _run_mode(cfg, mode.removesuffix("-cudnn"), device, epochs, out, report)
+        return dataclasses.replace(result, mode=mode, label=label)
     fast = FastPath.plain() if fast_setting == "off" else None
     specs = [trial_spec(cfg, seed=seed, precision=precision, epochs=epochs, device=device)
              for seed in (1, 2)]
@@ -268,6 +276,22 @@ def _run_batched(cfg: BenchConfig, mode: str, label: str, specs: list[TrialSpec]
         records[-1]["pack_wall_s"] = walls[-1]
     return _summarise(cfg, mode, label, specs[0], records, epochs, report, trials=cfg.pack,
                       fast_label=f"batched x{cfg.pack}")
+
+
+@contextlib.contextmanager
+def _conv_kernel_off() -> Iterator[None]:
+    """Run the block with the fast path's own convolution kernel off (cuDNN instead)."""
+    from genodl_core.training.fast import CONV_KERNEL_ENV
+
+    saved = os.environ.get(CONV_KERNEL_ENV)
+    os.environ[CONV_KERNEL_ENV] = "off"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(CONV_KERNEL_ENV, None)
+        else:
+            os.environ[CONV_KERNEL_ENV] = saved
 
 
 def _fast_label(fast, device: str, precision: str) -> str:

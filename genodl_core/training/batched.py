@@ -44,7 +44,7 @@ from torch import nn
 from genodl_core.errors import DataError, TrialTimeout
 from genodl_core.spec import TrialSpec, derive_seed
 from genodl_core.training.context import FitContext, FitOutcome
-from genodl_core.training.fast import cudnn_benchmark, fast_path_for
+from genodl_core.training.fast import conv_channels_last, cudnn_benchmark, fast_path_for
 from genodl_core.training.metrics import batch_sums, rates_from_sums
 from genodl_core.training.precision import autocast, matmul_precision
 
@@ -243,9 +243,11 @@ class BatchedNT3(nn.Module):
     ordinary :class:`~genodl_core.models.nt3.NT3Net` instances.
     """
 
-    def __init__(self, nets: Sequence[nn.Module]):
+    def __init__(self, nets: Sequence[nn.Module], conv_kernel: bool = False):
         super().__init__()
         self.k = len(nets)
+        #: Convolutions through genodl's Triton kernel (see FastPath.conv_kernel).
+        self.conv_kernel = conv_kernel
         first = nets[0]
         self.plan: list[tuple[str, Any]] = []
         self.conv_w = nn.ParameterList()
@@ -313,10 +315,8 @@ class BatchedNT3(nn.Module):
         for kind, arg in self.plan:
             if kind == "conv":
                 index, stride = arg
-                weight = self.conv_w[index]
-                if h.is_cuda:
-                    weight = weight.contiguous(memory_format=torch.channels_last)
-                h = F.conv2d(h, weight, self.conv_b[index], stride=(1, stride), groups=k)
+                h = conv_channels_last(h, self.conv_w[index].squeeze(2), self.conv_b[index],
+                                       stride=stride, groups=k, kernel=self.conv_kernel)
             elif kind == "pool":
                 h = F.max_pool2d(h, (1, arg))
             elif kind == "flatten":
@@ -464,7 +464,7 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
             contextlib.ExitStack() as cleanup:
         nets = [m[1]() for m in members]
         n_parameters = sum(p.numel() for p in nets[0].parameters())
-        model, forward, release = _batched_model(nets, device, fast.compile)
+        model, forward, release = _batched_model(nets, device, fast.compile, fast.conv_kernel)
         cleanup.callback(release)
         optimizer = BatchedOptimizer(model.trial_groups(), k, kind=train.optimizer,
                                      lr=train.learning_rate, momentum=train.momentum,
@@ -546,21 +546,22 @@ _model_cache: dict[tuple, tuple[BatchedNT3, Callable, threading.Lock]] = {}
 _model_cache_lock = threading.Lock()
 
 
-def _batched_model(nets: Sequence[nn.Module], device: str, compile_forward: bool
+def _batched_model(nets: Sequence[nn.Module], device: str, compile_forward: bool,
+                   conv_kernel: bool = False
                    ) -> tuple[BatchedNT3, Callable, Callable[[], None]]:
     """The pack's module with the nets' weights loaded, its forward, and a release function.
 
     A cached module busy with another pack of the same process (thread executors) is not
     shared: that pack gets a fresh, uncached module.
     """
-    key = (BatchedNT3.signature(nets), str(device), compile_forward)
+    key = (BatchedNT3.signature(nets), str(device), compile_forward, conv_kernel)
     with _model_cache_lock:
         cached = _model_cache.get(key)
         if cached is not None and cached[2].acquire(blocking=False):
             model, forward, lock = cached
             model.load(nets)
             return model, forward, lock.release
-        model = BatchedNT3(nets).to(device)
+        model = BatchedNT3(nets, conv_kernel=conv_kernel).to(device)
         forward = torch.compile(model, dynamic=False) if compile_forward else model
         if cached is not None:               # busy: this pack's module stays private
             return model, forward, lambda: None

@@ -22,6 +22,10 @@ path is off, so CPU runs stay bit-for-bit what they were.
 - ``compile``: :func:`torch.compile` the forward pass (exclusive with ``cuda_graphs``).
 - ``bf16_inputs``: with bf16 autocast, keep the resident features in bf16 (autocast would
   cast them to bf16 anyway before the first convolution; this halves their memory and copies).
+- ``conv_kernel``: the first convolution (one input channel) runs genodl's implicit-GEMM
+  Triton kernel (:mod:`genodl_core.kernels.conv1d`) instead of cuDNN: ~4x faster for packed
+  trials, where cuDNN's grouped kernel is slow; bf16 only, and only where Triton is installed
+  (it comes with CUDA builds of torch).
 """
 
 from __future__ import annotations
@@ -39,12 +43,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from genodl_core.errors import SpecError
+from genodl_core.kernels import triton_available
 from genodl_core.training.precision import is_cuda
 
 log = logging.getLogger(__name__)
 
 #: Environment variable that turns the fast path off ('off') for every trial of a process.
 FAST_PATH_ENV = "GENODL_FAST_PATH"
+#: Environment variable that keeps the fast path but runs convolutions through cuDNN ('off').
+CONV_KERNEL_ENV = "GENODL_CONV_KERNEL"
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class FastPath:
     cuda_graphs: bool = False
     compile: bool = False
     bf16_inputs: bool = False
+    conv_kernel: bool = False
 
     @classmethod
     def plain(cls) -> "FastPath":
@@ -72,7 +80,8 @@ class FastPath:
     def label(self) -> str:
         """Short description for logs and benchmark tables (e.g. 'nhwc+fused+graphs')."""
         names = {"channels_last": "nhwc", "fused_optimizer": "fused", "cudnn_benchmark": "bench",
-                 "cuda_graphs": "graphs", "compile": "compile", "bf16_inputs": "bf16in"}
+                 "cuda_graphs": "graphs", "compile": "compile", "bf16_inputs": "bf16in",
+                 "conv_kernel": "convk"}
         parts = [short for name, short in names.items() if getattr(self, name)]
         if self.eval_batch_size:
             parts.append(f"eval{self.eval_batch_size}")
@@ -87,7 +96,8 @@ class FastPath:
 #: path with or without CUDA graphs (the step is GPU-bound, so graphs gain nothing), and
 #: torch.compile's in-process cache brings the compile cost of later trials under a second.
 CUDA_DEFAULT = FastPath(channels_last=True, fused_optimizer=True, eval_batch_size=256,
-                        cudnn_benchmark=True, cuda_graphs=False, compile=True, bf16_inputs=True)
+                        cudnn_benchmark=True, cuda_graphs=False, compile=True, bf16_inputs=True,
+                        conv_kernel=True)
 
 _override = threading.local()
 
@@ -111,24 +121,33 @@ def fast_path_for(device: str, precision: str) -> FastPath:
     """The speed-ups for a trial on ``device`` at the resolved ``precision``.
 
     CPU: none (bit-for-bit reproducible runs). CUDA: :data:`CUDA_DEFAULT` (``bf16_inputs``
-    only with bf16 precision), unless :func:`use_fast_path` or ``GENODL_FAST_PATH=off`` says
+    and ``conv_kernel`` only with bf16 precision, the latter only with Triton), unless :func:`use_fast_path` or ``GENODL_FAST_PATH=off`` says
     otherwise.
 
     Raises
     ------
     SpecError
-        ``GENODL_FAST_PATH`` holds something other than 'on', 'off' or empty.
+        ``GENODL_FAST_PATH`` or ``GENODL_CONV_KERNEL`` holds something other than 'on', 'off'
+        or empty.
     """
     forced = getattr(_override, "value", None)
     if forced is not None:
         return forced
-    setting = os.environ.get(FAST_PATH_ENV, "").strip().lower()
-    if setting not in ("", "on", "off"):
-        raise SpecError(FAST_PATH_ENV, setting, ["on", "off"],
-                        reason="environment variable with an unknown value")
+    setting = _switch(FAST_PATH_ENV)
     if not is_cuda(device) or setting == "off":
         return FastPath.plain()
-    return CUDA_DEFAULT.replace(bf16_inputs=precision == "bf16")
+    bf16 = precision == "bf16"
+    kernel = bf16 and triton_available() and _switch(CONV_KERNEL_ENV) != "off"
+    return CUDA_DEFAULT.replace(bf16_inputs=bf16, conv_kernel=kernel)
+
+
+def _switch(name: str) -> str:
+    """An on/off environment switch ('' when unset); SpecError for anything else."""
+    setting = os.environ.get(name, "").strip().lower()
+    if setting not in ("", "on", "off"):
+        raise SpecError(name, setting, ["on", "off"],
+                        reason="environment variable with an unknown value")
+    return setting
 
 
 @contextlib.contextmanager
@@ -149,15 +168,35 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
 # channels-last convolution stack
 # --------------------------------------------------------------------------------------------
 
-def conv1d_as_conv2d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """``conv(x)`` for ``x`` shaped ``[B, C, 1, L]`` (channels-last), using ``conv``'s weights.
+def conv_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
+                       stride: int = 1, groups: int = 1, kernel: bool = False) -> torch.Tensor:
+    """A (grouped) Conv1d on ``x`` shaped ``[B, G*C, 1, L]`` (channels-last) -> ``[B, G*CO, 1, L']``.
 
-    The kernel becomes ``1 x k``; output ``[B, filters, 1, L_out]`` in channels-last layout.
+    ``weight`` is the Conv1d one, ``[G*CO, C, k]``. With ``kernel`` (CUDA, stride 1, sizes
+    for which it measured faster: :func:`genodl_core.kernels.conv1d.preferred`) genodl's
+    Triton implicit-GEMM kernel runs on the ``[B, L, G*C]`` memory of ``x``; otherwise
+    cuDNN's ``conv2d`` with a ``1 x k`` kernel. Either way the result is channels-last.
     """
-    weight = conv.weight.unsqueeze(2)
+    if kernel and stride == 1 and x.is_cuda and bias is not None:
+        from genodl_core.kernels import conv1d
+
+        if conv1d.preferred(weight.shape[1], weight.shape[0] // groups, groups):
+            b, gc, _, length = x.shape
+            y = conv1d.conv1d_nlc(x.permute(0, 2, 3, 1).reshape(b, length, gc), weight, bias,
+                                  groups)
+            return y.view(b, 1, y.shape[1], y.shape[2]).permute(0, 3, 1, 2)
+    weight = weight.unsqueeze(2)
     if x.is_cuda:
         weight = weight.contiguous(memory_format=torch.channels_last)
-    return F.conv2d(x, weight, conv.bias, stride=(1, conv.stride[0]))
+    return F.conv2d(x, weight, bias, stride=(1, stride), groups=groups)
+
+
+def conv1d_as_conv2d(x: torch.Tensor, conv: nn.Conv1d, kernel: bool = False) -> torch.Tensor:
+    """``conv(x)`` for ``x`` shaped ``[B, C, 1, L]`` (channels-last), using ``conv``'s weights.
+
+    Output ``[B, filters, 1, L_out]`` in channels-last layout (see :func:`conv_channels_last`).
+    """
+    return conv_channels_last(x, conv.weight, conv.bias, stride=conv.stride[0], kernel=kernel)
 
 
 class ChannelsLastNT3(nn.Module):
@@ -173,11 +212,12 @@ class ChannelsLastNT3(nn.Module):
         :func:`supports_channels_last` says beforehand).
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, conv_kernel: bool = False):
         super().__init__()
         if not supports_channels_last(net):
             raise TypeError("ChannelsLastNT3 needs an NT3 network of Conv1d/MaxPool1d layers")
         self.net = net
+        self.conv_kernel = conv_kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], 1, 1, x.shape[1])
@@ -185,7 +225,7 @@ class ChannelsLastNT3(nn.Module):
             h = h.contiguous(memory_format=torch.channels_last)
         for layer in self.net.layers:
             if isinstance(layer, nn.Conv1d):
-                h = conv1d_as_conv2d(h, layer)
+                h = conv1d_as_conv2d(h, layer, self.conv_kernel)
             elif isinstance(layer, nn.MaxPool1d):
                 h = F.max_pool2d(h, (1, layer.kernel_size), (1, layer.stride))
             elif isinstance(layer, nn.Flatten):
@@ -256,7 +296,7 @@ def prepare_forward(net: nn.Module, fast: FastPath, *, sample: torch.Tensor,
     module = net
     if fast.channels_last:
         if supports_channels_last(net):
-            module = ChannelsLastNT3(net)
+            module = ChannelsLastNT3(net, conv_kernel=fast.conv_kernel)
         else:
             log.info("fast path: channels-last layout skipped (layers it cannot run)")
     if fast.compile:
@@ -284,6 +324,6 @@ def amp_without_cache(amp: Callable[[], contextlib.AbstractContextManager]) -> I
         yield
 
 
-__all__ = ["FastPath", "CUDA_DEFAULT", "FAST_PATH_ENV", "use_fast_path", "fast_path_for",
-           "cudnn_benchmark", "conv1d_as_conv2d", "ChannelsLastNT3", "supports_channels_last",
+__all__ = ["FastPath", "CUDA_DEFAULT", "FAST_PATH_ENV", "CONV_KERNEL_ENV", "use_fast_path", "fast_path_for",
+           "cudnn_benchmark", "conv_channels_last", "conv1d_as_conv2d", "ChannelsLastNT3", "supports_channels_last",
            "GraphedForward", "prepare_forward", "amp_without_cache"]
