@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 def make_spec(seed: int, flip: float | None = None, *, optimizer: str = "sgd",
               momentum: float = 0.0, variant: str = "base", plateau: bool = False,
               dropout: float = 0.0, **data):
-    spec = {"seed": seed,
+    spec = {"seed": seed, "device": "cpu",
             "model": {"name": "nt3", "conv": [[4, 5, 1], [4, 5, 1]], "pool": [1, 4],
                       "dense": [16], "variant": variant, "dropout": dropout},
             "data": {"source": "synthetic_nt3", "n_train": 72, "n_test": 40, "n_features": 160,

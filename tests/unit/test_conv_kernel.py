@@ -79,6 +79,7 @@ def test_supports_and_preferred():
     assert not kc.supports(64, 48, 1)       # filters are a matrix tile's width
     assert not kc.supports(64, 256, 1)
     assert kc.preferred(1, 64, 8)
+    assert not kc.preferred(1, 64, 1)    # one trial: cuDNN measured faster end to end
     assert not kc.preferred(64, 64, 1)   # cuDNN measured faster there
 
 
@@ -88,3 +89,25 @@ def test_fake_kernel_matches_real_output_layout():
                                           torch.randn(16, 16, 3, device=DEVICE),
                                           torch.randn(16, device=DEVICE), 1),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_batched_module_with_kernel_equals_cudnn_path():
+    # The packed first convolution goes through the kernel on the [B, L, G*C] memory of the
+    # channels-last activations; outputs and every gradient match the conv2d route.
+    from genodl_core.models.nt3 import NT3Params, build_nt3
+    from genodl_core.training.batched import BatchedNT3
+
+    params = NT3Params(conv=((16, 5, 1), (16, 3, 1)), pool=(1, 4), dense=(8,))
+    nets = [build_nt3(params, 60, 2, seed=s).to(DEVICE) for s in range(3)]
+    x = torch.randn(3, 4, 60, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    outs, grads = [], []
+    for kernel in (False, True):
+        model = BatchedNT3(nets, conv_kernel=kernel)
+        out = model(x)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    tol = 1e-2 if ON_GPU else 1e-5  # the GPU kernel's fp32 dot runs in TF32
+    assert rel(outs[1], outs[0].double()) < tol
+    for with_kernel, without in zip(grads[1], grads[0]):
+        assert rel(with_kernel, without.double()) < tol

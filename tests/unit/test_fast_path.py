@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from genodl_core.errors import SpecError
+from genodl_core.kernels import triton_available
 from genodl_core.models.nt3 import NT3Params, build_nt3
 from genodl_core.records import load_record
 from genodl_core.spec import spec_from_dict
-from genodl_core.training.fast import (CUDA_DEFAULT, FAST_PATH_ENV, ChannelsLastNT3, FastPath,
-                                       cudnn_benchmark, fast_path_for, supports_channels_last,
-                                       use_fast_path)
+from genodl_core.training.fast import (CONV_KERNEL_ENV, CUDA_DEFAULT, FAST_PATH_ENV,
+                                       ChannelsLastNT3, FastPath, cudnn_benchmark, fast_path_for,
+                                       supports_channels_last, use_fast_path)
 from genodl_core.training.trial import run_trial
 
 
@@ -54,9 +55,18 @@ def test_locally_connected_network_is_not_converted():
 
 def test_default_path_per_device(monkeypatch):
     monkeypatch.delenv(FAST_PATH_ENV, raising=False)
+    monkeypatch.delenv(CONV_KERNEL_ENV, raising=False)
     assert fast_path_for("cpu", "fp32") == FastPath.plain()
-    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT
+    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT.replace(conv_kernel=triton_available())
     assert not fast_path_for("cuda", "fp32").bf16_inputs
+    assert not fast_path_for("cuda", "fp32").conv_kernel      # the kernel is for bf16 only
+    monkeypatch.setenv(CONV_KERNEL_ENV, "off")
+    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT.replace(conv_kernel=False)
+    monkeypatch.setenv(CONV_KERNEL_ENV, "maybe")
+    with pytest.raises(SpecError) as err:
+        fast_path_for("cuda", "bf16")
+    assert CONV_KERNEL_ENV in str(err.value) and "maybe" in str(err.value)
+    monkeypatch.delenv(CONV_KERNEL_ENV)
     monkeypatch.setenv(FAST_PATH_ENV, "off")
     assert fast_path_for("cuda", "bf16") == FastPath.plain()
     monkeypatch.setenv(FAST_PATH_ENV, "fastest")
