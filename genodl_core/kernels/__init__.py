@@ -12,8 +12,13 @@ import importlib.util
 
 @functools.cache
 def triton_available() -> bool:
-    """Whether the ``triton`` package can be imported (it is not on CPU builds of torch)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether the kernels can be used: ``triton`` installed (it is not with CPU builds of
+    torch) and a torch with ``torch.library.custom_op`` (2.4 or later), which registers them.
+    """
+    import torch
+
+    return (importlib.util.find_spec("triton") is not None
+            and hasattr(torch.library, "custom_op"))
 
 
 __all__ = ["triton_available"]
