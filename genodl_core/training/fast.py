@@ -121,8 +121,8 @@ def fast_path_for(device: str, precision: str) -> FastPath:
     """The speed-ups for a trial on ``device`` at the resolved ``precision``.
 
     CPU: none (bit-for-bit reproducible runs). CUDA: :data:`CUDA_DEFAULT` (``bf16_inputs``
-    and ``conv_kernel`` only with bf16 precision, the latter only with Triton), unless :func:`use_fast_path` or ``GENODL_FAST_PATH=off`` says
-    otherwise.
+    and ``conv_kernel`` only with bf16 precision, the latter only with Triton), unless
+    :func:`use_fast_path` or ``GENODL_FAST_PATH=off`` says otherwise.
 
     Raises
     ------
@@ -196,12 +196,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
-def conv1d_as_conv2d(x: torch.Tensor, conv: nn.Conv1d, kernel: bool = False) -> torch.Tensor:
+def conv1d_as_conv2d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """``conv(x)`` for ``x`` shaped ``[B, C, 1, L]`` (channels-last), using ``conv``'s weights.
 
     Output ``[B, filters, 1, L_out]`` in channels-last layout (see :func:`conv_channels_last`).
     """
-    return conv_channels_last(x, conv.weight, conv.bias, stride=conv.stride[0], kernel=kernel)
+    return conv_channels_last(x, conv.weight, conv.bias, stride=conv.stride[0])
 
 
 class ChannelsLastNT3(nn.Module):
@@ -217,12 +217,11 @@ class ChannelsLastNT3(nn.Module):
         :func:`supports_channels_last` says beforehand).
     """
 
-    def __init__(self, net: nn.Module, conv_kernel: bool = False):
+    def __init__(self, net: nn.Module):
         super().__init__()
         if not supports_channels_last(net):
             raise TypeError("ChannelsLastNT3 needs an NT3 network of Conv1d/MaxPool1d layers")
         self.net = net
-        self.conv_kernel = conv_kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], 1, 1, x.shape[1])
@@ -230,7 +229,7 @@ class ChannelsLastNT3(nn.Module):
             h = h.contiguous(memory_format=torch.channels_last)
         for layer in self.net.layers:
             if isinstance(layer, nn.Conv1d):
-                h = conv1d_as_conv2d(h, layer, self.conv_kernel)
+                h = conv1d_as_conv2d(h, layer)
             elif isinstance(layer, nn.MaxPool1d):
                 h = F.max_pool2d(h, (1, layer.kernel_size), (1, layer.stride))
             elif isinstance(layer, nn.Flatten):
@@ -301,7 +300,7 @@ def prepare_forward(net: nn.Module, fast: FastPath, *, sample: torch.Tensor,
     module = net
     if fast.channels_last:
         if supports_channels_last(net):
-            module = ChannelsLastNT3(net, conv_kernel=fast.conv_kernel)
+            module = ChannelsLastNT3(net)
         else:
             log.info("fast path: channels-last layout skipped (layers it cannot run)")
     if fast.compile:
