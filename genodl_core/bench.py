@@ -33,6 +33,7 @@ import torch
 
 from genodl_core.errors import SpecError
 from genodl_core.spec import TrialSpec, spec_from_dict
+from genodl_core.training.fast import CONV_KERNEL_ENV, FUSED_UPDATE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,12 @@ MODES = {
     "batched": ("fast path, trials batched", "auto", "batched"),
     "fast-cudnn": ("fast path, cuDNN convolutions", "auto", "default"),
     "batched-cudnn": ("batched, cuDNN convolutions", "auto", "batched"),
+    "fast-torchsgd": ("fast path, torch's fused SGD step", "auto", "default"),
+    "batched-torchsgd": ("batched, torch's SGD step", "auto", "batched"),
 }
+
+#: Ablation suffixes of modes: the environment switch each one turns off.
+_ABLATIONS = {"-cudnn": CONV_KERNEL_ENV, "-torchsgd": FUSED_UPDATE_ENV}
 
 
 @dataclass(frozen=True)
@@ -243,10 +249,11 @@ def _run_mode(cfg: BenchConfig, mode: str, device: str, epochs: int, out: Path,
     from genodl_core.training.trial import run_trial
 
     label, precision, fast_setting = MODES[mode]
-    if mode.endswith("-cudnn"):
-        with _conv_kernel_off():
-            result = _run_mode(cfg, mode.removesuffix("-cudnn"), device, epochs, out, report)
-        return dataclasses.replace(result, mode=mode, label=label)
+    for suffix, switch in _ABLATIONS.items():
+        if mode.endswith(suffix):
+            with _switched_off(switch):
+                result = _run_mode(cfg, mode.removesuffix(suffix), device, epochs, out, report)
+            return dataclasses.replace(result, mode=mode, label=label)
     fast = FastPath.plain() if fast_setting == "off" else None
     specs = [trial_spec(cfg, seed=seed, precision=precision, epochs=epochs, device=device)
              for seed in (1, 2)]
@@ -279,19 +286,17 @@ def _run_batched(cfg: BenchConfig, mode: str, label: str, specs: list[TrialSpec]
 
 
 @contextlib.contextmanager
-def _conv_kernel_off() -> Iterator[None]:
-    """Run the block with the fast path's own convolution kernel off (cuDNN instead)."""
-    from genodl_core.training.fast import CONV_KERNEL_ENV
-
-    saved = os.environ.get(CONV_KERNEL_ENV)
-    os.environ[CONV_KERNEL_ENV] = "off"
+def _switched_off(name: str) -> Iterator[None]:
+    """Run the block with the fast path's environment switch ``name`` set to 'off'."""
+    saved = os.environ.get(name)
+    os.environ[name] = "off"
     try:
         yield
     finally:
         if saved is None:
-            os.environ.pop(CONV_KERNEL_ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[CONV_KERNEL_ENV] = saved
+            os.environ[name] = saved
 
 
 def _fast_label(fast, device: str, precision: str) -> str:

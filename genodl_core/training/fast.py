@@ -26,6 +26,9 @@ path is off, so CPU runs stay bit-for-bit what they were.
   genodl's implicit-GEMM Triton kernel (:mod:`genodl_core.kernels.conv1d`) instead of
   cuDNN's grouped kernel (3.9x faster on that convolution); bf16 only, and only where Triton
   is installed (it comes with CUDA builds of torch).
+- ``fused_update``: the weights of big dense layers are updated by SGD inside the backward
+  pass, one Triton kernel per layer computing the weight gradient and applying the update
+  (:mod:`genodl_core.training.backward_sgd`); bf16 only, SGD only, where Triton is installed.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ log = logging.getLogger(__name__)
 FAST_PATH_ENV = "GENODL_FAST_PATH"
 #: Environment variable that keeps the fast path but runs convolutions through cuDNN ('off').
 CONV_KERNEL_ENV = "GENODL_CONV_KERNEL"
+#: Environment variable that keeps the fast path but leaves every update to torch's optimizer.
+FUSED_UPDATE_ENV = "GENODL_FUSED_UPDATE"
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class FastPath:
     compile: bool = False
     bf16_inputs: bool = False
     conv_kernel: bool = False
+    fused_update: bool = False
 
     @classmethod
     def plain(cls) -> "FastPath":
@@ -81,7 +87,7 @@ class FastPath:
         """Short description for logs and benchmark tables (e.g. 'nhwc+fused+graphs')."""
         names = {"channels_last": "nhwc", "fused_optimizer": "fused", "cudnn_benchmark": "bench",
                  "cuda_graphs": "graphs", "compile": "compile", "bf16_inputs": "bf16in",
-                 "conv_kernel": "convk"}
+                 "conv_kernel": "convk", "fused_update": "bwdsgd"}
         parts = [short for name, short in names.items() if getattr(self, name)]
         if self.eval_batch_size:
             parts.append(f"eval{self.eval_batch_size}")
@@ -97,7 +103,7 @@ class FastPath:
 #: torch.compile's in-process cache brings the compile cost of later trials under a second.
 CUDA_DEFAULT = FastPath(channels_last=True, fused_optimizer=True, eval_batch_size=256,
                         cudnn_benchmark=True, cuda_graphs=False, compile=True, bf16_inputs=True,
-                        conv_kernel=True)
+                        conv_kernel=True, fused_update=True)
 
 _override = threading.local()
 
@@ -120,15 +126,15 @@ def use_fast_path(fast: FastPath | None) -> Iterator[None]:
 def fast_path_for(device: str, precision: str) -> FastPath:
     """The speed-ups for a trial on ``device`` at the resolved ``precision``.
 
-    CPU: none (bit-for-bit reproducible runs). CUDA: :data:`CUDA_DEFAULT` (``bf16_inputs``
-    and ``conv_kernel`` only with bf16 precision, the latter only with Triton), unless
-    :func:`use_fast_path` or ``GENODL_FAST_PATH=off`` says otherwise.
+    CPU: none (bit-for-bit reproducible runs). CUDA: :data:`CUDA_DEFAULT` (``bf16_inputs``,
+    ``conv_kernel`` and ``fused_update`` only with bf16 precision, the last two only with
+    Triton), unless :func:`use_fast_path`, ``GENODL_FAST_PATH=off``,
+    ``GENODL_CONV_KERNEL=off`` or ``GENODL_FUSED_UPDATE=off`` say otherwise.
 
     Raises
     ------
     SpecError
-        ``GENODL_FAST_PATH`` or ``GENODL_CONV_KERNEL`` holds something other than 'on', 'off'
-        or empty.
+        One of those environment variables holds something other than 'on', 'off' or empty.
     """
     forced = getattr(_override, "value", None)
     if forced is not None:
@@ -137,8 +143,10 @@ def fast_path_for(device: str, precision: str) -> FastPath:
     if not is_cuda(device) or setting == "off":
         return FastPath.plain()
     bf16 = precision == "bf16"
-    kernel = bf16 and triton_available() and _switch(CONV_KERNEL_ENV) != "off"
-    return CUDA_DEFAULT.replace(bf16_inputs=bf16, conv_kernel=kernel)
+    kernels = bf16 and triton_available()
+    return CUDA_DEFAULT.replace(
+        bf16_inputs=bf16, conv_kernel=kernels and _switch(CONV_KERNEL_ENV) != "off",
+        fused_update=kernels and _switch(FUSED_UPDATE_ENV) != "off")
 
 
 def _switch(name: str) -> str:
@@ -328,6 +336,7 @@ def amp_without_cache(amp: Callable[[], contextlib.AbstractContextManager]) -> I
         yield
 
 
-__all__ = ["FastPath", "CUDA_DEFAULT", "FAST_PATH_ENV", "CONV_KERNEL_ENV", "use_fast_path", "fast_path_for",
-           "cudnn_benchmark", "conv_channels_last", "conv1d_as_conv2d", "ChannelsLastNT3", "supports_channels_last",
-           "GraphedForward", "prepare_forward", "amp_without_cache"]
+__all__ = ["FastPath", "CUDA_DEFAULT", "FAST_PATH_ENV", "CONV_KERNEL_ENV", "FUSED_UPDATE_ENV",
+           "use_fast_path", "fast_path_for", "cudnn_benchmark", "conv_channels_last",
+           "conv1d_as_conv2d", "ChannelsLastNT3", "supports_channels_last", "GraphedForward",
+           "prepare_forward", "amp_without_cache"]

@@ -14,6 +14,7 @@ from genodl_core.models.nt3 import NT3Params, build_nt3
 from genodl_core.records import load_record
 from genodl_core.spec import spec_from_dict
 from genodl_core.training.fast import (CONV_KERNEL_ENV, CUDA_DEFAULT, FAST_PATH_ENV,
+                                       FUSED_UPDATE_ENV,
                                        ChannelsLastNT3, FastPath, cudnn_benchmark, fast_path_for,
                                        supports_channels_last, use_fast_path)
 from genodl_core.training.trial import run_trial
@@ -56,12 +57,25 @@ def test_locally_connected_network_is_not_converted():
 def test_default_path_per_device(monkeypatch):
     monkeypatch.delenv(FAST_PATH_ENV, raising=False)
     monkeypatch.delenv(CONV_KERNEL_ENV, raising=False)
+    monkeypatch.delenv(FUSED_UPDATE_ENV, raising=False)
+    kernels = triton_available()
     assert fast_path_for("cpu", "fp32") == FastPath.plain()
-    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT.replace(conv_kernel=triton_available())
+    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT.replace(conv_kernel=kernels,
+                                                                 fused_update=kernels)
     assert not fast_path_for("cuda", "fp32").bf16_inputs
-    assert not fast_path_for("cuda", "fp32").conv_kernel      # the kernel is for bf16 only
+    assert not fast_path_for("cuda", "fp32").conv_kernel      # the kernels are for bf16 only
+    assert not fast_path_for("cuda", "fp32").fused_update
     monkeypatch.setenv(CONV_KERNEL_ENV, "off")
-    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT.replace(conv_kernel=False)
+    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT.replace(conv_kernel=False,
+                                                                 fused_update=kernels)
+    monkeypatch.setenv(FUSED_UPDATE_ENV, "off")
+    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT.replace(conv_kernel=False,
+                                                                 fused_update=False)
+    monkeypatch.setenv(FUSED_UPDATE_ENV, "sometimes")
+    with pytest.raises(SpecError) as err:
+        fast_path_for("cuda", "bf16")
+    assert FUSED_UPDATE_ENV in str(err.value) and "sometimes" in str(err.value)
+    monkeypatch.delenv(FUSED_UPDATE_ENV)
     monkeypatch.setenv(CONV_KERNEL_ENV, "maybe")
     with pytest.raises(SpecError) as err:
         fast_path_for("cuda", "bf16")
@@ -136,3 +150,20 @@ def test_cuda_each_speedup_alone_runs(tmp_path, option):
     spec = small_spec(device="cuda", epochs=2)
     out = curves(spec, tmp_path, FastPath(**{option: True}))
     assert np.isfinite(out["loss"]).all()
+
+
+@cuda
+def test_cuda_dgex_backward_updates_match_torch_sgd(tmp_path):
+    """D-GEX with its dense layers updated in backward against torch's SGD step, bf16 both."""
+    spec = spec_from_dict({
+        "seed": 3, "device": "cuda", "precision": "bf16",
+        "model": {"name": "dgex", "hidden_layers": 2, "width": 512, "monitor_size": 200,
+                  "lr_reference": False},
+        "data": {"source": "synthetic_dgex", "n_landmarks": 40, "n_targets": 300,
+                 "n_train": 1600, "n_val": 200, "n_test": 100},
+        "train": {"epochs": 4, "batch_size": 50, "learning_rate": 5e-4, "momentum": 0.5}})
+    fused = curves(spec, tmp_path / "a", CUDA_DEFAULT)
+    torch_sgd = curves(spec, tmp_path / "b", CUDA_DEFAULT.replace(fused_update=False))
+    np.testing.assert_allclose(fused["val_mae"], torch_sgd["val_mae"], rtol=0.02)
+    np.testing.assert_allclose(fused["loss"], torch_sgd["loss"], rtol=0.02)
+    assert fused["val_mae"][-1] < fused["val_mae"][0]

@@ -1,0 +1,155 @@
+"""Time a D-GEX training step with torch's SGD step against the update inside backward (GPU).
+
+    python benchmarks/dense_update.py [--width 9000] [--layers 3] [--steps 30]
+
+Builds the paper's D-GEX network (943 landmarks -> 9,520 targets, batch 200), then for each
+variant: the relative difference of the weights after three steps from torch's SGD in fp32
+arithmetic on the same batches, and the median time of a training step, scaled to one epoch of
+88,807 samples. Variants: bf16 autocast with torch's fused SGD (what the fast path did before),
+the update in backward with an fp32 momentum buffer, and with a bf16 one. Beside the time: the
+bytes per weight each step moves at least (the two matmuls' reads included) and the bandwidth
+that implies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from genodl_core.models.dgex import DGEXNet
+from genodl_core.training.backward_sgd import sgd_with_backward_updates
+
+N_TRAIN, BATCH, LANDMARKS, TARGETS = 88_807, 200, 943, 9_520
+
+
+def make_net(width: int, layers: int) -> DGEXNet:
+    net = DGEXNet(LANDMARKS, TARGETS, layers, width, dropout=0.0)
+    net.initialise(torch.Generator().manual_seed(0), 1e-2)
+    return net.cuda()
+
+
+def step(net, optimizer, x, y) -> None:
+    with torch.autocast("cuda", torch.bfloat16):
+        pred = net(x)
+    loss = (pred.float() - y).pow(2).sum(dim=1).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def variants(base: DGEXNet):
+    torch_net = copy.deepcopy(base)
+    yield "torch fused SGD (autocast casts)", torch_net, torch.optim.SGD(
+        torch_net.parameters(), lr=5e-4, momentum=0.5, fused=True), 38
+    for dtype, traffic in ((torch.float32, 22), (torch.bfloat16, 18)):
+        net = copy.deepcopy(base)
+        opt = sgd_with_backward_updates(net, lr=5e-4, momentum=0.5, momentum_dtype=dtype)
+        yield f"update in backward, {str(dtype)[6:]} momentum", net, opt, traffic
+
+
+def kernel_alone(width: int) -> None:
+    """The update kernel by itself on one ``width x width`` layer: time and bandwidth."""
+    from genodl_core.kernels.sgd_update import _sgd_update_kernel as sgd_update_kernel
+    from genodl_core.kernels.sgd_update import sgd_update_
+
+    p = torch.randn(1, BATCH, width, device="cuda").bfloat16()
+    q = torch.randn(1, BATCH, width, device="cuda").bfloat16()
+    w = torch.randn(1, width, width, device="cuda")
+    shadow = torch.empty_like(w, dtype=torch.bfloat16)
+    lr = torch.full((1,), 1e-4, device="cuda")
+    for dtype, traffic in ((torch.float32, 18), (torch.bfloat16, 14)):
+        mom = torch.zeros_like(w, dtype=dtype)
+        run = lambda: sgd_update_(p, q, w, shadow, mom, lr, momentum=0.5,  # noqa: E731
+                                  weight_decay=0.0)
+        run()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            run()
+        host_us = (time.perf_counter() - t0) / 20 * 1e6
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            run()
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / 20
+        print(f"kernel alone, {width}x{width}, {str(dtype)[6:]} momentum: {ms:.3f} ms, "
+              f"{traffic * width * width / (ms / 1e3) / 1e9:.0f} GB/s "
+              f"(host {host_us:.0f} us per call; {sgd_update_kernel.best_config})")
+
+
+def profile_steps(net, opt, batches) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(10):
+            step(net, opt, *batches[i % 4])
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=9000)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--profile", action="store_true",
+                        help="list the top CUDA kernels of ten steps of each variant")
+    args = parser.parse_args()
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    batches = [(torch.randn(BATCH, LANDMARKS, device="cuda", generator=gen),
+                torch.randn(BATCH, TARGETS, device="cuda", generator=gen)) for _ in range(4)]
+    kernel_alone(args.width)
+    base = make_net(args.width, args.layers)
+    n_weights = sum(p.numel() for p in base.parameters())
+    print(f"device: {torch.cuda.get_device_name()}; {n_weights / 1e6:.1f} M weights, batch {BATCH}")
+
+    reference = copy.deepcopy(base)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=5e-4, momentum=0.5)
+    for x, y in batches[:3]:  # fp32 arithmetic (no TF32): the reference trajectory
+        loss = (reference(x) - y).pow(2).sum(dim=1).mean()
+        ref_opt.zero_grad()
+        loss.backward()
+        ref_opt.step()
+    change = [(r - b).detach() for r, b in zip(reference.parameters(), base.parameters())]
+
+    print(f"{'variant':40s} {'vs fp32 step':>12s} {'ms/step':>8s} {'s/epoch':>8s} "
+          f"{'B/weight':>8s} {'GB/s':>7s}")
+    steps_per_epoch = -(-N_TRAIN // BATCH)
+    for name, net, opt, traffic in variants(base):
+        for x, y in batches[:3]:
+            step(net, opt, x, y)
+        got = [(p - b).detach() for p, b in zip(net.parameters(), base.parameters())]
+        err = max(float((g - c).norm() / c.norm()) for g, c in zip(got, change))
+        for _ in range(3):
+            step(net, opt, *batches[3])
+        torch.cuda.synchronize()
+        times = []
+        for i in range(args.steps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step(net, opt, *batches[i % 4])
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        ms = sorted(times)[len(times) // 2]
+        t0 = time.perf_counter()
+        for i in range(args.steps):  # host time to queue the steps (the GPU runs behind)
+            step(net, opt, *batches[i % 4])
+        host_ms = (time.perf_counter() - t0) / args.steps * 1e3
+        torch.cuda.synchronize()
+        print(f"  host time to queue one step: {host_ms:.2f} ms")
+        if args.profile:
+            profile_steps(net, opt, batches)
+        rate = traffic * n_weights / (ms / 1e3) / 1e9
+        print(f"{name:40s} {err:12.1e} {ms:8.2f} {ms * steps_per_epoch / 1e3:8.3f} "
+              f"{traffic:8d} {rate:7.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""SGD applied inside the backward pass: the kernel's update rule and the swapped layers.
+
+Without a GPU the kernel runs in Triton's CPU interpreter in fp32, so the swapped layers must
+follow torch's own SGD to rounding; on a GPU the same checks run compiled with bf16 operands.
+"""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+from torch import nn
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:  # before triton's first import: its @jit functions read it when defined
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from genodl_core.kernels.sgd_update import sgd_update_  # noqa: E402
+from genodl_core.training.backward_sgd import (  # noqa: E402
+    UpdatingLinear, sgd_with_backward_updates)
+
+DEVICE = "cuda" if ON_GPU else "cpu"
+DTYPE = torch.bfloat16 if ON_GPU else torch.float32
+TOL = 2e-2 if ON_GPU else 1e-5
+
+
+def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((a.double() - ref.double()).norm() / ref.double().norm())
+
+
+PREFETCH = {"BR": 32, "BC": 64, "BK": 16, "PREFETCH": True}
+
+
+@pytest.mark.parametrize("groups,k,r,c,momentum,wd,transposed,config", [
+    (1, 13, 37, 50, 0.5, 0.0, False, None),      # ragged tiles, momentum
+    (2, 16, 70, 33, 0.0, 0.0, False, None),      # groups, plain SGD (no buffer)
+    (3, 5, 20, 140, 0.9, 1e-2, True, None),      # weight decay, [in, out] layout of batched matmuls
+    (2, 24, 72, 48, 0.5, 1e-2, False, PREFETCH),  # loads before the product; aligned sizes
+    (1, 7, 40, 100, 0.0, 0.0, True, PREFETCH),
+])
+def test_kernel_applies_torch_sgd_rule(groups, k, r, c, momentum, wd, transposed, config):
+    gen = torch.Generator().manual_seed(groups * 100 + k)
+    p = torch.randn(groups, k, r, generator=gen)
+    q = torch.randn(groups, k, c, generator=gen)
+    w0 = torch.randn(groups, r, c, generator=gen)
+    m0 = torch.randn(groups, r, c, generator=gen) if momentum else None
+    lr = torch.tensor([0.1, 0.01, 0.3][:groups])
+    if transposed:  # the weight is [in, out]: its gradient is q-side rows
+        p, q = q, p
+        w0 = w0.transpose(1, 2).contiguous()
+        m0 = None if m0 is None else m0.transpose(1, 2).contiguous()
+    grad = p.transpose(1, 2) @ q + wd * w0
+    buf = grad if m0 is None else momentum * m0 + grad
+    want = w0 - lr.view(-1, 1, 1) * buf
+
+    w = w0.clone().to(DEVICE)
+    shadow = torch.empty_like(w, dtype=DTYPE)
+    mom = None if m0 is None else m0.clone().to(DEVICE)
+    sgd_update_(p.to(DEVICE, DTYPE), q.to(DEVICE, DTYPE), w, shadow, mom, lr.to(DEVICE),
+                momentum=momentum, weight_decay=wd, config=config)
+    # The step is small against the weights: compare the change itself.
+    assert rel(w.cpu() - w0, want - w0) < TOL
+    assert torch.equal(shadow.cpu(), w.cpu().to(DTYPE))
+    if mom is not None:
+        assert rel(mom.cpu(), buf) < TOL
+
+
+def test_kernel_rejects_inconsistent_shapes():
+    w = torch.zeros(1, 4, 5, device=DEVICE)
+    lr = torch.ones(1, device=DEVICE)
+    p, q = torch.zeros(1, 3, 4, device=DEVICE), torch.zeros(1, 3, 6, device=DEVICE)
+    with pytest.raises(ValueError, match="do not fit"):
+        sgd_update_(p, q, w, torch.zeros_like(w), None, lr, momentum=0.0, weight_decay=0.0)
+    q = torch.zeros(1, 3, 5, device=DEVICE)
+    with pytest.raises(ValueError, match="momentum buffer"):
+        sgd_update_(p, q, w, torch.zeros_like(w), None, lr, momentum=0.5, weight_decay=0.0)
+
+
+def _mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 40), nn.Tanh(), nn.Linear(40, 40), nn.Tanh(),
+                         nn.Linear(40, 7)).to(DEVICE)
+
+
+def _train(net, optimizer, batches, lr_at=None):
+    for step, (x, y) in enumerate(batches):
+        if lr_at is not None and step == lr_at[0]:
+            optimizer.param_groups[0]["lr"] = lr_at[1]
+        with torch.autocast("cuda", torch.bfloat16, enabled=ON_GPU):
+            loss = (net(x).float() - y).pow(2).sum(1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("momentum,wd", [(0.5, 0.0), (0.0, 1e-3)])
+def test_swapped_network_follows_torch_sgd(momentum, wd):
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(9, 12, generator=gen).to(DEVICE),
+                torch.randn(9, 7, generator=gen).to(DEVICE)) for _ in range(5)]
+    ref, fused = _mlp(0), _mlp(0)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=momentum, weight_decay=wd)
+    opt = sgd_with_backward_updates(fused, lr=0.05, momentum=momentum, weight_decay=wd,
+                                    shadow_dtype=DTYPE)
+    assert sum(isinstance(m, UpdatingLinear) for m in fused.modules()) == 3
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    # A schedule changing the group's rate mid-way steers the swapped layers too.
+    _train(ref, ref_opt, batches, lr_at=(3, 0.02))
+    _train(fused, opt, batches, lr_at=(3, 0.02))
+    start = _mlp(0)
+    for (name, got), want, w0 in zip(fused.named_parameters(), ref.parameters(),
+                                     start.parameters()):
+        assert rel(got.detach().cpu() - w0.detach().cpu(), want.detach().cpu() - w0.detach().cpu()) \
+            < (5e-2 if ON_GPU else 1e-5), name
+
+
+def test_loaded_state_refreshes_the_shadow_and_eval_is_plain_linear():
+    net = _mlp(1)
+    sgd_with_backward_updates(net, lr=0.1, momentum=0.5, shadow_dtype=DTYPE)
+    x = torch.randn(4, 12, device=DEVICE)
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    batches = [(x, torch.zeros(4, 7, device=DEVICE))]
+    _train(net, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0), batches)
+    assert not torch.equal(net[0].weight, saved["0.weight"])     # updated in backward
+    net.load_state_dict(saved)
+    layer = net[0]
+    assert torch.equal(layer.state.shadow_weight().cpu(), saved["0.weight"].to(DTYPE).cpu())
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(layer(x), x @ saved["0.weight"].T + saved["0.bias"])
+
+
+def test_small_or_unaligned_layers_stay_with_torch():
+    net = _mlp(2)
+    opt = sgd_with_backward_updates(net, lr=0.1, min_weights=1000, shadow_dtype=DTYPE)
+    assert [type(m).__name__ for m in net] == ["Linear", "Tanh", "UpdatingLinear", "Tanh",
+                                               "Linear"]
+    assert sum(p.numel() for p in opt.param_groups[0]["params"]) == \
+        sum(p.numel() for p in net.parameters()) - 40 * 40
+    odd = nn.Sequential(nn.Linear(13, 8), nn.Linear(8, 3)).to(DEVICE)  # 13-weight rows
+    sgd_with_backward_updates(odd, lr=0.1, shadow_dtype=DTYPE)
+    assert [type(m).__name__ for m in odd] == ["Linear", "UpdatingLinear"]
