@@ -168,11 +168,10 @@ def preferred(in_channels: int, filters: int, groups: int) -> bool:
     Measured on an H100 (NT3 shapes, bf16, forward + backward, per trial-epoch): for the
     first convolution (one input channel) of a pack of 8 trials, 0.015 s here against 0.059 s
     in cuDNN's grouped kernel (3.9x); a whole batched epoch 0.173 against 0.209 s. For one
-    trial the kernel alone is a little faster (0.071 against 0.080 s) but the compiled
-    training step measured slower (0.290 against 0.249 s/epoch). For 64 -> 64 channels the
-    kernel measured slower than cuDNN (0.22 / 0.10 s against 0.084 / 0.066 s for one trial /
-    packs of 8, before the weight-gradient chunks were sized to the GPU; not re-measured
-    since). So only packed first convolutions run here.
+    trial the kernel alone is about as fast as cuDNN (0.071-0.088 against 0.077-0.080 s over
+    two runs) but the compiled training step measured slower (0.290 against 0.249 s/epoch).
+    For 64 -> 64 channels the kernel is slower than cuDNN (0.145 / 0.106 s against 0.089 /
+    0.066 s for one trial / packs of 8). So only packed first convolutions run here.
     """
     return supports(in_channels, filters, groups) and in_channels < 16 and groups > 1
 

@@ -52,18 +52,28 @@ class BackwardSGDState:
 
     def shadow_weight(self) -> torch.Tensor:
         """The bf16 weights the forward pass reads (refreshed if the master weight changed)."""
-        version = self.weight._version
-        if version != self._shadow_version:
+        if not _capturing():
+            self.sync()
+        return self.shadow
+
+    def sync(self) -> None:
+        """Bring the shadow and the learning-rate tensor up to date (outside CUDA graphs).
+
+        Inside a captured graph these checks would be recorded once and never run again, so a
+        graph's owner calls this before every replay instead.
+        """
+        if self.weight._version != self._shadow_version:
             with torch.no_grad():
                 self.shadow.copy_(self.weight)
             self._shadow_version = self.weight._version
-        return self.shadow
-
-    def _lr_tensor(self) -> torch.Tensor:
         lr = float(self.group["lr"])
         if lr != self._lr_value:
             self._lr.fill_(lr)
             self._lr_value = lr
+
+    def _lr_tensor(self) -> torch.Tensor:
+        if not _capturing():
+            self.sync()
         return self._lr
 
     def apply(self, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
@@ -77,6 +87,10 @@ class BackwardSGDState:
         sgd_update_(grad_out.unsqueeze(0), inputs.unsqueeze(0), expand(self.weight.data),
                     expand(self.shadow), expand(self.momentum_buf), self._lr_tensor(),
                     momentum=momentum, weight_decay=float(self.group.get("weight_decay", 0.0)))
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 class _LinearUpdatedInBackward(torch.autograd.Function):

@@ -29,6 +29,9 @@ path is off, so CPU runs stay bit-for-bit what they were.
 - ``fused_update``: the weights of big dense layers are updated by SGD inside the backward
   pass, one Triton kernel per layer computing the weight gradient and applying the update
   (:mod:`genodl_core.training.backward_sgd`); bf16 only, SGD only, where Triton is installed.
+- ``step_graphs``: D-GEX's full-batch training steps replay a captured CUDA graph
+  (:mod:`genodl_core.training.step_graph`): its small-batch steps are host-bound otherwise.
+  (NT3's steps are GPU-bound, and ``cuda_graphs`` measured no gain there.)
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ FAST_PATH_ENV = "GENODL_FAST_PATH"
 CONV_KERNEL_ENV = "GENODL_CONV_KERNEL"
 #: Environment variable that keeps the fast path but leaves every update to torch's optimizer.
 FUSED_UPDATE_ENV = "GENODL_FUSED_UPDATE"
+#: Environment variable that keeps the fast path but runs D-GEX steps without CUDA graphs.
+STEP_GRAPHS_ENV = "GENODL_STEP_GRAPHS"
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class FastPath:
     bf16_inputs: bool = False
     conv_kernel: bool = False
     fused_update: bool = False
+    step_graphs: bool = False
 
     @classmethod
     def plain(cls) -> "FastPath":
@@ -87,7 +93,7 @@ class FastPath:
         """Short description for logs and benchmark tables (e.g. 'nhwc+fused+graphs')."""
         names = {"channels_last": "nhwc", "fused_optimizer": "fused", "cudnn_benchmark": "bench",
                  "cuda_graphs": "graphs", "compile": "compile", "bf16_inputs": "bf16in",
-                 "conv_kernel": "convk", "fused_update": "bwdsgd"}
+                 "conv_kernel": "convk", "fused_update": "bwdsgd", "step_graphs": "stepgraph"}
         parts = [short for name, short in names.items() if getattr(self, name)]
         if self.eval_batch_size:
             parts.append(f"eval{self.eval_batch_size}")
@@ -103,7 +109,7 @@ class FastPath:
 #: torch.compile's in-process cache brings the compile cost of later trials under a second.
 CUDA_DEFAULT = FastPath(channels_last=True, fused_optimizer=True, eval_batch_size=256,
                         cudnn_benchmark=True, cuda_graphs=False, compile=True, bf16_inputs=True,
-                        conv_kernel=True, fused_update=True)
+                        conv_kernel=True, fused_update=True, step_graphs=True)
 
 _override = threading.local()
 
@@ -129,7 +135,8 @@ def fast_path_for(device: str, precision: str) -> FastPath:
     CPU: none (bit-for-bit reproducible runs). CUDA: :data:`CUDA_DEFAULT` (``bf16_inputs``,
     ``conv_kernel`` and ``fused_update`` only with bf16 precision, the last two only with
     Triton), unless :func:`use_fast_path`, ``GENODL_FAST_PATH=off``,
-    ``GENODL_CONV_KERNEL=off`` or ``GENODL_FUSED_UPDATE=off`` say otherwise.
+    ``GENODL_CONV_KERNEL=off``, ``GENODL_FUSED_UPDATE=off`` or ``GENODL_STEP_GRAPHS=off`` say
+    otherwise.
 
     Raises
     ------
@@ -146,7 +153,8 @@ def fast_path_for(device: str, precision: str) -> FastPath:
     kernels = bf16 and triton_available()
     return CUDA_DEFAULT.replace(
         bf16_inputs=bf16, conv_kernel=kernels and _switch(CONV_KERNEL_ENV) != "off",
-        fused_update=kernels and _switch(FUSED_UPDATE_ENV) != "off")
+        fused_update=kernels and _switch(FUSED_UPDATE_ENV) != "off",
+        step_graphs=_switch(STEP_GRAPHS_ENV) != "off")
 
 
 def _switch(name: str) -> str:
@@ -337,6 +345,6 @@ def amp_without_cache(amp: Callable[[], contextlib.AbstractContextManager]) -> I
 
 
 __all__ = ["FastPath", "CUDA_DEFAULT", "FAST_PATH_ENV", "CONV_KERNEL_ENV", "FUSED_UPDATE_ENV",
-           "use_fast_path", "fast_path_for", "cudnn_benchmark", "conv_channels_last",
+           "STEP_GRAPHS_ENV", "use_fast_path", "fast_path_for", "cudnn_benchmark", "conv_channels_last",
            "conv1d_as_conv2d", "ChannelsLastNT3", "supports_channels_last", "GraphedForward",
            "prepare_forward", "amp_without_cache"]

@@ -18,14 +18,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from genodl_core.training.fast import FastPath, fast_path_for
+from genodl_core.training.fast import FastPath, amp_without_cache, fast_path_for
 from genodl_core.training.precision import autocast as _autocast
+from genodl_core.training.precision import is_cuda
+from genodl_core.training.step_graph import StepGraph, capture_or_none
 from genodl_core.training.precision import matmul_precision
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,8 @@ class PartState:
     best_val_mae: float = float("inf")
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Full training batches replayed as a CUDA graph (fast path), or None.
+    graph: StepGraph | None = None
 
 
 @dataclass
@@ -225,8 +229,12 @@ def train_parts(
     parts = []
     for net, cols, seed in zip(nets, blocks, shuffle_seeds):
         net.to(device)
-        parts.append(PartState(net, cols, _make_optimizer(net, settings, fast),
-                               torch.Generator().manual_seed(seed), settings.learning_rate))
+        part = PartState(net, cols, _make_optimizer(net, settings, fast),
+                         torch.Generator().manual_seed(seed), settings.learning_rate)
+        if fast.step_graphs and is_cuda(device):
+            part.graph = _step_graph(part, xt, _part_of(yt, part), settings.batch_size, device,
+                                     precision)
+        parts.append(part)
     curves: dict[str, list[float]] = {k: [] for k in
                                       ("loss", "mae", "val_mae", "learning_rate", "epoch_seconds")}
     if len(parts) > 1:
@@ -236,6 +244,7 @@ def train_parts(
         epochs_run = _run_epochs(parts, xt, yt, xv, yv, x_mon, y_mon, n_targets, settings,
                                  device, precision, curves, check_deadline, on_epoch)
     for part in parts:
+        part.graph = None  # frees the graph's memory pool
         # Without a finite validation error there is no best epoch: keep the last state.
         if part.best_state:
             part.net.load_state_dict(part.best_state)
@@ -315,18 +324,61 @@ def _train_one_epoch(part: PartState, xt: torch.Tensor, yt: torch.Tensor, batch_
     # The loss is summed on the device: reading it back every step would stall the GPU queue.
     total = torch.zeros((), dtype=torch.float64, device=xt.device)
     count = 0
+    graph = part.graph
     for start in range(0, xt.shape[0], batch_size):
         idx = order[start:start + batch_size]
-        with _autocast(device, precision):
-            pred = part.net(xt[idx])
-        # Sum over target genes of the per-gene MSE, as in the paper.
-        loss = (pred.float() - y_part[idx]).pow(2).sum(dim=1).mean()
-        part.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = None
+        if graph is not None and graph.ready(idx.numel()):
+            if not graph.captured:
+                # Gradients must be allocated inside the graph, which then rewrites them.
+                part.net.zero_grad(set_to_none=True)
+            loss = capture_or_none(graph, idx)
+        if loss is None:
+            # Once a graph owns the gradient buffers they are zeroed, not dropped.
+            part.optimizer.zero_grad(set_to_none=graph is None or not graph.captured)
+            loss = _loss_and_backward(part.net, xt, y_part, idx,
+                                      lambda: _autocast(device, precision))
         part.optimizer.step()
         total += loss.detach().double() * idx.numel()
         count += idx.numel()
     return float(total) / max(count, 1)
+
+
+def _loss_and_backward(net: nn.Module, xt: torch.Tensor, y_part: torch.Tensor,
+                       idx: torch.Tensor, amp: Callable[[], Any]) -> torch.Tensor:
+    """Forward (in the ``amp()`` scope), the paper's loss, backward; returns the loss.
+
+    The loss is the sum over target genes of the per-gene mean squared error.
+    """
+    with amp():
+        pred = net(xt[idx])
+    loss = (pred.float() - y_part[idx]).pow(2).sum(dim=1).mean()
+    loss.backward()
+    return loss
+
+
+def _step_graph(part: PartState, xt: torch.Tensor, y_part: torch.Tensor, batch_size: int,
+                device: str, precision: str) -> StepGraph:
+    """The part's full-batch step as a CUDA graph (host-bound otherwise: see step_graph)."""
+    from genodl_core.training.backward_sgd import UpdatingLinear
+
+    net = part.net
+    states = [m.state for m in net.modules() if isinstance(m, UpdatingLinear)]
+    generators = list({id(g): g for m in net.modules()
+                       if isinstance(g := getattr(m, "generator", None), torch.Generator)
+                       and g.device.type == "cuda"}.values())
+
+    def body(indices: torch.Tensor) -> torch.Tensor:
+        # autocast's weight cache must stay off inside a graph (stale copies after updates)
+        return _loss_and_backward(net, xt, y_part, indices,
+                                  lambda: amp_without_cache(lambda: _autocast(device, precision)))
+
+    def before_replay() -> None:
+        for state in states:
+            state.sync()
+
+    return StepGraph(body, batch_size, device, generators=generators,
+                     before_replay=before_replay)
 
 
 def _select_and_decay(part: PartState, epoch: int, monitor_error: float, val_mae: float,

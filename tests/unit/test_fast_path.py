@@ -14,7 +14,7 @@ from genodl_core.models.nt3 import NT3Params, build_nt3
 from genodl_core.records import load_record
 from genodl_core.spec import spec_from_dict
 from genodl_core.training.fast import (CONV_KERNEL_ENV, CUDA_DEFAULT, FAST_PATH_ENV,
-                                       FUSED_UPDATE_ENV,
+                                       FUSED_UPDATE_ENV, STEP_GRAPHS_ENV,
                                        ChannelsLastNT3, FastPath, cudnn_benchmark, fast_path_for,
                                        supports_channels_last, use_fast_path)
 from genodl_core.training.trial import run_trial
@@ -76,6 +76,9 @@ def test_default_path_per_device(monkeypatch):
         fast_path_for("cuda", "bf16")
     assert FUSED_UPDATE_ENV in str(err.value) and "sometimes" in str(err.value)
     monkeypatch.delenv(FUSED_UPDATE_ENV)
+    monkeypatch.setenv(STEP_GRAPHS_ENV, "off")
+    assert not fast_path_for("cuda", "bf16").step_graphs
+    monkeypatch.delenv(STEP_GRAPHS_ENV)
     monkeypatch.setenv(CONV_KERNEL_ENV, "maybe")
     with pytest.raises(SpecError) as err:
         fast_path_for("cuda", "bf16")
@@ -164,6 +167,9 @@ def test_cuda_dgex_backward_updates_match_torch_sgd(tmp_path):
         "train": {"epochs": 4, "batch_size": 50, "learning_rate": 5e-4, "momentum": 0.5}})
     fused = curves(spec, tmp_path / "a", CUDA_DEFAULT)
     torch_sgd = curves(spec, tmp_path / "b", CUDA_DEFAULT.replace(fused_update=False))
-    np.testing.assert_allclose(fused["val_mae"], torch_sgd["val_mae"], rtol=0.02)
-    np.testing.assert_allclose(fused["loss"], torch_sgd["loss"], rtol=0.02)
+    eager = curves(spec, tmp_path / "c", CUDA_DEFAULT.replace(fused_update=False,
+                                                              step_graphs=False))
+    for other in (torch_sgd, eager):  # dropout masks differ between graphs and eager steps
+        np.testing.assert_allclose(fused["val_mae"], other["val_mae"], rtol=0.02)
+        np.testing.assert_allclose(fused["loss"], other["loss"], rtol=0.02)
     assert fused["val_mae"][-1] < fused["val_mae"][0]
