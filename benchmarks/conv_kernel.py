@@ -16,6 +16,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from timing import median_seconds, print_top_kernels
 
 
 def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -41,21 +42,6 @@ def check(c_in: int, c_out: int, k: int, groups: int, length: int = 4099, n: int
     parts = [f"y {rel(y, yr):.1e}"] + [f"d{name} {rel(g, r):.1e}" for name, g, r in zip(
         [nm for nm, s in zip("xwb", (x, w, b)) if s.requires_grad], grads, refs)]
     return ", ".join(parts)
-
-
-def timed(fn, reps: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def bench(c_in: int, c_out: int, k: int, groups: int, batch: int = 16,
@@ -84,13 +70,11 @@ def bench(c_in: int, c_out: int, k: int, groups: int, batch: int = 16,
             if dy is None or dy.shape != y.shape:
                 dy = torch.randn_like(y)
             y.backward(dy)
-        out[name] = timed(step)
+        out[name] = median_seconds(step)
     return out["cudnn"], out["triton"]
 
 
 def profile_fast_path(groups: int) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
     import tempfile
 
     from genodl_core.bench import BenchConfig, trial_spec
@@ -104,9 +88,7 @@ def profile_fast_path(groups: int) -> None:
         go = (lambda: run_trials(specs, tmp, raise_errors=True)) if groups > 1 else (
             lambda: run_trial(specs[0], tmp, raise_errors=True))
         go()  # compile and tune
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            go()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))
+        print_top_kernels(go, rows=18)
 
 
 def main() -> None:

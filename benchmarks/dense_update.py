@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import time
 
 import torch
+from timing import median_seconds, print_top_kernels
 
 from genodl_core.models.dgex import DGEXNet
 from genodl_core.training.backward_sgd import sgd_with_backward_updates
@@ -83,16 +85,6 @@ def kernel_alone(width: int) -> None:
               f"(host {host_us:.0f} us per call; {sgd_update_kernel.best_config})")
 
 
-def profile_steps(net, opt, batches) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for i in range(10):
-            step(net, opt, *batches[i % 4])
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=9000)
@@ -126,26 +118,16 @@ def main() -> None:
             step(net, opt, x, y)
         got = [(p - b).detach() for p, b in zip(net.parameters(), base.parameters())]
         err = max(float((g - c).norm() / c.norm()) for g, c in zip(got, change))
-        for _ in range(3):
-            step(net, opt, *batches[3])
-        torch.cuda.synchronize()
-        times = []
-        for i in range(args.steps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step(net, opt, *batches[i % 4])
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        ms = sorted(times)[len(times) // 2]
+        cycle = itertools.cycle(batches)
+        ms = median_seconds(lambda: step(net, opt, *next(cycle)), reps=args.steps) * 1e3
         t0 = time.perf_counter()
-        for i in range(args.steps):  # host time to queue the steps (the GPU runs behind)
-            step(net, opt, *batches[i % 4])
+        for _ in range(args.steps):  # host time to queue the steps (the GPU runs behind)
+            step(net, opt, *next(cycle))
         host_ms = (time.perf_counter() - t0) / args.steps * 1e3
         torch.cuda.synchronize()
         print(f"  host time to queue one step: {host_ms:.2f} ms")
         if args.profile:
-            profile_steps(net, opt, batches)
+            print_top_kernels(lambda: [step(net, opt, *next(cycle)) for _ in range(10)])
         rate = traffic * n_weights / (ms / 1e3) / 1e9
         print(f"{name:40s} {err:12.1e} {ms:8.2f} {ms * steps_per_epoch / 1e3:8.3f} "
               f"{traffic:8d} {rate:7.0f}")

@@ -157,11 +157,13 @@ def sgd_update_(p: torch.Tensor, q: torch.Tensor, weight: torch.Tensor, shadow: 
                          f"weight {tuple(weight.shape)}, shadow {tuple(shadow.shape)} do not fit")
     has_mom = momentum != 0.0
     if has_mom and (momentum_buf is None or momentum_buf.shape != weight.shape):
-        raise ValueError("sgd_update_: momentum != 0 needs a momentum buffer shaped like weight")
+        got = None if momentum_buf is None else tuple(momentum_buf.shape)
+        raise ValueError(f"sgd_update_: momentum {momentum} needs a momentum buffer of the "
+                         f"weight's shape {tuple(weight.shape)}, got {got}")
     tensors = [weight, shadow] + ([momentum_buf] if has_mom else [])
     if any(t.stride() != weight.stride() for t in tensors) or weight.stride(2) != 1:
-        raise ValueError("sgd_update_: weight, shadow and momentum need one layout with "
-                         "contiguous columns")
+        raise ValueError(f"sgd_update_: weight, shadow and momentum need one layout with "
+                         f"contiguous columns; strides {[t.stride() for t in tensors]}")
     if g * r * c == 0:
         return
     p, q = p.contiguous(), q.contiguous()

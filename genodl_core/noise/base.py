@@ -8,10 +8,12 @@ or a "std" means the same thing in every kind.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, Sequence
 
 import numpy as np
 
+from genodl_core.data.types import NoiseOutcome, TrainArrays
 from genodl_core.errors import DataError, SpecError
 from genodl_core.typed import check_range
 
@@ -184,3 +186,13 @@ def add_gaussian(matrix: np.ndarray, std: float, kind: str,
         "realised_std": float(noise.std(dtype=np.float64)) if noise.size else 0.0,
     }
     return noisy, record
+
+
+def with_features(arrays: TrainArrays, new_x: np.ndarray, record: dict) -> NoiseOutcome:
+    """The outcome of a step that changed the features only (targets and classes shared)."""
+    return NoiseOutcome(dataclasses.replace(arrays, x=new_x), record)
+
+
+def with_targets(arrays: TrainArrays, new_y: np.ndarray, record: dict) -> NoiseOutcome:
+    """The outcome of a step that changed the targets only (features and classes shared)."""
+    return NoiseOutcome(dataclasses.replace(arrays, y=new_y), record)

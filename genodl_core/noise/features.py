@@ -17,7 +17,8 @@ from genodl_core.data.types import NoiseOutcome, TrainArrays
 from genodl_core.errors import SpecError
 from genodl_core.noise.base import (Distribution, SelectionMode, add_gaussian, check_columns,
                                     check_columns_fit, check_fraction, check_matrix, draw,
-                                    float32_copy, fraction_of, runtime_where, select_mask)
+                                    float32_copy, fraction_of, runtime_where, select_mask,
+                                    with_features)
 from genodl_core.registry import NOISES
 from genodl_core.typed import check_range
 
@@ -150,10 +151,6 @@ class ClusterParams:
         check_columns_fit(where, "columns", self.columns, n_features)
 
 
-def _x_outcome(arrays: TrainArrays, new_x: np.ndarray, record: dict) -> NoiseOutcome:
-    return NoiseOutcome(TrainArrays(new_x, arrays.y, arrays.n_classes), record)
-
-
 @NOISES.register("gaussian", params=GaussianParams, tasks=BOTH_TASKS)
 def gaussian(arrays: TrainArrays, params: GaussianParams,
              rng: np.random.Generator) -> NoiseOutcome:
@@ -172,7 +169,7 @@ def gaussian(arrays: TrainArrays, params: GaussianParams,
     """
     check_matrix(arrays.x, "features")
     new_x, record = add_gaussian(arrays.x, params.std, "gaussian", rng)
-    return _x_outcome(arrays, new_x, record)
+    return with_features(arrays, new_x, record)
 
 
 @NOISES.register("constant_pct", params=ConstantPctParams, tasks=BOTH_TASKS)
@@ -209,7 +206,7 @@ def constant_pct(arrays: TrainArrays, params: ConstantPctParams,
         "n_cells": int(n * f),
         "mean_factor": float(factor.mean(dtype=np.float64)) if factor.size else 1.0,
     }
-    return _x_outcome(arrays, new_x, record)
+    return with_features(arrays, new_x, record)
 
 
 @NOISES.register("column", params=ColumnParams, tasks=BOTH_TASKS)
@@ -244,7 +241,7 @@ def column(arrays: TrainArrays, params: ColumnParams,
         "n_cells": int(noise.size),
         "realised_std": float(noise.std(dtype=np.float64)) if noise.size else 0.0,
     }
-    return _x_outcome(arrays, new_x, record)
+    return with_features(arrays, new_x, record)
 
 
 @NOISES.register("cluster", params=ClusterParams, tasks=BOTH_TASKS)
@@ -291,4 +288,4 @@ def cluster(arrays: TrainArrays, params: ClusterParams,
         "n_cells": int(noise.size),
         "row_mask": row_mask,
     }
-    return _x_outcome(arrays, new_x, record)
+    return with_features(arrays, new_x, record)

@@ -19,7 +19,8 @@ import numpy as np
 
 from genodl_core.data.types import NoiseOutcome, TrainArrays
 from genodl_core.noise.base import (SelectionMode, add_gaussian, check_fraction, check_matrix,
-                                    float32_copy, fraction_of, select_mask)
+                                    float32_copy, fraction_of, select_mask, with_features,
+                                    with_targets)
 from genodl_core.registry import NOISES
 from genodl_core.typed import check_range
 
@@ -138,7 +139,7 @@ def target_gaussian(arrays: TrainArrays, params: TargetGaussianParams,
         When ``y`` is not a 2-D target matrix.
     """
     new_y, record = add_gaussian(_targets(arrays), params.std, "target_gaussian", rng)
-    return NoiseOutcome(TrainArrays(arrays.x, new_y, arrays.n_classes), record)
+    return with_targets(arrays, new_y, record)
 
 
 @NOISES.register("target_outliers", params=TargetOutliersParams, tasks=REGRESSION)
@@ -198,7 +199,7 @@ def target_outliers(arrays: TrainArrays, params: TargetOutliersParams,
         "outlier_mask": mask,
     }
     log.info("target_outliers: %d of %d %ss corrupted", n_outliers, n_units, params.unit)
-    return NoiseOutcome(TrainArrays(arrays.x, new_y, arrays.n_classes), record)
+    return with_targets(arrays, new_y, record)
 
 
 @NOISES.register("landmark_dropout", params=LandmarkDropoutParams, tasks=REGRESSION)
@@ -235,4 +236,4 @@ def landmark_dropout(arrays: TrainArrays, params: LandmarkDropoutParams,
     }
     log.info("landmark_dropout: %d of %d landmark values set to %g", n_dropped, n * f,
              params.fill)
-    return NoiseOutcome(TrainArrays(new_x, arrays.y, arrays.n_classes), record)
+    return with_features(arrays, new_x, record)

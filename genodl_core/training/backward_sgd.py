@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genodl_core.kernels.sgd_update import efficient, sgd_update_
+
 
 class BackwardSGDState:
     """A master weight's low-precision shadow, momentum buffer and learning-rate tensor.
@@ -51,16 +53,17 @@ class BackwardSGDState:
         self._lr_value: float | None = None
 
     def shadow_weight(self) -> torch.Tensor:
-        """The bf16 weights the forward pass reads (refreshed if the master weight changed)."""
+        """The bf16 weights the forward pass reads, brought up to date with the master weight
+        and the group's learning rate (outside CUDA graphs: see :meth:`sync`)."""
         if not _capturing():
             self.sync()
         return self.shadow
 
     def sync(self) -> None:
-        """Bring the shadow and the learning-rate tensor up to date (outside CUDA graphs).
+        """Bring the shadow and the learning-rate tensor up to date.
 
-        Inside a captured graph these checks would be recorded once and never run again, so a
-        graph's owner calls this before every replay instead.
+        Called by every eager forward pass. Inside a captured graph these checks would be
+        recorded once and never run again, so a graph's owner calls this before every replay.
         """
         if self.weight._version != self._shadow_version:
             with torch.no_grad():
@@ -71,21 +74,17 @@ class BackwardSGDState:
             self._lr.fill_(lr)
             self._lr_value = lr
 
-    def _lr_tensor(self) -> torch.Tensor:
-        if not _capturing():
-            self.sync()
-        return self._lr
-
     def apply(self, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
-        """SGD step with the gradient ``grad_out^T @ inputs`` (``[N, out]``, ``[N, in]``)."""
-        from genodl_core.kernels.sgd_update import sgd_update_
-
+        """SGD step with the gradient ``grad_out^T @ inputs`` (``[N, out]``, ``[N, in]``), at
+        the learning rate synced by this step's forward pass."""
         momentum = float(self.group.get("momentum", 0.0))
         if momentum and self.momentum_buf is None:
-            raise RuntimeError("momentum was switched on after the layer was prepared")
+            raise RuntimeError(f"momentum is {momentum}, but the layer was prepared for "
+                               f"momentum 0 (no buffer): create the optimizer with the "
+                               f"momentum it will use")
         expand = lambda t: None if t is None else t.unsqueeze(0)  # noqa: E731
         sgd_update_(grad_out.unsqueeze(0), inputs.unsqueeze(0), expand(self.weight.data),
-                    expand(self.shadow), expand(self.momentum_buf), self._lr_tensor(),
+                    expand(self.shadow), expand(self.momentum_buf), self._lr,
                     momentum=momentum, weight_decay=float(self.group.get("weight_decay", 0.0)))
 
 
@@ -173,8 +172,6 @@ def sgd_with_backward_updates(net: nn.Module, *, lr: float, momentum: float = 0.
         Fused (one kernel) over the parameters left; its only parameter group is the one the
         swapped layers read, so setting ``param_groups[0]["lr"]`` changes every rate.
     """
-    from genodl_core.kernels.sgd_update import efficient
-
     targets = [(name, module) for name, module in net.named_modules()
                if isinstance(module, nn.Linear) and module.weight.numel() >= min_weights
                and efficient(module.weight.shape)]

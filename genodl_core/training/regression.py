@@ -27,7 +27,7 @@ from torch import nn
 from genodl_core.training.fast import FastPath, amp_without_cache, fast_path_for
 from genodl_core.training.precision import autocast as _autocast
 from genodl_core.training.precision import is_cuda, matmul_precision
-from genodl_core.training.step_graph import StepGraph, capture_or_none
+from genodl_core.training.step_graph import StepGraph
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def train_parts(
                          torch.Generator().manual_seed(seed), settings.learning_rate)
         if fast.step_graphs and is_cuda(device):
             part.graph = _step_graph(part, xt, _part_of(yt, part), settings.batch_size, device,
-                                     precision)
+                                     precision, fast)
         parts.append(part)
     curves: dict[str, list[float]] = {k: [] for k in
                                       ("loss", "mae", "val_mae", "learning_rate", "epoch_seconds")}
@@ -326,12 +326,7 @@ def _train_one_epoch(part: PartState, xt: torch.Tensor, yt: torch.Tensor, batch_
     graph = part.graph
     for start in range(0, xt.shape[0], batch_size):
         idx = order[start:start + batch_size]
-        loss = None
-        if graph is not None and graph.ready(idx.numel()):
-            if not graph.captured:
-                # Gradients must be allocated inside the graph, which then rewrites them.
-                part.net.zero_grad(set_to_none=True)
-            loss = capture_or_none(graph, idx)
+        loss = graph.step(idx) if graph is not None else None
         if loss is None:
             # Once a graph owns the gradient buffers they are zeroed, not dropped.
             part.optimizer.zero_grad(set_to_none=graph is None or not graph.captured)
@@ -357,12 +352,14 @@ def _loss_and_backward(net: nn.Module, xt: torch.Tensor, y_part: torch.Tensor,
 
 
 def _step_graph(part: PartState, xt: torch.Tensor, y_part: torch.Tensor, batch_size: int,
-                device: str, precision: str) -> StepGraph:
+                device: str, precision: str, fast: FastPath) -> StepGraph:
     """The part's full-batch step as a CUDA graph (host-bound otherwise: see step_graph)."""
-    from genodl_core.training.backward_sgd import UpdatingLinear
-
     net = part.net
-    states = [m.state for m in net.modules() if isinstance(m, UpdatingLinear)]
+    states = []
+    if fast.fused_update:
+        from genodl_core.training.backward_sgd import UpdatingLinear
+
+        states = [m.state for m in net.modules() if isinstance(m, UpdatingLinear)]
     generators = list({id(g): g for m in net.modules()
                        if isinstance(g := getattr(m, "generator", None), torch.Generator)
                        and g.device.type == "cuda"}.values())
@@ -376,7 +373,9 @@ def _step_graph(part: PartState, xt: torch.Tensor, y_part: torch.Tensor, batch_s
         for state in states:
             state.sync()
 
+    # Gradients must be allocated inside the graph, which then rewrites them every replay.
     return StepGraph(body, batch_size, device, generators=generators,
+                     before_capture=lambda: net.zero_grad(set_to_none=True),
                      before_replay=before_replay)
 
 

@@ -39,17 +39,22 @@ class StepGraph:
         CUDA generators the step draws from (registered with the graph).
     warmup
         Eager full-batch steps before the capture (kernel tuning, lazy initialisation).
+    before_capture
+        Called once before the capture (e.g. to drop gradients, which the graph must
+        allocate itself).
     before_replay
         Called before every replay (e.g. to refresh state that the graph reads).
     """
 
     def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
                  device: torch.device | str, *, generators: Sequence[torch.Generator] = (),
-                 warmup: int = 2, before_replay: Callable[[], None] = lambda: None):
+                 warmup: int = 2, before_capture: Callable[[], None] = lambda: None,
+                 before_replay: Callable[[], None] = lambda: None):
         self.body = body
         self.batch_size = batch_size
         self.generators = list(generators)
         self.warmup = warmup
+        self.before_capture = before_capture
         self.before_replay = before_replay
         self.indices = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -61,21 +66,26 @@ class StepGraph:
     def captured(self) -> bool:
         return self.graph is not None
 
-    def ready(self, n: int) -> bool:
-        """Whether a batch of ``n`` samples is (or can now be) run by the graph."""
-        if self.failed or n != self.batch_size:
-            return False
+    def step(self, indices: torch.Tensor) -> torch.Tensor | None:
+        """The loss of one step on the batch ``indices`` through the graph, or None when the
+        caller must run this batch eagerly: a partial batch, a warm-up step, or no graph
+        possible (the capture failed; logged once, and nothing of the batch was applied, since
+        captured work is only recorded, not run).
+        """
+        if self.failed or indices.numel() != self.batch_size:
+            return None
         if self.graph is None and self._eager_steps < self.warmup:
             self._eager_steps += 1
-            return False
-        return True
-
-    def run(self, indices: torch.Tensor) -> torch.Tensor:
-        """One step on the batch ``indices`` (``batch_size`` of them) through the graph."""
+            return None
         self.indices.copy_(indices)
         self.before_replay()
         if self.graph is None:
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError as err:
+                self.failed = True
+                log.warning("training steps run without a CUDA graph: %s", err)
+                return None
         self.graph.replay()
         return self.loss
 
@@ -86,26 +96,11 @@ class StepGraph:
             raise RuntimeError("this torch cannot capture steps that draw from own generators")
         for generator in self.generators:
             register(generator)
+        self.before_capture()
         torch.cuda.synchronize()
         with torch.cuda.graph(graph):
             self.loss = self.body(self.indices)
         self.graph = graph
 
 
-def capture_or_none(step: StepGraph, indices: torch.Tensor) -> torch.Tensor | None:
-    """``step.run(indices)``, or None (after a warning, once) when capture is not possible.
-
-    A failed capture leaves nothing applied: captured work is only recorded, not run, so the
-    caller runs this batch eagerly.
-    """
-    try:
-        return step.run(indices)
-    except RuntimeError as err:
-        if step.captured:
-            raise
-        step.failed = True
-        log.warning("training steps run without a CUDA graph: %s", err)
-        return None
-
-
-__all__ = ["StepGraph", "capture_or_none"]
+__all__ = ["StepGraph"]

@@ -54,10 +54,18 @@ def test_locally_connected_network_is_not_converted():
         ChannelsLastNT3(net)
 
 
+#: Environment switches that each turn one speed-up of the fast path off.
+SWITCHES = [(CONV_KERNEL_ENV, "conv_kernel"), (FUSED_UPDATE_ENV, "fused_update"),
+            (STEP_GRAPHS_ENV, "step_graphs")]
+
+
+def _clear_switches(monkeypatch):
+    for name in (FAST_PATH_ENV, *(env for env, _ in SWITCHES)):
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_default_path_per_device(monkeypatch):
-    monkeypatch.delenv(FAST_PATH_ENV, raising=False)
-    monkeypatch.delenv(CONV_KERNEL_ENV, raising=False)
-    monkeypatch.delenv(FUSED_UPDATE_ENV, raising=False)
+    _clear_switches(monkeypatch)
     kernels = triton_available()
     assert fast_path_for("cpu", "fp32") == FastPath.plain()
     assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT.replace(conv_kernel=kernels,
@@ -65,31 +73,24 @@ def test_default_path_per_device(monkeypatch):
     assert not fast_path_for("cuda", "fp32").bf16_inputs
     assert not fast_path_for("cuda", "fp32").conv_kernel      # the kernels are for bf16 only
     assert not fast_path_for("cuda", "fp32").fused_update
-    monkeypatch.setenv(CONV_KERNEL_ENV, "off")
-    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT.replace(conv_kernel=False,
-                                                                 fused_update=kernels)
-    monkeypatch.setenv(FUSED_UPDATE_ENV, "off")
-    assert fast_path_for("cuda", "bf16") == CUDA_DEFAULT.replace(conv_kernel=False,
-                                                                 fused_update=False)
-    monkeypatch.setenv(FUSED_UPDATE_ENV, "sometimes")
-    with pytest.raises(SpecError) as err:
-        fast_path_for("cuda", "bf16")
-    assert FUSED_UPDATE_ENV in str(err.value) and "sometimes" in str(err.value)
-    monkeypatch.delenv(FUSED_UPDATE_ENV)
-    monkeypatch.setenv(STEP_GRAPHS_ENV, "off")
-    assert not fast_path_for("cuda", "bf16").step_graphs
-    monkeypatch.delenv(STEP_GRAPHS_ENV)
-    monkeypatch.setenv(CONV_KERNEL_ENV, "maybe")
-    with pytest.raises(SpecError) as err:
-        fast_path_for("cuda", "bf16")
-    assert CONV_KERNEL_ENV in str(err.value) and "maybe" in str(err.value)
-    monkeypatch.delenv(CONV_KERNEL_ENV)
     monkeypatch.setenv(FAST_PATH_ENV, "off")
     assert fast_path_for("cuda", "bf16") == FastPath.plain()
     monkeypatch.setenv(FAST_PATH_ENV, "fastest")
     with pytest.raises(SpecError) as err:
         fast_path_for("cuda", "bf16")
     assert "fastest" in str(err.value) and "off" in str(err.value)
+
+
+@pytest.mark.parametrize("env,option", SWITCHES)
+def test_each_switch_turns_only_its_speedup_off(monkeypatch, env, option):
+    _clear_switches(monkeypatch)
+    default = fast_path_for("cuda", "bf16")
+    monkeypatch.setenv(env, "off")
+    assert fast_path_for("cuda", "bf16") == default.replace(**{option: False})
+    monkeypatch.setenv(env, "maybe")
+    with pytest.raises(SpecError) as err:
+        fast_path_for("cuda", "bf16")
+    assert env in str(err.value) and "maybe" in str(err.value) and "off" in str(err.value)
 
 
 def test_override_is_scoped():

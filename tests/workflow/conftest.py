@@ -46,6 +46,34 @@ def tiny_sweep(axes: dict[str, Any] | None = None, *, name: str = "tiny",
             "trial": copy.deepcopy(trial or TINY_TRIAL)}
 
 
+def tiny_lr_sweep_toml(name: str, n_seeds: int) -> str:
+    """A TOML sweep of the LR baseline on tiny synthetic D-GEX data over ``n_seeds`` seeds.
+
+    The cheapest real trials, written the way users write sweeps, for the batch-job tests.
+    """
+    seeds = ", ".join(str(i) for i in range(n_seeds))
+    return f"""\
+[sweep]
+name = "{name}"
+[sweep.axes]
+seed = [{seeds}]
+
+[trial]
+seed = 0
+[trial.model]
+name = "lr"
+[trial.data]
+source = "synthetic_dgex"
+n_landmarks = 8
+n_targets = 6
+n_train = 60
+n_val = 20
+n_test = 20
+n_factors = 3
+seed = 0
+"""
+
+
 def write_spec(path: Path, table: dict[str, Any]) -> Path:
     """Write a sweep as JSON (sweep files may be TOML or JSON; the examples cover TOML)."""
     path.write_text(json.dumps(table, indent=1))

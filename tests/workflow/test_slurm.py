@@ -16,28 +16,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.workflow.conftest import REPO, tiny_lr_sweep_toml
 
-SWEEP = """\
-[sweep]
-name = "slurm-tiny"
-[sweep.axes]
-seed = [0, 1, 2]
-
-[trial]
-seed = 0
-[trial.model]
-name = "lr"
-[trial.data]
-source = "synthetic_dgex"
-n_landmarks = 8
-n_targets = 6
-n_train = 60
-n_val = 20
-n_test = 20
-n_factors = 3
-seed = 0
-"""
+SWEEP = tiny_lr_sweep_toml("slurm-tiny", 3)
 
 #: Site options that fit the single-node test cluster: the driver and the workers share this
 #: host, so the interchange listens on loopback.

@@ -14,33 +14,13 @@ from pathlib import Path
 import pytest
 
 from genodl_core.errors import InfrastructureError, SpecError
+from tests.workflow.conftest import REPO, tiny_lr_sweep_toml
 from workflows import submit as sub
 from workflows.cli import main as genodl
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[2]
-
-TINY_SWEEP = """\
-[sweep]
-name = "tiny"
-[sweep.axes]
-seed = [0, 1]
-
-[trial]
-seed = 0
-[trial.model]
-name = "lr"
-[trial.data]
-source = "synthetic_dgex"
-n_landmarks = 8
-n_targets = 6
-n_train = 60
-n_val = 20
-n_test = 20
-n_factors = 3
-seed = 0
-"""
+TINY_SWEEP = tiny_lr_sweep_toml("tiny", 2)
 
 
 def write_sweep(tmp_path: Path, text: str = TINY_SWEEP) -> Path:

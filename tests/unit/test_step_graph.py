@@ -1,0 +1,45 @@
+"""When a training step goes through the CUDA graph and when the loop must run it eagerly.
+
+Capturing needs a GPU (the GPU tests train D-GEX through graphs); these checks cover the
+decisions around it, which run on any machine.
+"""
+
+import logging
+
+import pytest
+import torch
+
+from genodl_core.training.step_graph import StepGraph
+
+
+def _graph(calls):
+    def body(indices):
+        calls.append("body")
+        return indices.sum()
+
+    return StepGraph(body, batch_size=4, device="cpu", warmup=2,
+                     before_capture=lambda: calls.append("before_capture"))
+
+
+def test_partial_batches_and_warmup_steps_run_eagerly():
+    calls = []
+    graph = _graph(calls)
+    assert graph.step(torch.arange(3)) is None           # partial: never counts as warm-up
+    assert graph.step(torch.arange(4)) is None           # warm-up 1
+    assert graph.step(torch.arange(4)) is None           # warm-up 2
+    assert graph._eager_steps == 2 and not graph.captured and not graph.failed
+    assert calls == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback where CUDA is missing")
+def test_failed_capture_falls_back_to_eager_steps_once(caplog):
+    calls = []
+    graph = _graph(calls)
+    for _ in range(2):
+        graph.step(torch.arange(4))
+    with caplog.at_level(logging.WARNING, logger="genodl_core.training.step_graph"):
+        assert graph.step(torch.arange(4)) is None       # no CUDA here: capture fails
+        assert graph.step(torch.arange(4)) is None       # and is not tried again
+    assert graph.failed and not graph.captured
+    assert len([r for r in caplog.records if "without a CUDA graph" in r.message]) == 1
+    assert calls == []                                   # nothing recorded or run
