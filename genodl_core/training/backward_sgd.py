@@ -23,6 +23,8 @@ update happens even if the step is later abandoned (e.g. a non-finite loss stops
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import Any
 
 import torch
@@ -35,21 +37,28 @@ from genodl_core.kernels.sgd_update import efficient, sgd_update_
 class BackwardSGDState:
     """A master weight's low-precision shadow, momentum buffer and learning-rate tensor.
 
-    The shadow is refreshed from the master weight whenever the weight changes outside the
-    kernel (``load_state_dict`` of a best epoch, initialisation): detected by torch's version
-    counter, which in-place torch operations bump and the kernel's writes do not.
+    The weight is ``[R, C]`` or, for the trials of a pack, ``[G, R, C]`` (group ``g`` is an
+    independent matrix with its own learning rate). The shadow is refreshed from the master
+    weight whenever the weight changes outside the kernel (``load_state_dict`` of a best
+    epoch, initialisation, a new pack's weights): detected by torch's version counter, which
+    in-place torch operations bump and the kernel's writes do not.
+
+    ``group`` supplies ``momentum`` and ``weight_decay`` (and ``lr``, a float, unless ``lr``
+    is given: a ``[G]`` tensor that its owner keeps current, as a pack's optimizer does).
     """
 
     def __init__(self, weight: nn.Parameter, group: dict[str, Any], *,
                  shadow_dtype: torch.dtype = torch.bfloat16,
-                 momentum_dtype: torch.dtype = torch.float32):
+                 momentum_dtype: torch.dtype = torch.float32,
+                 lr: torch.Tensor | None = None):
         self.weight = weight
         self.group = group
         self.shadow = torch.empty_like(weight, dtype=shadow_dtype)
         self._shadow_version: int | None = None
         self.momentum_buf = (torch.zeros_like(weight, dtype=momentum_dtype)
                              if group.get("momentum", 0.0) else None)
-        self._lr = torch.empty(1, dtype=torch.float32, device=weight.device)
+        self._own_lr = lr is None
+        self._lr = torch.empty(1, dtype=torch.float32, device=weight.device) if lr is None else lr
         self._lr_value: float | None = None
 
     def shadow_weight(self) -> torch.Tensor:
@@ -69,23 +78,25 @@ class BackwardSGDState:
             with torch.no_grad():
                 self.shadow.copy_(self.weight)
             self._shadow_version = self.weight._version
-        lr = float(self.group["lr"])
-        if lr != self._lr_value:
-            self._lr.fill_(lr)
-            self._lr_value = lr
+        if self._own_lr:
+            lr = float(self.group["lr"])
+            if lr != self._lr_value:
+                self._lr.fill_(lr)
+                self._lr_value = lr
 
-    def apply(self, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
-        """SGD step with the gradient ``grad_out^T @ inputs`` (``[N, out]``, ``[N, in]``), at
-        the learning rate synced by this step's forward pass."""
+    def apply(self, p: torch.Tensor, q: torch.Tensor) -> None:
+        """SGD step with the gradient ``p^T q`` summed over the batch (``[G, N, R]`` and
+        ``[G, N, C]``; ``G`` = 1 for a 2-D weight), at the learning rate synced by this step's
+        forward pass."""
         momentum = float(self.group.get("momentum", 0.0))
         if momentum and self.momentum_buf is None:
             raise RuntimeError(f"momentum is {momentum}, but the layer was prepared for "
                                f"momentum 0 (no buffer): create the optimizer with the "
                                f"momentum it will use")
-        expand = lambda t: None if t is None else t.unsqueeze(0)  # noqa: E731
-        sgd_update_(grad_out.unsqueeze(0), inputs.unsqueeze(0), expand(self.weight.data),
-                    expand(self.shadow), expand(self.momentum_buf), self._lr,
-                    momentum=momentum, weight_decay=float(self.group.get("weight_decay", 0.0)))
+        grouped = lambda t: t if t is None or t.dim() == 3 else t.unsqueeze(0)  # noqa: E731
+        sgd_update_(p, q, grouped(self.weight.data), grouped(self.shadow),
+                    grouped(self.momentum_buf), self._lr, momentum=momentum,
+                    weight_decay=float(self.group.get("weight_decay", 0.0)))
 
 
 def _capturing() -> bool:
@@ -117,8 +128,80 @@ class _LinearUpdatedInBackward(torch.autograd.Function):
             # From the weights of this step: before the update below overwrites the shadow.
             dx = (dy @ state.shadow).view(xs.shape).to(ctx.x_dtype)
         db = dy.float().sum(0) if ctx.needs_input_grad[1] else None
-        state.apply(dy, x2)
+        state.apply(dy.unsqueeze(0), x2.unsqueeze(0))
         return dx, db, None
+
+
+# The dense layers of a pack of trials (``[G, in, out]`` weights, batched matmuls) live inside a
+# compiled forward pass. They are custom operators, opaque to the compiler, so the rest of the
+# network still fuses as one graph; the operators receive a key and a layer index (constants to
+# the compiler) rather than the state, so one compiled forward serves every pack of a worker
+# while each pack brings its own state.
+_KEYED_STATES: dict[int, dict[int, BackwardSGDState]] = {}
+_keys = itertools.count()
+
+
+def keyed_states(owner: object) -> tuple[int, dict[int, BackwardSGDState]]:
+    """A key and the (empty) dict of states, layer index -> state, that
+    :func:`dense_updated_in_backward` finds under it for as long as ``owner`` lives."""
+    key = next(_keys)
+    states: dict[int, BackwardSGDState] = {}
+    _KEYED_STATES[key] = states
+    weakref.finalize(owner, _KEYED_STATES.pop, key, None)
+    return key, states
+
+
+@torch.library.custom_op("genodl::dense_sgd_in_backward", mutates_args=())
+def dense_updated_in_backward(h: torch.Tensor, bias: torch.Tensor, key: int,
+                              index: int) -> torch.Tensor:
+    """``bias + h @ weight`` per group (``[G, N, in] @ [G, in, out]``) on the bf16 shadow of
+    the weights; the backward pass returns the input and bias gradients and applies SGD to
+    the weights (the state of layer ``index`` under ``key``, see :func:`keyed_states`)."""
+    shadow = _KEYED_STATES[key][index].shadow_weight()
+    return torch.baddbmm(bias.to(shadow.dtype), h.to(shadow.dtype), shadow)
+
+
+@dense_updated_in_backward.register_fake
+def _(h, bias, key, index):
+    dtype = _KEYED_STATES[key][index].shadow.dtype
+    return h.new_empty((*h.shape[:-1], bias.shape[-1]), dtype=dtype)
+
+
+@torch.library.custom_op("genodl::dense_sgd_backward", mutates_args=())
+def _dense_sgd_backward(h: torch.Tensor, dy: torch.Tensor, key: int, index: int,
+                        need_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # Mutates the state's weights, which the compiler never sees (they are no operands).
+    state = _KEYED_STATES[key][index]
+    hs, dy = h.to(state.shadow.dtype), dy.to(state.shadow.dtype)
+    dh = h.new_empty(0)
+    if need_input:
+        # From the weights of this step: before the update below overwrites the shadow.
+        dh = torch.bmm(dy, state.shadow.transpose(1, 2)).to(h.dtype)
+    db = dy.float().sum(1, keepdim=True)
+    state.apply(hs, dy)
+    return dh, db
+
+
+@_dense_sgd_backward.register_fake
+def _(h, dy, key, index, need_input):
+    dh = h.new_empty(h.shape) if need_input else h.new_empty(0)
+    return dh, dy.new_empty((dy.shape[0], 1, dy.shape[2]), dtype=torch.float32)
+
+
+def _dense_setup_context(ctx, inputs, output):
+    h, bias, key, index = inputs
+    ctx.save_for_backward(h)
+    ctx.key, ctx.index, ctx.bias_dtype = key, index, bias.dtype
+
+
+def _dense_backward(ctx, dy):
+    (h,) = ctx.saved_tensors
+    need_input = ctx.needs_input_grad[0]
+    dh, db = _dense_sgd_backward(h, dy, ctx.key, ctx.index, need_input)
+    return (dh if need_input else None), db.to(ctx.bias_dtype), None, None
+
+
+dense_updated_in_backward.register_autograd(_dense_backward, setup_context=_dense_setup_context)
 
 
 class UpdatingLinear(nn.Module):
@@ -197,4 +280,5 @@ def _set_submodule(net: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-__all__ = ["BackwardSGDState", "UpdatingLinear", "sgd_with_backward_updates"]
+__all__ = ["BackwardSGDState", "UpdatingLinear", "dense_updated_in_backward", "keyed_states",
+           "sgd_with_backward_updates"]

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds a pack waits for its last trial to reach the fit before giving up on it.
 ARRIVAL_TIMEOUT_S = 3600.0
+#: Dense layers with at least this many weights per trial apply SGD in the backward pass on
+#: the fast path (NT3's first dense layer: 77 M; the 200 x 20 one stays with the optimizer).
+PACK_UPDATE_MIN_WEIGHTS = 1 << 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +244,11 @@ class BatchedNT3(nn.Module):
     (channels-last on CUDA), so trial ``k`` owns channels ``k*C .. k*C + C - 1``; dense layers
     are batched matmuls with weights ``[K, in, out]``. Built from, and written back to,
     ordinary :class:`~genodl_core.models.nt3.NT3Net` instances.
+
+    Dense layers prepared with :meth:`update_in_backward` apply SGD to their weights inside
+    the backward pass (:mod:`genodl_core.training.backward_sgd`; an operator the compiled
+    forward keeps as one node) and get no ``.grad``, so the pack's optimizer leaves them
+    alone; forward passes, evaluation included, read their bf16 shadow.
     """
 
     def __init__(self, nets: Sequence[nn.Module], conv_kernel: bool = False):
@@ -248,6 +256,10 @@ class BatchedNT3(nn.Module):
         self.k = len(nets)
         #: Convolutions through genodl's Triton kernel (see FastPath.conv_kernel).
         self.conv_kernel = conv_kernel
+        #: Dense layer index -> its in-backward SGD state (see :meth:`update_in_backward`);
+        #: the key under which the layers' operator finds this dict.
+        self._updates_key: int | None = None
+        self.updates: dict[int, Any] = {}
         first = nets[0]
         self.plan: list[tuple[str, Any]] = []
         self.conv_w = nn.ParameterList()
@@ -322,11 +334,36 @@ class BatchedNT3(nn.Module):
             elif kind == "flatten":
                 # [B, K*C, 1, L] -> [K, B, C*L] in each trial's channel-major order.
                 h = h.reshape(b, k, -1).transpose(0, 1)
+            elif kind == "dense" and arg in self.updates:
+                from genodl_core.training.backward_sgd import dense_updated_in_backward
+
+                h = dense_updated_in_backward(h, self.dense_b[arg], self._updates_key, arg)
             elif kind == "dense":
                 h = torch.baddbmm(self.dense_b[arg], h, self.dense_w[arg])
             else:
                 h = arg(h)
         return h
+
+    def update_in_backward(self, lr: torch.Tensor, *, momentum: float, weight_decay: float,
+                           min_weights: int, shadow_dtype: torch.dtype = torch.bfloat16) -> int:
+        """Have the big dense layers apply SGD in backward; returns how many do.
+
+        ``lr`` is the ``[K]`` learning-rate tensor its owner keeps current. Layers with fewer
+        than ``min_weights`` weights per trial, or rows the kernel cannot read efficiently,
+        stay with the optimizer. Called once per pack: momentum buffers start at zero.
+        """
+        from genodl_core.kernels.sgd_update import efficient
+        from genodl_core.training.backward_sgd import BackwardSGDState, keyed_states
+
+        if self._updates_key is None:
+            self._updates_key, self.updates = keyed_states(self)
+        group = {"momentum": momentum, "weight_decay": weight_decay}
+        self.updates.clear()  # in place: the operator reads this very dict
+        self.updates.update({
+            i: BackwardSGDState(w, group, lr=lr, shadow_dtype=shadow_dtype)
+            for i, w in enumerate(self.dense_w)
+            if w[0].numel() >= min_weights and efficient(tuple(w.shape))})
+        return len(self.updates)
 
     def trial_groups(self) -> list[torch.Tensor]:
         """Every parameter, each viewable as ``[K, ...]`` with trial ``k`` in row ``k``."""
@@ -451,7 +488,10 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
                            for c in ctxs]).to(device)
     x_val = torch.as_tensor(np.ascontiguousarray(first.dataset.x_val)).to(device, feature_dtype)
     y_val = torch.as_tensor(first.dataset.y_val, dtype=torch.int64).to(device)
-    eval_bs = fast.eval_batch_size or train.batch_size
+    # Each validation batch runs K trials' samples through every convolution: K x batch is
+    # held at a single trial's validation batch (the activations of 256 x 8 samples would
+    # pass 2^31 elements, past which convolutions are cut into slow pieces).
+    eval_bs = max(train.batch_size, (fast.eval_batch_size or 0) // k)
     deadline = min((c.deadline for c in ctxs if c.deadline is not None), default=None)
 
     def amp() -> contextlib.AbstractContextManager:
@@ -469,6 +509,11 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
         optimizer = BatchedOptimizer(model.trial_groups(), k, kind=train.optimizer,
                                      lr=train.learning_rate, momentum=train.momentum,
                                      weight_decay=train.weight_decay)
+        model.updates.clear()
+        if fast.fused_update and train.optimizer == "sgd" and precision == "bf16":
+            model.update_in_backward(optimizer.lr, momentum=train.momentum,
+                                     weight_decay=train.weight_decay,
+                                     min_weights=PACK_UPDATE_MIN_WEIGHTS)
         lr_holders = [types.SimpleNamespace(param_groups=[{"lr": train.learning_rate}])
                       for _ in ctxs]
         plateaus = [PlateauSchedule(h, train.plateau_factor, train.plateau_patience,
@@ -496,15 +541,8 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
                                        "pack; raise it or train fewer epochs")
                 idx = order[:, start:start + train.batch_size]
                 xb = x_train[idx] if x_train.dim() == 2 else x_train[rows, idx]
-                yb = y_train[rows, idx]
-                optimizer.zero_grad()
-                with amp():
-                    logits = forward(xb)
-                losses = [obj.per_sample_loss(logits[t], yb[t]) for t, obj in enumerate(objectives)]
-                torch.stack([loss.mean() for loss in losses]).sum().backward()
-                optimizer.step()
-                sums += torch.stack([batch_sums(loss, logits[t].detach(), yb[t], obj.abstain_class)
-                                     for t, (loss, obj) in enumerate(zip(losses, objectives))])
+                sums += pack_train_step(forward, optimizer, objectives, xb, y_train[rows, idx],
+                                        amp)
             val_sums, val_logits = _evaluate(model, forward, objectives, x_val, y_val, eval_bs,
                                              amp)
             seconds = time.perf_counter() - t_epoch
@@ -535,6 +573,24 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
                                    extra={**obj.extra(), "n_parameters": int(n_parameters),
                                           "batched_trials": k}))
     return outcomes
+
+
+def pack_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: BatchedOptimizer,
+                    objectives: Sequence[Any], xb: torch.Tensor, yb: torch.Tensor,
+                    amp: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
+    """One step of every trial of a pack on its batch (``xb [K, B, F]``, ``yb [K, B]``).
+
+    Each trial's loss is its own batch mean, so the sum's gradient is each trial's gradient.
+    Returns the per-trial metric sums ``[K, 3]``, on the device.
+    """
+    optimizer.zero_grad()
+    with amp():
+        logits = forward(xb)
+    losses = [obj.per_sample_loss(logits[t], yb[t]) for t, obj in enumerate(objectives)]
+    torch.stack([loss.mean() for loss in losses]).sum().backward()
+    optimizer.step()
+    return torch.stack([batch_sums(loss, logits[t].detach(), yb[t], obj.abstain_class)
+                        for t, (loss, obj) in enumerate(zip(losses, objectives))])
 
 
 _ACTIVATIONS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -613,4 +669,5 @@ def _evaluate(model: BatchedNT3, forward: Callable[[torch.Tensor], torch.Tensor]
 
 
 __all__ = ["pack_key", "group_packs", "run_trials", "current_pack", "PackTrainer", "BatchedNT3",
-           "BatchedOptimizer", "fit_pack", "ARRIVAL_TIMEOUT_S"]
+           "BatchedOptimizer", "fit_pack", "pack_train_step", "ARRIVAL_TIMEOUT_S",
+           "PACK_UPDATE_MIN_WEIGHTS"]

@@ -28,7 +28,8 @@ path is off, so CPU runs stay bit-for-bit what they were.
   is installed (it comes with CUDA builds of torch).
 - ``fused_update``: the weights of big dense layers are updated by SGD inside the backward
   pass, one Triton kernel per layer computing the weight gradient and applying the update
-  (:mod:`genodl_core.training.backward_sgd`); bf16 only, SGD only, where Triton is installed.
+  (:mod:`genodl_core.training.backward_sgd`): D-GEX's hidden layers and, in packs of NT3
+  trials, the first dense layer; bf16 only, SGD only, where Triton is installed.
 - ``step_graphs``: D-GEX's full-batch training steps replay a captured CUDA graph
   (:mod:`genodl_core.training.step_graph`): its small-batch steps are host-bound otherwise.
   (NT3's steps are GPU-bound, and ``cuda_graphs`` measured no gain there.)

@@ -84,7 +84,10 @@ class StepGraph:
                 self._capture()
             except RuntimeError as err:
                 self.failed = True
-                log.warning("training steps run without a CUDA graph: %s", err)
+                # A failed capture reports "invalidated"; the cause is the error before it.
+                cause = err.__context__ or err.__cause__
+                log.warning("training steps run without a CUDA graph: %s%s", err,
+                            f" (after: {type(cause).__name__}: {cause})" if cause else "")
                 return None
         self.graph.replay()
         return self.loss
@@ -98,9 +101,25 @@ class StepGraph:
             register(generator)
         self.before_capture()
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
-            self.loss = self.body(self.indices)
+        try:
+            with torch.cuda.graph(graph):
+                self.loss = self.body(self.indices)
+        except RuntimeError:
+            _leave_capture_mode(self.generators)
+            raise
         self.graph = graph
+
+
+def _leave_capture_mode(generators: Sequence[torch.Generator]) -> None:
+    """Give generators registered with a failed capture a fresh state (same seed and offset).
+
+    A capture that fails ends before torch takes the registered generators out of capture
+    mode, and such a generator refuses every later eager draw.
+    """
+    for generator in generators:
+        fresh = torch.Generator(device=generator.device)
+        fresh.set_state(generator.get_state())
+        generator.graphsafe_set_state(fresh.graphsafe_get_state())
 
 
 __all__ = ["StepGraph"]

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton's @jit functions read this when they are defined, i.e. at triton's first import,
+    # which may come from any test module: set here, before pytest imports them. Without a GPU
+    # the kernels then run in Triton's CPU interpreter.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

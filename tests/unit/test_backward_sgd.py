@@ -4,8 +4,8 @@ Without a GPU the kernel runs in Triton's CPU interpreter in fp32, so the swappe
 follow torch's own SGD to rounding; on a GPU the same checks run compiled with bf16 operands.
 """
 
+import contextlib
 import importlib.util
-import os
 
 import pytest
 import torch
@@ -14,8 +14,6 @@ from torch import nn
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 ON_GPU = torch.cuda.is_available()
-if not ON_GPU:  # before triton's first import: its @jit functions read it when defined
-    os.environ["TRITON_INTERPRET"] = "1"
 
 from genodl_core.kernels.sgd_update import sgd_update_  # noqa: E402
 from genodl_core.training.backward_sgd import (  # noqa: E402
@@ -142,3 +140,45 @@ def test_small_or_unaligned_layers_stay_with_torch():
     odd = nn.Sequential(nn.Linear(13, 8), nn.Linear(8, 3)).to(DEVICE)  # 13-weight rows
     sgd_with_backward_updates(odd, lr=0.1, shadow_dtype=DTYPE)
     assert [type(m).__name__ for m in odd] == ["Linear", "UpdatingLinear"]
+
+
+@pytest.mark.parametrize("momentum,wd", [(0.0, 0.0), (0.9, 1e-2)])
+def test_pack_dense_layers_updated_in_backward_follow_the_pack_optimizer(momentum, wd):
+    """A pack whose dense layers update in backward equals one whose optimizer updates them,
+    with per-trial learning rates changed between steps; evaluation reads the same weights."""
+    from genodl_core.models.nt3 import NT3Params, build_nt3
+    from genodl_core.training.batched import BatchedNT3, BatchedOptimizer, pack_train_step
+    from genodl_core.training.loop import CrossEntropyObjective
+
+    params = NT3Params(conv=((3, 4, 1), (4, 3, 1)), pool=(1, 2), dense=(12,))
+    k, n_features = 3, 64
+    models, optimizers = [], []
+    for in_backward in (False, True):
+        nets = [build_nt3(params, n_features, 2, seed=s) for s in range(k)]
+        model = BatchedNT3(nets).to(DEVICE)
+        opt = BatchedOptimizer(model.trial_groups(), k, kind="sgd", lr=0.05, momentum=momentum,
+                               weight_decay=wd)
+        if in_backward:
+            assert model.update_in_backward(opt.lr, momentum=momentum, weight_decay=wd,
+                                            min_weights=100, shadow_dtype=DTYPE) == 1
+        models.append(model)
+        optimizers.append(opt)
+    gen = torch.Generator().manual_seed(0)
+    objectives = [CrossEntropyObjective()] * k
+    autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if ON_GPU else (
+        lambda: contextlib.nullcontext())
+    for step in range(4):
+        xb = torch.randn(k, 8, n_features, generator=gen).to(DEVICE)
+        yb = torch.randint(0, 2, (k, 8), generator=gen).to(DEVICE)
+        for model, opt in zip(models, optimizers):
+            if step == 2:
+                opt.set_lr([0.05, 0.01, 0.2])
+            model.train()
+            pack_train_step(model, opt, objectives, xb, yb, autocast)
+    ref, fused = models
+    assert fused.dense_w[0].grad is None and fused.dense_w[1].grad is not None
+    for name, want in ref.named_parameters():
+        assert rel(dict(fused.named_parameters())[name].detach(), want.detach()) < TOL, name
+    ref.eval(), fused.eval()
+    with torch.no_grad(), autocast():
+        assert rel(fused(xb).float(), ref(xb).float()) < TOL

@@ -6,7 +6,6 @@ compiled in bf16 against an fp64 reference.
 """
 
 import importlib.util
-import os
 
 import pytest
 import torch
@@ -15,8 +14,6 @@ import torch.nn.functional as F
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 ON_GPU = torch.cuda.is_available()
-if not ON_GPU:  # before triton's first import: its @jit functions read it when defined
-    os.environ["TRITON_INTERPRET"] = "1"
 
 from genodl_core.kernels import conv1d as kc  # noqa: E402
 

@@ -174,3 +174,30 @@ def test_cuda_dgex_backward_updates_match_torch_sgd(tmp_path):
         np.testing.assert_allclose(fused["val_mae"], other["val_mae"], rtol=0.02)
         np.testing.assert_allclose(fused["loss"], other["loss"], rtol=0.02)
     assert fused["val_mae"][-1] < fused["val_mae"][0]
+
+
+@cuda
+def test_cuda_pack_dense_update_in_backward_matches_the_pack_optimizer(tmp_path):
+    """A compiled pack whose first dense layer (>= 2^16 weights) updates in backward, against
+    the same pack with the optimizer updating it: same curves within bf16 rounding."""
+    from genodl_core.training.batched import run_trials
+
+    def pack(out, fast):
+        specs = [spec_from_dict({
+            "seed": seed, "device": "cuda",
+            "model": {"name": "nt3", "conv": [[8, 5, 1], [8, 5, 1]], "pool": [1, 4],
+                      "dense": [64]},
+            "data": {"source": "synthetic_nt3", "n_train": 96, "n_test": 48,
+                     "n_features": 1200},
+            "train": {"epochs": 4, "batch_size": 16, "learning_rate": 0.01, "momentum": 0.5}})
+            for seed in (1, 2)]
+        with use_fast_path(fast):
+            done = run_trials(specs, out, pack_size=2, raise_errors=True)
+        return [load_record(r.path).result["curves"] for r in done]
+
+    in_backward = pack(tmp_path / "a", CUDA_DEFAULT)
+    optimizer = pack(tmp_path / "b", CUDA_DEFAULT.replace(fused_update=False))
+    for a, b in zip(in_backward, optimizer):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=0.02)
+        np.testing.assert_allclose(a["val_accuracy"], b["val_accuracy"], atol=0.05)
+        assert a["loss"][-1] < a["loss"][0]

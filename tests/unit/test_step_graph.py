@@ -43,3 +43,23 @@ def test_failed_capture_falls_back_to_eager_steps_once(caplog):
     assert graph.failed and not graph.captured
     assert len([r for r in caplog.records if "without a CUDA graph" in r.message]) == 1
     assert calls == []                                   # nothing recorded or run
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="captures on a GPU")
+def test_failed_capture_leaves_registered_generators_usable(caplog):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ref = torch.Generator(device="cuda").manual_seed(0)
+
+    def body(indices):
+        noise = torch.rand(4, generator=gen, device="cuda")
+        if torch.cuda.is_current_stream_capturing():
+            noise.sum().item()                           # a host sync: the capture fails
+        return (indices + noise).sum()
+
+    graph = StepGraph(body, batch_size=4, device="cuda", generators=[gen], warmup=0)
+    with caplog.at_level(logging.WARNING, logger="genodl_core.training.step_graph"):
+        assert graph.step(torch.arange(4, device="cuda")) is None
+    assert graph.failed and "without a CUDA graph" in caplog.text
+    # Eager draws work again and continue from where the generator stood before the capture.
+    torch.testing.assert_close(torch.rand(4, generator=gen, device="cuda"),
+                               torch.rand(4, generator=ref, device="cuda"))
