@@ -375,7 +375,7 @@ def _step_graph(part: PartState, xt: torch.Tensor, y_part: torch.Tensor, batch_s
 
     # Gradients must be allocated inside the graph, which then rewrites them every replay.
     return StepGraph(body, batch_size, device, generators=generators,
-                     before_capture=lambda: net.zero_grad(set_to_none=True),
+                     zero_grad=lambda: net.zero_grad(set_to_none=True),
                      before_replay=before_replay)
 
 

@@ -9,7 +9,12 @@ What is captured: ``body(indices) -> loss``, which gathers its batch from tensor
 the whole fit, runs forward and backward (gradients land in ``.grad`` buffers the graph owns;
 layers that update themselves in backward do so inside the graph) and returns the loss. The
 optimizer step for the other parameters stays outside, so learning-rate changes need no
-recapture. Steps before the capture and partial batches run eagerly on the same buffers.
+recapture. Partial batches run eagerly on the same buffers.
+
+Streams: the warm-up steps and the capture run on one side stream of the graph's own. Autograd
+remembers the stream a parameter's gradient was first accumulated on; warmed up on the default
+stream, the captured backward would have to synchronise with it, which a capture forbids
+("operation would make the legacy stream depend on a capturing blocking stream").
 
 Random numbers: generators used inside the step (dropout) are registered with the graph, which
 then advances their offsets on every replay; the masks are seeded and reproducible, though not
@@ -38,47 +43,50 @@ class StepGraph:
     generators
         CUDA generators the step draws from (registered with the graph).
     warmup
-        Eager full-batch steps before the capture (kernel tuning, lazy initialisation).
-    before_capture
-        Called once before the capture (e.g. to drop gradients, which the graph must
-        allocate itself).
+        Eager full-batch steps before the capture (kernel tuning, lazy initialisation), run
+        by :meth:`step` itself on the capture's stream.
+    zero_grad
+        Drops the gradients (``set_to_none``) before each warm-up step and before the
+        capture, so that the graph allocates the gradient buffers it then rewrites.
     before_replay
         Called before every replay (e.g. to refresh state that the graph reads).
     """
 
     def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
                  device: torch.device | str, *, generators: Sequence[torch.Generator] = (),
-                 warmup: int = 2, before_capture: Callable[[], None] = lambda: None,
+                 warmup: int = 2, zero_grad: Callable[[], None] = lambda: None,
                  before_replay: Callable[[], None] = lambda: None):
         self.body = body
         self.batch_size = batch_size
         self.generators = list(generators)
         self.warmup = warmup
-        self.before_capture = before_capture
+        self.zero_grad = zero_grad
         self.before_replay = before_replay
         self.indices = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
         self.failed = False
         self._eager_steps = 0
+        self._stream: torch.cuda.Stream | None = None
 
     @property
     def captured(self) -> bool:
         return self.graph is not None
 
     def step(self, indices: torch.Tensor) -> torch.Tensor | None:
-        """The loss of one step on the batch ``indices`` through the graph, or None when the
-        caller must run this batch eagerly: a partial batch, a warm-up step, or no graph
-        possible (the capture failed; logged once, and nothing of the batch was applied, since
-        captured work is only recorded, not run).
+        """The loss of one step on the batch ``indices`` (a warm-up step or a replay), or None
+        when the caller must run this batch eagerly: a partial batch, or no graph possible
+        (the capture failed; logged once, and nothing of the batch was applied, since captured
+        work is only recorded, not run).
         """
         if self.failed or indices.numel() != self.batch_size:
             return None
-        if self.graph is None and self._eager_steps < self.warmup:
-            self._eager_steps += 1
-            return None
         self.indices.copy_(indices)
         self.before_replay()
+        if self.graph is None and self._eager_steps < self.warmup:
+            self._eager_steps += 1
+            self.zero_grad()
+            return self._on_side_stream(lambda: self.body(self.indices))
         if self.graph is None:
             try:
                 self._capture()
@@ -92,6 +100,17 @@ class StepGraph:
         self.graph.replay()
         return self.loss
 
+    def _on_side_stream(self, work: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if not self.indices.is_cuda:
+            return work()
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.indices.device)
+        self._stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._stream):
+            out = work()
+        torch.cuda.current_stream().wait_stream(self._stream)
+        return out
+
     def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
         register = getattr(graph, "register_generator_state", None)
@@ -99,10 +118,10 @@ class StepGraph:
             raise RuntimeError("this torch cannot capture steps that draw from own generators")
         for generator in self.generators:
             register(generator)
-        self.before_capture()
+        self.zero_grad()
         torch.cuda.synchronize()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=self._stream):
                 self.loss = self.body(self.indices)
         except RuntimeError:
             _leave_capture_mode(self.generators)

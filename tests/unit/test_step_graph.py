@@ -18,17 +18,18 @@ def _graph(calls):
         return indices.sum()
 
     return StepGraph(body, batch_size=4, device="cpu", warmup=2,
-                     before_capture=lambda: calls.append("before_capture"))
+                     zero_grad=lambda: calls.append("zero_grad"))
 
 
-def test_partial_batches_and_warmup_steps_run_eagerly():
+def test_partial_batches_run_by_the_caller_warmup_steps_by_the_graph():
     calls = []
     graph = _graph(calls)
     assert graph.step(torch.arange(3)) is None           # partial: never counts as warm-up
-    assert graph.step(torch.arange(4)) is None           # warm-up 1
-    assert graph.step(torch.arange(4)) is None           # warm-up 2
-    assert graph._eager_steps == 2 and not graph.captured and not graph.failed
     assert calls == []
+    assert graph.step(torch.arange(4)) == 6              # warm-up 1, on the graph's buffer
+    assert graph.step(torch.arange(1, 5)) == 10          # warm-up 2
+    assert graph._eager_steps == 2 and not graph.captured and not graph.failed
+    assert calls == ["zero_grad", "body"] * 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback where CUDA is missing")
@@ -42,7 +43,7 @@ def test_failed_capture_falls_back_to_eager_steps_once(caplog):
         assert graph.step(torch.arange(4)) is None       # and is not tried again
     assert graph.failed and not graph.captured
     assert len([r for r in caplog.records if "without a CUDA graph" in r.message]) == 1
-    assert calls == []                                   # nothing recorded or run
+    assert calls == ["zero_grad", "body"] * 2             # the failed capture ran nothing
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="captures on a GPU")
