@@ -124,7 +124,9 @@ class StepGraph:
             with torch.cuda.graph(graph, stream=self._stream):
                 self.loss = self.body(self.indices)
         except RuntimeError:
-            _leave_capture_mode(self.generators)
+            # The capture registers the device's default generator as well.
+            default = torch.cuda.default_generators[torch.cuda.current_device()]
+            _leave_capture_mode([*self.generators, default])
             raise
         self.graph = graph
 

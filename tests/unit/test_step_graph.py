@@ -64,3 +64,4 @@ def test_failed_capture_leaves_registered_generators_usable(caplog):
     # Eager draws work again and continue from where the generator stood before the capture.
     torch.testing.assert_close(torch.rand(4, generator=gen, device="cuda"),
                                torch.rand(4, generator=ref, device="cuda"))
+    assert torch.rand(4, device="cuda").shape == (4,)  # and so does the default generator
