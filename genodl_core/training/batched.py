@@ -509,11 +509,12 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
         optimizer = BatchedOptimizer(model.trial_groups(), k, kind=train.optimizer,
                                      lr=train.learning_rate, momentum=train.momentum,
                                      weight_decay=train.weight_decay)
-        model.updates.clear()
         if fast.fused_update and train.optimizer == "sgd" and precision == "bf16":
             model.update_in_backward(optimizer.lr, momentum=train.momentum,
                                      weight_decay=train.weight_decay,
                                      min_weights=PACK_UPDATE_MIN_WEIGHTS)
+        else:  # a worker's cached module may come from a pack that updated in backward
+            model.updates.clear()
         lr_holders = [types.SimpleNamespace(param_groups=[{"lr": train.learning_rate}])
                       for _ in ctxs]
         plateaus = [PlateauSchedule(h, train.plateau_factor, train.plateau_patience,
