@@ -33,7 +33,8 @@ import torch
 
 from genodl_core.errors import SpecError
 from genodl_core.spec import TrialSpec, spec_from_dict
-from genodl_core.training.fast import CONV_KERNEL_ENV, FUSED_UPDATE_ENV, STEP_GRAPHS_ENV
+from genodl_core.training.fast import (CONV_KERNEL_ENV, FUSED_ACTIVATIONS_ENV, FUSED_UPDATE_ENV,
+                                      STEP_GRAPHS_ENV)
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,12 @@ MODES = {
     "batched-torchsgd": ("batched, torch's SGD step", "auto", "batched"),
     "fast-eager": ("fast path, D-GEX steps without CUDA graphs", "auto", "default"),
     "fast-torchsgd-eager": ("fast path, torch's SGD step, no CUDA graphs", "auto", "default"),
+    "batched-unfused": ("batched, ReLU and max-pool as torch's ops", "auto", "batched"),
 }
 
 #: Ablation suffixes of modes: the environment switch each one turns off.
 _ABLATIONS = {"-cudnn": CONV_KERNEL_ENV, "-torchsgd": FUSED_UPDATE_ENV,
-              "-eager": STEP_GRAPHS_ENV}
+              "-eager": STEP_GRAPHS_ENV, "-unfused": FUSED_ACTIVATIONS_ENV}
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,11 @@ def _wgrad_configs() -> list[triton.Config]:
 def _taps_kernel(src, w, bias, out, L_src, L_out, shift,
                  s_n, s_l, s_g, o_n, o_l, o_g, G,
                  C: tl.constexpr, R: tl.constexpr, CO: tl.constexpr, BR: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, BM: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, RELU: tl.constexpr, BM: tl.constexpr):
     """``out[n, m, g, :] = bias[g] + sum_r src[n, m + r // C + shift, g, r % C] * w[g, r, :]``.
 
     Positions outside ``[0, L_src)`` read as zero (the input gradient's implicit padding).
+    With ``RELU`` the result is ``max(out, 0)``.
     """
     pid_m = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
@@ -96,21 +97,24 @@ def _taps_kernel(src, w, bias, out, L_src, L_out, shift,
             acc = tl.dot(a, b, acc)
     if HAS_BIAS:
         acc += tl.load(bias + g * CO + offs_o).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
     dst = out + n * o_n + g * o_g + offs_m[:, None] * o_l + offs_o[None, :]
     tl.store(dst, acc.to(out.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.autotune(configs=_wgrad_configs(), key=["L_out", "C", "R", "CO", "G"])
 @triton.jit
-def _wgrad_kernel(src, dy, part, part_b, L_out, chunk, n_chunks,
+def _wgrad_kernel(src, dy, out, part, part_b, L_out, chunk, n_chunks,
                   s_n, s_l, s_g, d_n, d_l, d_g, G,
                   C: tl.constexpr, R: tl.constexpr, CO: tl.constexpr, BR: tl.constexpr,
-                  BM: tl.constexpr):
+                  RELU: tl.constexpr, BM: tl.constexpr):
     """Partial sums over chunk ``c`` of positions, for sample ``n`` and group ``g``.
 
     ``part[n, c, g, r, :] = sum_m src[n, m + r // C, g, r % C] * dy[n, m, g, :]`` and, from
     the programs of the first reduction block, ``part_b[n, c, g, :] = sum_m dy[n, m, g, :]``
-    (the bias gradient, read from tiles already loaded).
+    (the bias gradient, read from tiles already loaded). With ``RELU``, ``dy`` is the gradient
+    of the activated output ``out`` (same layout), zeroed here where ``out`` is not positive.
     """
     pid_c = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
@@ -136,8 +140,11 @@ def _wgrad_kernel(src, dy, part, part_b, L_out, chunk, n_chunks,
             pos = offs_m[None, :] + (r // C)[:, None]
             a_t = tl.load(src_base + pos * s_l + (r % C)[:, None],
                           mask=m_ok[None, :] & (r < R)[:, None], other=0.0)
-        gy = tl.load(dy_base + offs_m[:, None] * d_l + offs_o[None, :], mask=m_ok[:, None],
-                     other=0.0)
+        tile = offs_m[:, None] * d_l + offs_o[None, :]
+        gy = tl.load(dy_base + tile, mask=m_ok[:, None], other=0.0)
+        if RELU:
+            active = tl.load(out + n * d_n + g * d_g + tile, mask=m_ok[:, None], other=0.0) > 0
+            gy = tl.where(active, gy, 0.0)
         acc = tl.dot(a_t, gy, acc)
         acc_b += tl.sum(gy.to(tl.float32), axis=0)
     row = (n * n_chunks + pid_c) * G + g
@@ -177,7 +184,7 @@ def preferred(in_channels: int, filters: int, groups: int) -> bool:
 
 
 def _taps(src: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor | None, *, groups: int,
-          channels: int, l_out: int, shift: int) -> torch.Tensor:
+          channels: int, l_out: int, shift: int, relu: bool = False) -> torch.Tensor:
     """Run :func:`_taps_kernel`: ``src [N, L_src, G*C]``, ``w_taps [G, R, CO]``."""
     n, l_src, _ = src.shape
     _, reduction, co = w_taps.shape
@@ -189,7 +196,7 @@ def _taps(src: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor | None, *,
         src, w_taps, bias if bias is not None else w_taps, out, l_src, l_out, shift,
         src.stride(0), src.stride(1), channels, out.stride(0), out.stride(1), co, groups,
         C=channels, R=reduction, CO=co, BR=_block_r(reduction, channels),
-        HAS_BIAS=bias is not None)
+        HAS_BIAS=bias is not None, RELU=relu)
     return out
 
 
@@ -208,12 +215,15 @@ def _flipped_taps(weight: torch.Tensor, groups: int, dtype: torch.dtype) -> torc
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            groups: int) -> torch.Tensor:
-    """``[N, L, G*C] -> [N, L - K + 1, G*CO]``; weights are cast to the input's dtype."""
+            groups: int, relu: bool = False) -> torch.Tensor:
+    """``[N, L, G*C] -> [N, L - K + 1, G*CO]``; weights are cast to the input's dtype.
+
+    With ``relu`` the output is activated in the kernel (no separate pass over it).
+    """
     go, c, k = weight.shape
     b = bias.to(torch.float32).contiguous() if bias is not None else None
     return _taps(x.contiguous(), _weight_taps(weight, groups, x.dtype), b, groups=groups,
-                 channels=c, l_out=x.shape[1] - k + 1, shift=0)
+                 channels=c, l_out=x.shape[1] - k + 1, shift=0, relu=relu)
 
 
 def input_grad(dy: torch.Tensor, weight: torch.Tensor, groups: int,
@@ -233,11 +243,18 @@ def _input_grad_torch(dy: torch.Tensor, weight: torch.Tensor, groups: int,
 
 
 def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight_shape: torch.Size,
-                groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the ``[G*CO, C, K]`` weights and ``[G*CO]`` bias: fp32, deterministic."""
+                groups: int, activated: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the ``[G*CO, C, K]`` weights and ``[G*CO]`` bias: fp32, deterministic.
+
+    ``activated``: the ReLU-activated output when ``dy`` is the gradient of that (the ReLU's
+    backward is then applied while ``dy`` is read).
+    """
     go, c, k = weight_shape
     co = go // groups
     x, dy = x.contiguous(), dy.contiguous()
+    if activated is not None:
+        activated = activated.contiguous()
     n, l_out, _ = dy.shape
     reduction = k * c
     block_r = _block_r(reduction, c)
@@ -249,9 +266,9 @@ def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight_shape: torch.Size,
     part_b = torch.empty(n, n_chunks, groups, co, device=x.device, dtype=torch.float32)
     grid = (n_chunks, n, groups * triton.cdiv(reduction, block_r))
     _wgrad_kernel[grid](
-        x, dy, part, part_b, l_out, chunk, n_chunks,
+        x, dy, activated if activated is not None else dy, part, part_b, l_out, chunk, n_chunks,
         x.stride(0), x.stride(1), c, dy.stride(0), dy.stride(1), co, groups,
-        C=c, R=reduction, CO=co, BR=block_r)
+        C=c, R=reduction, CO=co, BR=block_r, RELU=activated is not None)
     total = part.sum(dim=(0, 1))                                  # [G, K*C, CO]
     dw = total.view(groups, k, c, co).permute(0, 3, 2, 1).reshape(go, c, k).contiguous()
     return dw, part_b.sum(dim=(0, 1)).reshape(go)
@@ -263,50 +280,57 @@ def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight_shape: torch.Size,
 
 @torch.library.custom_op("genodl::conv1d_nlc", mutates_args=())
 def conv1d_nlc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               groups: int) -> torch.Tensor:
+               groups: int, relu: bool = False) -> torch.Tensor:
     """Grouped stride-1 valid 1-D convolution of ``x [N, L, G*C]`` (channels last).
 
     ``weight`` ``[G*CO, C, K]`` and ``bias`` ``[G*CO]`` as in ``Conv1d(groups=G)``; the result
     ``[N, L - K + 1, G*CO]`` has ``x``'s dtype (the weights are cast to it, as autocast would).
+    ``relu``: return ``relu(conv(x))``, activated in the kernel; the backward then reads the
+    activated output to mask the gradient where it is read (no separate ReLU passes).
     """
-    return forward(x, weight, bias, groups)
+    return forward(x, weight, bias, groups, relu)
 
 
 @conv1d_nlc.register_fake
-def _(x, weight, bias, groups):
+def _(x, weight, bias, groups, relu=False):
     return x.new_empty(x.shape[0], x.shape[1] - weight.shape[2] + 1, weight.shape[0])
 
 
 @torch.library.custom_op("genodl::conv1d_nlc_backward", mutates_args=())
 def _conv1d_nlc_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int,
-                         need_input: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         need_input: bool, activated: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if need_input and activated is not None:   # the input gradient needs the masked dy itself
+        dy = torch.where(activated > 0, dy, 0)
+        activated = None
     if not need_input:
         dx = x.new_empty(0)
     elif weight.shape[1] < 16:  # too few input channels for a matrix tile: torch's kernel
         dx = _input_grad_torch(dy, weight, groups, x.shape)
     else:
         dx = input_grad(dy, weight, groups, x.shape[1])
-    dw, db = weight_grad(x, dy, weight.shape, groups)
+    dw, db = weight_grad(x, dy, weight.shape, groups, activated)
     return dx, dw.to(weight.dtype), db.to(weight.dtype)
 
 
 @_conv1d_nlc_backward.register_fake
-def _(dy, x, weight, groups, need_input):
+def _(dy, x, weight, groups, need_input, activated):
     dx = x.new_empty(x.shape) if need_input else x.new_empty(0)
     return dx, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, _, groups = inputs
-    ctx.save_for_backward(x, weight)
+    x, weight, _, groups, relu = inputs
+    ctx.save_for_backward(x, weight, output if relu else None)
     ctx.groups = groups
 
 
 def _backward(ctx, dy):
-    x, weight = ctx.saved_tensors
+    x, weight, activated = ctx.saved_tensors
     need_input = ctx.needs_input_grad[0]
-    dx, dw, db = _conv1d_nlc_backward(dy.to(x.dtype), x, weight, ctx.groups, need_input)
-    return (dx if need_input else None), dw, db, None
+    dx, dw, db = _conv1d_nlc_backward(dy.to(x.dtype), x, weight, ctx.groups, need_input,
+                                      activated)
+    return (dx if need_input else None), dw, db, None, None
 
 
 conv1d_nlc.register_autograd(_backward, setup_context=_setup_context)

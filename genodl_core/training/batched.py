@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genodl_core.errors import DataError, TrialTimeout
+from genodl_core.kernels.relu_pool import MAX_POOL, relu_max_pool
 from genodl_core.spec import TrialSpec, derive_seed
 from genodl_core.training.context import FitContext, FitOutcome
 from genodl_core.training.fast import conv_channels_last, cudnn_benchmark, fast_path_for
@@ -249,9 +250,14 @@ class BatchedNT3(nn.Module):
     the backward pass (:mod:`genodl_core.training.backward_sgd`; an operator the compiled
     forward keeps as one node) and get no ``.grad``, so the pack's optimizer leaves them
     alone; forward passes, evaluation included, read their bf16 shadow.
+
+    With ``fuse_activations`` a ReLU after a convolution is applied by the convolution
+    (inside genodl's kernel where it runs there) and a ReLU followed by max-pooling runs as
+    :func:`~genodl_core.kernels.relu_pool.relu_max_pool`: the same values and gradients.
     """
 
-    def __init__(self, nets: Sequence[nn.Module], conv_kernel: bool = False):
+    def __init__(self, nets: Sequence[nn.Module], conv_kernel: bool = False,
+                 fuse_activations: bool = False):
         super().__init__()
         self.k = len(nets)
         #: Convolutions through genodl's Triton kernel (see FastPath.conv_kernel).
@@ -290,6 +296,10 @@ class BatchedNT3(nn.Module):
                 self.plan.append(("act", _ACTIVATIONS[type(layer)]))
             else:
                 raise TypeError(f"BatchedNT3 cannot batch a {type(layer).__name__} layer")
+        #: What forward runs: the plan, with activations fused where asked for.
+        self.steps = _fused(self.plan) if fuse_activations else [
+            ("conv", (*arg, False, True)) if kind == "conv" else (kind, arg)
+            for kind, arg in self.plan]
         self.load(nets)
 
     @staticmethod
@@ -324,11 +334,16 @@ class BatchedNT3(nn.Module):
         h = x.transpose(0, 1).reshape(b, k, 1, width)
         if h.is_cuda:
             h = h.contiguous(memory_format=torch.channels_last)
-        for kind, arg in self.plan:
+        for kind, arg in self.steps:
             if kind == "conv":
-                index, stride = arg
-                h = conv_channels_last(h, self.conv_w[index].squeeze(2), self.conv_b[index],
-                                       stride=stride, groups=k, kernel=self.conv_kernel)
+                index, stride, relu, with_bias = arg
+                h = conv_channels_last(h, self.conv_w[index].squeeze(2),
+                                       self.conv_b[index] if with_bias else None,
+                                       stride=stride, groups=k, kernel=self.conv_kernel,
+                                       relu=relu)
+            elif kind == "relu_pool":
+                pool, bias_of = arg
+                h = relu_max_pool(h, pool, self.conv_b[bias_of])
             elif kind == "pool":
                 h = F.max_pool2d(h, (1, arg))
             elif kind == "flatten":
@@ -504,7 +519,8 @@ def fit_pack(members: Sequence[tuple[FitContext, Callable[[], nn.Module], Any, i
             contextlib.ExitStack() as cleanup:
         nets = [m[1]() for m in members]
         n_parameters = sum(p.numel() for p in nets[0].parameters())
-        model, forward, release = _batched_model(nets, device, fast.compile, fast.conv_kernel)
+        model, forward, release = _batched_model(nets, device, fast.compile, fast.conv_kernel,
+                                                 fast.fused_activations)
         cleanup.callback(release)
         optimizer = BatchedOptimizer(model.trial_groups(), k, kind=train.optimizer,
                                      lr=train.learning_rate, momentum=train.momentum,
@@ -597,6 +613,34 @@ def pack_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: 
 _ACTIVATIONS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
     nn.ReLU: F.relu, nn.ELU: F.elu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
 
+
+def _fused(plan: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``plan`` with each ReLU merged into the step before or after it.
+
+    Convolution, ReLU, max-pooling: the convolution runs without its bias and one
+    ``relu_pool`` step adds it, activates and pools (argument ``(pool, conv index)``). Any
+    other ReLU right after a convolution becomes that convolution's ``relu`` flag.
+    Convolution steps get ``(index, stride, relu, with_bias)``.
+    """
+    steps: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(plan):
+        kind, arg = plan[i]
+        relu_next = i + 1 < len(plan) and plan[i + 1] == ("act", F.relu)
+        pool_after = (relu_next and i + 2 < len(plan) and plan[i + 2][0] == "pool"
+                      and plan[i + 2][1] <= MAX_POOL)
+        if kind == "conv" and pool_after:
+            steps += [("conv", (*arg, False, False)), ("relu_pool", (plan[i + 2][1], arg[0]))]
+            i += 3
+        elif kind == "conv" and relu_next:
+            steps.append(("conv", (*arg, True, True)))
+            i += 2
+        else:
+            steps.append(("conv", (*arg, False, True)) if kind == "conv" else (kind, arg))
+            i += 1
+    return steps
+
+
 #: One batched module (and its compiled forward) per worker process, reused by every pack of
 #: the same shape: compiling costs ~10 s per pack on a GPU, loading new weights microseconds.
 _model_cache: dict[tuple, tuple[BatchedNT3, Callable, threading.Lock]] = {}
@@ -604,21 +648,23 @@ _model_cache_lock = threading.Lock()
 
 
 def _batched_model(nets: Sequence[nn.Module], device: str, compile_forward: bool,
-                   conv_kernel: bool = False
+                   conv_kernel: bool = False, fuse_activations: bool = False
                    ) -> tuple[BatchedNT3, Callable, Callable[[], None]]:
     """The pack's module with the nets' weights loaded, its forward, and a release function.
 
     A cached module busy with another pack of the same process (thread executors) is not
     shared: that pack gets a fresh, uncached module.
     """
-    key = (BatchedNT3.signature(nets), str(device), compile_forward, conv_kernel)
+    key = (BatchedNT3.signature(nets), str(device), compile_forward, conv_kernel,
+           fuse_activations)
     with _model_cache_lock:
         cached = _model_cache.get(key)
         if cached is not None and cached[2].acquire(blocking=False):
             model, forward, lock = cached
             model.load(nets)
             return model, forward, lock.release
-        model = BatchedNT3(nets, conv_kernel=conv_kernel).to(device)
+        model = BatchedNT3(nets, conv_kernel=conv_kernel,
+                           fuse_activations=fuse_activations).to(device)
         forward = torch.compile(model, dynamic=False) if compile_forward else model
         if cached is not None:               # busy: this pack's module stays private
             return model, forward, lambda: None

@@ -30,6 +30,11 @@ path is off, so CPU runs stay bit-for-bit what they were.
   pass, one Triton kernel per layer computing the weight gradient and applying the update
   (:mod:`genodl_core.training.backward_sgd`): D-GEX's hidden layers and, in packs of NT3
   trials, the first dense layer; bf16 only, SGD only, where Triton is installed.
+- ``fused_activations``: in packs of NT3 trials, the ReLU after a convolution that runs in
+  genodl's kernel is applied in that kernel (forward) and in its weight-gradient kernel
+  (backward), and ReLU + max-pooling run as one operation that keeps one byte per pooled
+  output for its backward (:mod:`genodl_core.kernels.relu_pool`): each saves passes over
+  ~1 GB of activations per step.
 - ``step_graphs``: D-GEX's full-batch training steps replay a captured CUDA graph
   (:mod:`genodl_core.training.step_graph`): its small-batch steps are host-bound otherwise.
   (NT3's steps are GPU-bound: ``cuda_graphs`` measured no gain for one trial, graphs of a
@@ -62,6 +67,8 @@ FAST_PATH_ENV = "GENODL_FAST_PATH"
 CONV_KERNEL_ENV = "GENODL_CONV_KERNEL"
 #: Environment variable that keeps the fast path but leaves every update to torch's optimizer.
 FUSED_UPDATE_ENV = "GENODL_FUSED_UPDATE"
+#: Environment variable that keeps the fast path but runs ReLU and max-pooling as torch's ops.
+FUSED_ACTIVATIONS_ENV = "GENODL_FUSED_ACTIVATIONS"
 #: Environment variable that keeps the fast path but runs D-GEX steps without CUDA graphs.
 STEP_GRAPHS_ENV = "GENODL_STEP_GRAPHS"
 
@@ -80,6 +87,7 @@ class FastPath:
     bf16_inputs: bool = False
     conv_kernel: bool = False
     fused_update: bool = False
+    fused_activations: bool = False
     step_graphs: bool = False
 
     @classmethod
@@ -95,7 +103,8 @@ class FastPath:
         """Short description for logs and benchmark tables (e.g. 'nhwc+fused+graphs')."""
         names = {"channels_last": "nhwc", "fused_optimizer": "fused", "cudnn_benchmark": "bench",
                  "cuda_graphs": "graphs", "compile": "compile", "bf16_inputs": "bf16in",
-                 "conv_kernel": "convk", "fused_update": "bwdsgd", "step_graphs": "stepgraph"}
+                 "conv_kernel": "convk", "fused_update": "bwdsgd", "fused_activations": "fusedact",
+                 "step_graphs": "stepgraph"}
         parts = [short for name, short in names.items() if getattr(self, name)]
         if self.eval_batch_size:
             parts.append(f"eval{self.eval_batch_size}")
@@ -111,7 +120,8 @@ class FastPath:
 #: torch.compile's in-process cache brings the compile cost of later trials under a second.
 CUDA_DEFAULT = FastPath(channels_last=True, fused_optimizer=True, eval_batch_size=256,
                         cudnn_benchmark=True, cuda_graphs=False, compile=True, bf16_inputs=True,
-                        conv_kernel=True, fused_update=True, step_graphs=True)
+                        conv_kernel=True, fused_update=True, fused_activations=True,
+                        step_graphs=True)
 
 _override = threading.local()
 
@@ -137,8 +147,8 @@ def fast_path_for(device: str, precision: str) -> FastPath:
     CPU: none (bit-for-bit reproducible runs). CUDA: :data:`CUDA_DEFAULT` (``bf16_inputs``,
     ``conv_kernel`` and ``fused_update`` only with bf16 precision, the last two only with
     Triton), unless :func:`use_fast_path`, ``GENODL_FAST_PATH=off``,
-    ``GENODL_CONV_KERNEL=off``, ``GENODL_FUSED_UPDATE=off`` or ``GENODL_STEP_GRAPHS=off`` say
-    otherwise.
+    ``GENODL_CONV_KERNEL=off``, ``GENODL_FUSED_UPDATE=off``, ``GENODL_FUSED_ACTIVATIONS=off``
+    or ``GENODL_STEP_GRAPHS=off`` say otherwise.
 
     Raises
     ------
@@ -156,6 +166,7 @@ def fast_path_for(device: str, precision: str) -> FastPath:
     return CUDA_DEFAULT.replace(
         bf16_inputs=bf16, conv_kernel=kernels and _switch(CONV_KERNEL_ENV) != "off",
         fused_update=kernels and _switch(FUSED_UPDATE_ENV) != "off",
+        fused_activations=_switch(FUSED_ACTIVATIONS_ENV) != "off",
         step_graphs=_switch(STEP_GRAPHS_ENV) != "off")
 
 
@@ -187,13 +198,15 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 
 def conv_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
-                       stride: int = 1, groups: int = 1, kernel: bool = False) -> torch.Tensor:
+                       stride: int = 1, groups: int = 1, kernel: bool = False,
+                       relu: bool = False) -> torch.Tensor:
     """A (grouped) Conv1d on ``x`` shaped ``[B, G*C, 1, L]`` (channels-last) -> ``[B, G*CO, 1, L']``.
 
     ``weight`` is the Conv1d one, ``[G*CO, C, k]``. With ``kernel`` (CUDA, stride 1, sizes
     for which it measured faster: :func:`genodl_core.kernels.conv1d.preferred`) genodl's
     Triton implicit-GEMM kernel runs on the ``[B, L, G*C]`` memory of ``x``; otherwise
     cuDNN's ``conv2d`` with a ``1 x k`` kernel. Either way the result is channels-last.
+    ``relu``: return ``relu(conv(x))`` (inside the kernel when it runs there).
     """
     if kernel and stride == 1 and bias is not None and (x.is_cuda or _interpreting()):
         from genodl_core.kernels import conv1d
@@ -201,12 +214,13 @@ def conv_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         if conv1d.preferred(weight.shape[1], weight.shape[0] // groups, groups):
             b, gc, _, length = x.shape
             y = conv1d.conv1d_nlc(x.permute(0, 2, 3, 1).reshape(b, length, gc), weight, bias,
-                                  groups)
+                                  groups, relu)
             return y.view(b, 1, y.shape[1], y.shape[2]).permute(0, 3, 1, 2)
     weight = weight.unsqueeze(2)
     if x.is_cuda:
         weight = weight.contiguous(memory_format=torch.channels_last)
-    return F.conv2d(x, weight, bias, stride=(1, stride), groups=groups)
+    y = F.conv2d(x, weight, bias, stride=(1, stride), groups=groups)
+    return F.relu(y) if relu else y
 
 
 def _interpreting() -> bool:
@@ -347,6 +361,6 @@ def amp_without_cache(amp: Callable[[], contextlib.AbstractContextManager]) -> I
 
 
 __all__ = ["FastPath", "CUDA_DEFAULT", "FAST_PATH_ENV", "CONV_KERNEL_ENV", "FUSED_UPDATE_ENV",
-           "STEP_GRAPHS_ENV", "use_fast_path", "fast_path_for", "cudnn_benchmark", "conv_channels_last",
+           "FUSED_ACTIVATIONS_ENV", "STEP_GRAPHS_ENV", "use_fast_path", "fast_path_for", "cudnn_benchmark", "conv_channels_last",
            "conv1d_as_conv2d", "ChannelsLastNT3", "supports_channels_last", "GraphedForward",
            "prepare_forward", "amp_without_cache"]

@@ -26,7 +26,7 @@ def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a.detach().double() - ref.detach()).norm() / ref.detach().norm())
 
 
-def run_case(n, length, c, co, k, groups, seed):
+def run_case(n, length, c, co, k, groups, seed, relu=False):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, length, groups * c, generator=gen).to(DEVICE, DTYPE)
     w = torch.randn(groups * co, c, k, generator=gen).to(DEVICE) / (c * k) ** 0.5
@@ -34,7 +34,7 @@ def run_case(n, length, c, co, k, groups, seed):
     x.requires_grad_(c > 1)
     w.requires_grad_()
     b.requires_grad_()
-    y = kc.conv1d_nlc(x, w, b, groups)
+    y = kc.conv1d_nlc(x, w, b, groups, relu)
     dy = torch.randn(y.shape, generator=gen).to(DEVICE, y.dtype)
     inputs = [t for t in (x, w, b) if t.requires_grad]
     grads = torch.autograd.grad(y, inputs, dy)
@@ -44,6 +44,9 @@ def run_case(n, length, c, co, k, groups, seed):
     if ON_GPU:  # the kernel multiplies bf16 weights
         wr = wr.to(torch.bfloat16).double()
     yr = F.conv1d(xr.transpose(1, 2), wr, br, groups=groups).transpose(1, 2)
+    if relu:
+        yr = F.relu(yr)
+        assert (yr == 0).any() and (yr > 0).any()   # the mask matters in this case
     refs = torch.autograd.grad(yr, [t for t in ref_in if t.requires_grad], dy.double())
     assert y.shape == (n, length - k + 1, groups * co)
     assert y.dtype == x.dtype
@@ -62,6 +65,14 @@ def run_case(n, length, c, co, k, groups, seed):
 ])
 def test_matches_conv1d(n, length, c, co, k, groups):
     run_case(n, length, c, co, k, groups, seed=n * 100 + length)
+
+
+@pytest.mark.parametrize("n,length,c,co,k,groups", [
+    (2, 90, 1, 16, 7, 3),      # grouped first convolution: the mask is applied in the kernel
+    (3, 40, 16, 32, 3, 2),     # an input gradient too: the masked gradient feeds both
+])
+def test_relu_in_the_kernel_matches_relu_after_conv1d(n, length, c, co, k, groups):
+    run_case(n, length, c, co, k, groups, seed=n * 10 + length, relu=True)
 
 
 def test_weight_gradient_chunks_add_up(monkeypatch):
@@ -88,9 +99,11 @@ def test_fake_kernel_matches_real_output_layout():
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_batched_module_with_kernel_equals_cudnn_path():
+@pytest.mark.parametrize("fuse", [False, True])
+def test_batched_module_with_kernel_equals_cudnn_path(fuse):
     # The packed first convolution goes through the kernel on the [B, L, G*C] memory of the
-    # channels-last activations; outputs and every gradient match the conv2d route.
+    # channels-last activations; outputs and every gradient match the conv2d route, also
+    # with the ReLUs fused into the kernel and into the max-pooling.
     from genodl_core.models.nt3 import NT3Params, build_nt3
     from genodl_core.training.batched import BatchedNT3
 
@@ -99,7 +112,12 @@ def test_batched_module_with_kernel_equals_cudnn_path():
     x = torch.randn(3, 4, 60, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     outs, grads = [], []
     for kernel in (False, True):
-        model = BatchedNT3(nets, conv_kernel=kernel)
+        model = BatchedNT3(nets, conv_kernel=kernel, fuse_activations=fuse and kernel)
+        if fuse and kernel:
+            assert [kind for kind, _ in model.steps][:2] == ["conv", "conv"]
+            assert model.steps[0][1][2:] == (True, True)        # ReLU in the kernel
+            assert model.steps[1] == ("conv", (1, 1, False, False))  # bias: in the pool
+            assert model.steps[2] == ("relu_pool", (4, 1))
         out = model(x)
         out.square().sum().backward()
         outs.append(out.detach())
