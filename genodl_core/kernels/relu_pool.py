@@ -76,7 +76,7 @@ class _ReluMaxPool(torch.autograd.Function):
 
 
 def relu_max_pool(x: torch.Tensor, pool: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``max_pool2d(relu(x + bias), (1, pool))`` for ``x`` ``[B, C, 1, L]`` -> ``[B, C, 1, L // pool]``.
+    """``max_pool2d(relu(x + bias), (1, pool))``: ``[B, C, 1, L]`` -> ``[B, C, 1, L // pool]``.
 
     ``bias`` ``[C]`` (optional) is the preceding convolution's, taken out of it: added after
     the maximum (one addition per window instead of per position), its gradient summed from

@@ -14,7 +14,7 @@ from genodl_core.models.nt3 import NT3Params, build_nt3
 from genodl_core.records import load_record
 from genodl_core.spec import spec_from_dict
 from genodl_core.training.fast import (CONV_KERNEL_ENV, CUDA_DEFAULT, FAST_PATH_ENV,
-                                       FUSED_UPDATE_ENV, STEP_GRAPHS_ENV,
+                                       FUSED_ACTIVATIONS_ENV, FUSED_UPDATE_ENV, STEP_GRAPHS_ENV,
                                        ChannelsLastNT3, FastPath, cudnn_benchmark, fast_path_for,
                                        supports_channels_last, use_fast_path)
 from genodl_core.training.trial import run_trial
@@ -56,7 +56,7 @@ def test_locally_connected_network_is_not_converted():
 
 #: Environment switches that each turn one speed-up of the fast path off.
 SWITCHES = [(CONV_KERNEL_ENV, "conv_kernel"), (FUSED_UPDATE_ENV, "fused_update"),
-            (STEP_GRAPHS_ENV, "step_graphs")]
+            (STEP_GRAPHS_ENV, "step_graphs"), (FUSED_ACTIVATIONS_ENV, "fused_activations")]
 
 
 def _clear_switches(monkeypatch):
