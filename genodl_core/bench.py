@@ -282,7 +282,7 @@ def _run_batched(cfg: BenchConfig, mode: str, label: str, specs: list[TrialSpec]
     for round_ in range(2):
         pack = [specs[round_].replace(seed=100 * round_ + i) for i in range(cfg.pack)]
         t0 = time.monotonic()
-        results = run_trials(pack, out, raise_errors=True)
+        results = run_trials(pack, out, pack_size=cfg.pack, raise_errors=True)
         walls.append(time.monotonic() - t0)
         records.append(_load(results[0].path))
         records[-1]["pack_wall_s"] = walls[-1]
