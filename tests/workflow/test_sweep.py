@@ -15,7 +15,8 @@ from workflows.sweep import (load_sweep, parse_path, plan_table, set_path, sweep
                              sweep_from_resolved)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "examples"
-SWEEP_EXAMPLES = ["quick.toml", "nt3_label_noise.toml", "nt3_feature_noise.toml", "dgex_noise.toml"]
+SWEEP_EXAMPLES = ["quick.toml", "nt3_label_noise.toml", "nt3_feature_noise.toml", "dgex_noise.toml",
+                  "nt3_gpu_sweep.toml"]
 
 
 def test_cartesian_product_in_written_order_with_seeds():
@@ -145,6 +146,13 @@ def test_example_sweeps_expand_and_validate(name):
     sweep = load_sweep(EXAMPLES / name)
     assert len(sweep.trials) >= 4
     assert sweep.trials[0].trial_id == load_sweep(EXAMPLES / name).trials[0].trial_id
+
+
+def test_gpu_sweep_example_is_ten_equal_packs_of_paper_trials():
+    sweep = load_sweep(EXAMPLES / "nt3_gpu_sweep.toml")
+    assert len(sweep.trials) == 100
+    assert len(sweep.trials) % sweep.run.pack_size == 0
+    assert {t.spec["data"]["n_features"] for t in sweep.trials} == {60483}
 
 
 def test_quick_example_is_small_label_noise_study():
