@@ -253,7 +253,8 @@ class BatchedNT3(nn.Module):
 
     With ``fuse_activations`` a ReLU after a convolution is applied by the convolution
     (inside genodl's kernel where it runs there) and a ReLU followed by max-pooling runs as
-    :func:`~genodl_core.kernels.relu_pool.relu_max_pool`: the same values and gradients.
+    :func:`~genodl_core.kernels.relu_pool.relu_max_pool`, which also adds the bias of a
+    cuDNN convolution before it: the same values and gradients.
     """
 
     def __init__(self, nets: Sequence[nn.Module], conv_kernel: bool = False,
@@ -297,10 +298,21 @@ class BatchedNT3(nn.Module):
             else:
                 raise TypeError(f"BatchedNT3 cannot batch a {type(layer).__name__} layer")
         #: What forward runs: the plan, with activations fused where asked for.
-        self.steps = _fused(self.plan) if fuse_activations else [
+        self.steps = _fused(self.plan, self._in_kernel) if fuse_activations else [
             ("conv", (*arg, False, True)) if kind == "conv" else (kind, arg)
             for kind, arg in self.plan]
         self.load(nets)
+
+    def _in_kernel(self, index: int) -> bool:
+        """Whether convolution ``index`` is one that genodl's kernel runs on a GPU."""
+        if not self.conv_kernel:
+            return False
+        from genodl_core.kernels import conv1d
+
+        stride = next(arg[1] for kind, arg in self.plan if kind == "conv" and arg[0] == index)
+        weight = self.conv_w[index]
+        return stride == 1 and conv1d.preferred(weight.shape[1], weight.shape[0] // self.k,
+                                                self.k)
 
     @staticmethod
     def signature(nets: Sequence[nn.Module]) -> tuple:
@@ -343,7 +355,7 @@ class BatchedNT3(nn.Module):
                                        relu=relu)
             elif kind == "relu_pool":
                 pool, bias_of = arg
-                h = relu_max_pool(h, pool, self.conv_b[bias_of])
+                h = relu_max_pool(h, pool, None if bias_of is None else self.conv_b[bias_of])
             elif kind == "pool":
                 h = F.max_pool2d(h, (1, arg))
             elif kind == "flatten":
@@ -614,13 +626,14 @@ _ACTIVATIONS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
     nn.ReLU: F.relu, nn.ELU: F.elu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
 
 
-def _fused(plan: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+def _fused(plan: list[tuple[str, Any]], in_kernel: Callable[[int], bool]) -> list[tuple[str, Any]]:
     """``plan`` with each ReLU merged into the step before or after it.
 
-    Convolution, ReLU, max-pooling: the convolution runs without its bias and one
-    ``relu_pool`` step adds it, activates and pools (argument ``(pool, conv index)``). Any
-    other ReLU right after a convolution becomes that convolution's ``relu`` flag.
-    Convolution steps get ``(index, stride, relu, with_bias)``.
+    Convolution, ReLU, max-pooling: one ``relu_pool`` step activates and pools (argument
+    ``(pool, index of the convolution whose bias it adds, or None)``); the bias moves into it
+    unless the convolution runs in genodl's kernel (``in_kernel(conv index)``), which adds it
+    for free. Any other ReLU right after a convolution becomes that convolution's ``relu``
+    flag. Convolution steps get ``(index, stride, relu, with_bias)``.
     """
     steps: list[tuple[str, Any]] = []
     i = 0
@@ -630,7 +643,9 @@ def _fused(plan: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         pool_after = (relu_next and i + 2 < len(plan) and plan[i + 2][0] == "pool"
                       and plan[i + 2][1] <= MAX_POOL)
         if kind == "conv" and pool_after:
-            steps += [("conv", (*arg, False, False)), ("relu_pool", (plan[i + 2][1], arg[0]))]
+            keep_bias = in_kernel(arg[0])
+            steps += [("conv", (*arg, False, keep_bias)),
+                      ("relu_pool", (plan[i + 2][1], None if keep_bias else arg[0]))]
             i += 3
         elif kind == "conv" and relu_next:
             steps.append(("conv", (*arg, True, True)))
