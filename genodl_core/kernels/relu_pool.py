@@ -7,15 +7,13 @@ operations keeps the ReLU's output for its backward and, in the backward, writes
 gradient and then reads it again with that output for the ReLU's. Here the forward reads ``x``
 once and keeps, per output, only which position of its window won (one byte; -1 when the
 maximum was not positive, so no gradient flows), and the backward writes the input gradient
-in one pass from that byte and the pooled gradient. Under ``torch.compile`` each direction is
-one fused pass (the maximum is a running one over the window's positions, pointwise over the
-windows: a reduction over the strided window measured ten times slower).
+in one pass from that byte and the pooled gradient. Under ``torch.compile`` both directions
+become single fused kernels.
 
-Same values and gradients as ``max_pool2d(relu(x + bias), (1, pool))``: ``relu`` and ``max``
-commute, a per-channel bias does not change which position wins, and the gradient goes to
-the first maximal position of a window (what torch's max-pooling does), through the ReLU only
-where that maximum is positive. A NaN wins its window and takes its gradient, as in torch.
-Positions past the last whole window get no gradient, as with max-pooling's floor mode.
+Same values and gradients as ``max_pool2d(relu(x), (1, pool))``: ``relu`` and ``max``
+commute, and the gradient goes to the first maximal position of a window (what torch's
+max-pooling does), through the ReLU only where that maximum is positive. Positions past the
+last whole window get no gradient, as with max-pooling's floor mode.
 """
 
 from __future__ import annotations
@@ -38,13 +36,13 @@ class _ReluMaxPool(torch.autograd.Function):
         # pointwise over [B, 1, windows, C], so a compiler makes it one coalesced pass.
         top, winner = taps[0], torch.zeros_like(taps[0], dtype=torch.int8)
         for tap, value in enumerate(taps[1:], start=1):
-            better = (value > top) | (value.isnan() & ~top.isnan())
+            better = value > top
             top = torch.where(better, value, top)
             winner = torch.where(better, tap, winner)
         if bias is not None:   # a per-channel constant: the same position wins
             wide = torch.promote_types(x.dtype, torch.float32)
             top = (top.to(wide) + bias.to(wide)).to(x.dtype)
-        code = torch.where((top > 0) | top.isnan(), winner, -1)   # torch's ReLU passes NaN
+        code = torch.where(top > 0, winner, -1)
         ctx.save_for_backward(code)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.length, ctx.pool = length, pool
