@@ -298,21 +298,17 @@ class BatchedNT3(nn.Module):
             else:
                 raise TypeError(f"BatchedNT3 cannot batch a {type(layer).__name__} layer")
         #: What forward runs: the plan, with activations fused where asked for.
-        self.steps = _fused(self.plan, self._in_kernel) if fuse_activations else [
-            ("conv", (*arg, False, True)) if kind == "conv" else (kind, arg)
-            for kind, arg in self.plan]
+        self.steps = _forward_steps(self.plan, fuse_activations, self._in_kernel)
         self.load(nets)
 
-    def _in_kernel(self, index: int) -> bool:
+    def _in_kernel(self, index: int, stride: int) -> bool:
         """Whether convolution ``index`` is one that genodl's kernel runs on a GPU."""
-        if not self.conv_kernel:
+        if not self.conv_kernel or stride != 1:
             return False
         from genodl_core.kernels import conv1d
 
-        stride = next(arg[1] for kind, arg in self.plan if kind == "conv" and arg[0] == index)
         weight = self.conv_w[index]
-        return stride == 1 and conv1d.preferred(weight.shape[1], weight.shape[0] // self.k,
-                                                self.k)
+        return conv1d.preferred(weight.shape[1], weight.shape[0] // self.k, self.k)
 
     @staticmethod
     def signature(nets: Sequence[nn.Module]) -> tuple:
@@ -626,24 +622,26 @@ _ACTIVATIONS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
     nn.ReLU: F.relu, nn.ELU: F.elu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
 
 
-def _fused(plan: list[tuple[str, Any]], in_kernel: Callable[[int], bool]) -> list[tuple[str, Any]]:
-    """``plan`` with each ReLU merged into the step before or after it.
+def _forward_steps(plan: list[tuple[str, Any]], fuse: bool,
+                   in_kernel: Callable[[int, int], bool]) -> list[tuple[str, Any]]:
+    """What :meth:`BatchedNT3.forward` runs: ``plan``, with (``fuse``) each ReLU merged into
+    the step before or after it.
 
-    Convolution, ReLU, max-pooling: one ``relu_pool`` step activates and pools (argument
-    ``(pool, index of the convolution whose bias it adds, or None)``); the bias moves into it
-    unless the convolution runs in genodl's kernel (``in_kernel(conv index)``), which adds it
-    for free. Any other ReLU right after a convolution becomes that convolution's ``relu``
-    flag. Convolution steps get ``(index, stride, relu, with_bias)``.
+    Convolution steps get ``(index, stride, relu, with_bias)``. Fused, convolution + ReLU +
+    max-pooling become one ``relu_pool`` step that activates and pools (argument ``(pool,
+    index of the convolution whose bias it adds, or None)``); the bias moves into it unless
+    the convolution runs in genodl's kernel (``in_kernel(index, stride)``), which adds it for
+    free. Any other ReLU right after a convolution becomes that convolution's ``relu`` flag.
     """
     steps: list[tuple[str, Any]] = []
     i = 0
     while i < len(plan):
         kind, arg = plan[i]
-        relu_next = i + 1 < len(plan) and plan[i + 1] == ("act", F.relu)
+        relu_next = fuse and i + 1 < len(plan) and plan[i + 1] == ("act", F.relu)
         pool_after = (relu_next and i + 2 < len(plan) and plan[i + 2][0] == "pool"
                       and plan[i + 2][1] <= MAX_POOL)
         if kind == "conv" and pool_after:
-            keep_bias = in_kernel(arg[0])
+            keep_bias = in_kernel(*arg)
             steps += [("conv", (*arg, False, keep_bias)),
                       ("relu_pool", (plan[i + 2][1], None if keep_bias else arg[0]))]
             i += 3

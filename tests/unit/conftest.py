@@ -14,9 +14,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-@pytest.fixture
-def torch_one_thread():
-    """Run a test with one torch intra-op thread, then restore the previous setting.
+def _one_torch_thread():
+    """One torch intra-op thread for the fixture's scope, then the previous setting again.
 
     Tiny networks gain nothing from intra-op threads, and on a busy machine the threads'
     spin-waiting makes them many times slower.
@@ -25,6 +24,13 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+#: For one test.
+torch_one_thread = pytest.fixture(_one_torch_thread, name="torch_one_thread")
+#: For a module whose module-scoped fixtures train models (requested before them).
+torch_one_thread_module = pytest.fixture(_one_torch_thread, scope="module",
+                                         name="torch_one_thread_module")
 
 
 @pytest.fixture(scope="session")

@@ -68,12 +68,8 @@ def make_ctx(params: NT3Params = SMALL, train: TrainSpec = FAST, seed: int = 3,
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; the machine's few cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(torch_one_thread_module):
+    """Tiny models run fastest on one thread: before the module's trained fixtures."""
 
 
 @pytest.fixture(scope="module")
