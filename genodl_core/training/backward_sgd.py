@@ -3,13 +3,15 @@
 Why: the dense layers of D-GEX (256 M weights at 9000 x 3) and NT3's first dense layer (77 M)
 are memory-bound at the papers' batch sizes; what costs is moving the weights, not the
 arithmetic. :func:`genodl_core.kernels.sgd_update.sgd_update_` computes a layer's weight
-gradient tile by tile and updates the weights while the tile is still in registers, and keeps
-the bf16 copy that the forward pass and the input gradient read. The gradient never exists as a
-tensor, and autocast's per-step weight cast disappears.
+gradient tile by tile and updates the weights while the tile is still in registers. The fp32
+master weight is kept split in two 16-bit halves, the upper one being the bf16 weight that the
+forward pass and the input gradient read. The gradient never exists as a tensor, autocast's
+per-step weight cast disappears, and the bf16 copy costs no bytes of its own.
 
 How it fits the training loops: :func:`sgd_with_backward_updates` swaps every ``nn.Linear``
 of a network for an :class:`UpdatingLinear` that holds the *same* weight and bias parameters
-(state dicts, best-epoch copies and evaluation are unchanged) and returns a torch SGD for the
+(state dicts, best-epoch copies and evaluation are unchanged: they first write the split
+master back into the parameter) and returns a torch SGD for the
 remaining parameters (biases, convolutions). Both read one parameter group, so learning-rate
 schedules that set ``group["lr"]`` steer both. The update of a layer runs when backward
 reaches it, which is the moment ``optimizer.step()`` would apply the same rule to the same
@@ -17,8 +19,10 @@ gradient: the loss was already computed with the old weights, and the layer's in
 is computed from them before they change.
 
 Limits: one forward per backward (the usual training step; a second forward before the
-backward would read half-updated weights), SGD only (Adam keeps torch's optimizer), and the
-update happens even if the step is later abandoned (e.g. a non-finite loss stops the trial).
+backward would read half-updated weights), SGD only (Adam keeps torch's optimizer), the
+update happens even if the step is later abandoned (e.g. a non-finite loss stops the trial),
+and code that reads a swapped layer's ``weight`` directly between training steps sees it as
+of the last state dict or evaluation (:meth:`BackwardSGDState.write_master` updates it).
 """
 
 from __future__ import annotations
@@ -31,17 +35,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genodl_core.kernels.sgd_update import efficient, sgd_update_
+from genodl_core.kernels.sgd_update import efficient, join_fp32_, sgd_update_, split_fp32_
 
 
 class BackwardSGDState:
-    """A master weight's low-precision shadow, momentum buffer and learning-rate tensor.
+    """A master weight's split storage, momentum buffer and learning-rate tensor.
 
     The weight is ``[R, C]`` or, for the trials of a pack, ``[G, R, C]`` (group ``g`` is an
-    independent matrix with its own learning rate). The shadow is refreshed from the master
-    weight whenever the weight changes outside the kernel (``load_state_dict`` of a best
-    epoch, initialisation, a new pack's weights): detected by torch's version counter, which
-    in-place torch operations bump and the kernel's writes do not.
+    independent matrix with its own learning rate). While training, the kernel updates the
+    master weight in its split form (:func:`~genodl_core.kernels.sgd_update.split_fp32_`):
+    ``shadow``, the bf16 weights the forward pass reads, and ``low``, the fp32 pattern's lower
+    half. The fp32 parameter then falls behind; :meth:`write_master` brings it up to date
+    (state dicts and evaluation of :class:`UpdatingLinear` call it, a pack calls it before
+    writing its trials' weights back). With ``shadow_dtype`` fp32 there is no split: the
+    kernel updates the parameter itself, which is then also the shadow.
+
+    The split is made again from the parameter whenever the parameter changes outside the
+    kernel (``load_state_dict`` of a best epoch, initialisation, a new pack's weights):
+    detected by torch's version counter, which in-place torch operations bump and the
+    kernel's writes do not. A change to the parameter therefore wins over updates not yet
+    written to it.
 
     ``group`` supplies ``momentum`` and ``weight_decay`` (and ``lr``, a float, unless ``lr``
     is given: a ``[G]`` tensor that its owner keeps current, as a pack's optimizer does).
@@ -51,10 +64,17 @@ class BackwardSGDState:
                  shadow_dtype: torch.dtype = torch.bfloat16,
                  momentum_dtype: torch.dtype = torch.float32,
                  lr: torch.Tensor | None = None):
+        if shadow_dtype not in (torch.bfloat16, weight.dtype) or weight.dtype != torch.float32:
+            raise ValueError(f"in-backward SGD keeps an fp32 master weight (got "
+                             f"{weight.dtype}) and reads it as bf16 or fp32 (got {shadow_dtype})")
         self.weight = weight
         self.group = group
-        self.shadow = torch.empty_like(weight, dtype=shadow_dtype)
+        split = shadow_dtype != weight.dtype
+        self.shadow = torch.empty_like(weight, dtype=shadow_dtype) if split else weight.data
+        self.low = torch.empty_like(weight, dtype=torch.int16) if split else None
         self._shadow_version: int | None = None
+        #: Whether the split may hold updates the fp32 parameter does not.
+        self._master_behind = False
         self.momentum_buf = (torch.zeros_like(weight, dtype=momentum_dtype)
                              if group.get("momentum", 0.0) else None)
         self._own_lr = lr is None
@@ -69,20 +89,30 @@ class BackwardSGDState:
         return self.shadow
 
     def sync(self) -> None:
-        """Bring the shadow and the learning-rate tensor up to date.
+        """Prepare a training step: split the parameter again if it changed, set the rate.
 
-        Called by every eager forward pass. Inside a captured graph these checks would be
-        recorded once and never run again, so a graph's owner calls this before every replay.
+        Called by every eager training forward pass. Inside a captured graph these checks
+        would be recorded once and never run again, so a graph's owner calls this before
+        every replay.
         """
         if self.weight._version != self._shadow_version:
-            with torch.no_grad():
-                self.shadow.copy_(self.weight)
+            if self.low is not None:
+                split_fp32_(self.weight.detach(), self.shadow, self.low)
             self._shadow_version = self.weight._version
+        # The step this prepares will update the split (in a graph replay, unseen from here).
+        self._master_behind = self.low is not None
         if self._own_lr:
             lr = float(self.group["lr"])
             if lr != self._lr_value:
                 self._lr.fill_(lr)
                 self._lr_value = lr
+
+    def write_master(self) -> None:
+        """Write the updates held in the split into the fp32 parameter (exactly)."""
+        if self._master_behind and self.weight._version == self._shadow_version:
+            join_fp32_(self.shadow, self.low, self.weight.data)
+            self._shadow_version = self.weight._version
+        self._master_behind = False
 
     def apply(self, p: torch.Tensor, q: torch.Tensor) -> None:
         """SGD step with the gradient ``p^T q`` summed over the batch (``[G, N, R]`` and
@@ -94,9 +124,10 @@ class BackwardSGDState:
                                f"momentum 0 (no buffer): create the optimizer with the "
                                f"momentum it will use")
         grouped = lambda t: t if t is None or t.dim() == 3 else t.unsqueeze(0)  # noqa: E731
-        sgd_update_(p, q, grouped(self.weight.data), grouped(self.shadow),
-                    grouped(self.momentum_buf), self._lr, momentum=momentum,
+        sgd_update_(p, q, grouped(self.shadow), grouped(self.low), grouped(self.momentum_buf),
+                    self._lr, momentum=momentum,
                     weight_decay=float(self.group.get("weight_decay", 0.0)))
+        self._master_behind = self.low is not None
 
 
 def _capturing() -> bool:
@@ -209,7 +240,9 @@ class UpdatingLinear(nn.Module):
 
     Holds the original layer's ``weight`` and ``bias`` parameters under the same names, so
     state dicts are those of the ``nn.Linear`` it replaces. In eval mode or without gradients
-    it is a plain linear layer (under autocast, on the master weights).
+    it is a plain linear layer (under autocast, on the master weights). The ``weight``
+    parameter itself lags behind the training steps until a state dict, an evaluation or
+    ``state.write_master()`` brings it up to date (see :class:`BackwardSGDState`).
     """
 
     def __init__(self, linear: nn.Linear, state: BackwardSGDState):
@@ -218,14 +251,20 @@ class UpdatingLinear(nn.Module):
         self.weight = linear.weight
         self.bias = linear.bias
         self.state = state
+        self.register_state_dict_pre_hook(_write_master_first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():
             return _LinearUpdatedInBackward.apply(x, self.bias, self.state)
+        self.state.write_master()
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, sgd in backward"
+
+
+def _write_master_first(module: UpdatingLinear, prefix: str, keep_vars: bool) -> None:
+    module.state.write_master()
 
 
 def sgd_with_backward_updates(net: nn.Module, *, lr: float, momentum: float = 0.0,

@@ -249,7 +249,8 @@ class BatchedNT3(nn.Module):
     Dense layers prepared with :meth:`update_in_backward` apply SGD to their weights inside
     the backward pass (:mod:`genodl_core.training.backward_sgd`; an operator the compiled
     forward keeps as one node) and get no ``.grad``, so the pack's optimizer leaves them
-    alone; forward passes, evaluation included, read their bf16 shadow.
+    alone; forward passes, evaluation included, read their bf16 shadow, and their fp32
+    parameters lag behind until :meth:`write_masters` (which :meth:`write_back` calls).
 
     With ``fuse_activations`` a ReLU after a convolution is applied by the convolution
     (inside genodl's kernel where it runs there) and a ReLU followed by max-pooling runs as
@@ -392,9 +393,16 @@ class BatchedNT3(nn.Module):
         """Every parameter, each viewable as ``[K, ...]`` with trial ``k`` in row ``k``."""
         return list(self.parameters())
 
+    def write_masters(self) -> None:
+        """Bring the fp32 weights of layers updated in backward up to date (they lag behind
+        the training steps: see :class:`~genodl_core.training.backward_sgd.BackwardSGDState`)."""
+        for state in self.updates.values():
+            state.write_master()
+
     @torch.no_grad()
     def write_back(self, nets: Sequence[nn.Module]) -> None:
         """Copy each trial's trained weights into its ordinary network."""
+        self.write_masters()
         conv_i = dense_i = 0
         for i, layer in enumerate(nets[0].layers):
             if isinstance(layer, nn.Conv1d):

@@ -15,7 +15,7 @@ if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 ON_GPU = torch.cuda.is_available()
 
-from genodl_core.kernels.sgd_update import sgd_update_  # noqa: E402
+from genodl_core.kernels.sgd_update import join_fp32_, sgd_update_, split_fp32_  # noqa: E402
 from genodl_core.training.backward_sgd import (  # noqa: E402
     UpdatingLinear, sgd_with_backward_updates)
 
@@ -31,14 +31,16 @@ def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
 PREFETCH = {"BR": 32, "BC": 64, "BK": 16, "PREFETCH": True}
 
 
-@pytest.mark.parametrize("groups,k,r,c,momentum,wd,transposed,config", [
+CASES = [
     (1, 13, 37, 50, 0.5, 0.0, False, None),      # ragged tiles, momentum
     (2, 16, 70, 33, 0.0, 0.0, False, None),      # groups, plain SGD (no buffer)
     (3, 5, 20, 140, 0.9, 1e-2, True, None),      # weight decay, [in, out] layout of batched matmuls
     (2, 24, 72, 48, 0.5, 1e-2, False, PREFETCH),  # loads before the product; aligned sizes
     (1, 7, 40, 100, 0.0, 0.0, True, PREFETCH),
-])
-def test_kernel_applies_torch_sgd_rule(groups, k, r, c, momentum, wd, transposed, config):
+]
+
+
+def _kernel_case(groups, k, r, c, momentum, wd, transposed):
     gen = torch.Generator().manual_seed(groups * 100 + k)
     p = torch.randn(groups, k, r, generator=gen)
     q = torch.randn(groups, k, c, generator=gen)
@@ -49,31 +51,86 @@ def test_kernel_applies_torch_sgd_rule(groups, k, r, c, momentum, wd, transposed
         p, q = q, p
         w0 = w0.transpose(1, 2).contiguous()
         m0 = None if m0 is None else m0.transpose(1, 2).contiguous()
+    return p, q, w0, m0, lr
+
+
+@pytest.mark.parametrize("groups,k,r,c,momentum,wd,transposed,config", CASES)
+def test_kernel_applies_torch_sgd_rule(groups, k, r, c, momentum, wd, transposed, config):
+    p, q, w0, m0, lr = _kernel_case(groups, k, r, c, momentum, wd, transposed)
     grad = p.transpose(1, 2) @ q + wd * w0
     buf = grad if m0 is None else momentum * m0 + grad
     want = w0 - lr.view(-1, 1, 1) * buf
 
     w = w0.clone().to(DEVICE)
-    shadow = torch.empty_like(w, dtype=DTYPE)
     mom = None if m0 is None else m0.clone().to(DEVICE)
-    sgd_update_(p.to(DEVICE, DTYPE), q.to(DEVICE, DTYPE), w, shadow, mom, lr.to(DEVICE),
+    sgd_update_(p.to(DEVICE, DTYPE), q.to(DEVICE, DTYPE), w, None, mom, lr.to(DEVICE),
                 momentum=momentum, weight_decay=wd, config=config)
     # The step is small against the weights: compare the change itself.
     assert rel(w.cpu() - w0, want - w0) < TOL
-    assert torch.equal(shadow.cpu(), w.cpu().to(DTYPE))
     if mom is not None:
         assert rel(mom.cpu(), buf) < TOL
 
 
-def test_kernel_rejects_inconsistent_shapes():
+@pytest.mark.parametrize("groups,k,r,c,momentum,wd,transposed,config", CASES)
+def test_split_master_steps_exactly_as_the_fp32_master(groups, k, r, c, momentum, wd,
+                                                       transposed, config):
+    """The same update on bf16 + int16 halves gives the fp32 master's result bit for bit, and
+    the upper half is that result rounded to nearest."""
+    p, q, w0, m0, lr = _kernel_case(groups, k, r, c, momentum, wd, transposed)
+    p, q, lr = p.to(DEVICE, DTYPE), q.to(DEVICE, DTYPE), lr.to(DEVICE)
+    w = w0.clone().to(DEVICE)
+    mom = None if m0 is None else m0.to(DEVICE)
+    sgd_update_(p, q, w, None, None if mom is None else mom.clone(), lr, momentum=momentum,
+                weight_decay=wd, config=config)
+    high = torch.empty_like(w, dtype=torch.bfloat16)
+    low = torch.empty_like(w, dtype=torch.int16)
+    split_fp32_(w0.to(DEVICE), high, low)
+    sgd_update_(p, q, high, low, None if mom is None else mom.clone(), lr, momentum=momentum,
+                weight_decay=wd, config=config)
+    joined = torch.empty_like(w)
+    join_fp32_(high, low, joined)
+    assert torch.equal(joined.view(torch.int32), w.view(torch.int32))
+    # The kernel's halves are those of the torch split (rounding tested below).
+    want_high, want_low = torch.empty_like(high), torch.empty_like(low)
+    split_fp32_(w, want_high, want_low)
+    assert torch.equal(high.view(torch.int16), want_high.view(torch.int16))
+    assert torch.equal(low, want_low)
+
+
+def test_split_halves_round_to_nearest_and_join_exactly():
+    gen = torch.Generator().manual_seed(5)
+    w = torch.cat([torch.randn(5000, generator=gen) * 10.0 ** torch.randint(-30, 30, (5000,),
+                                                                              generator=gen),
+                   torch.tensor([0.0, -0.0, 1.0, -2.5, 3.0e38, -3.0e38, 1e-45, -1e-40])])
+    # Exact ties between two bf16 values: the upper half rounds away from zero (torch's cast
+    # rounds to even), so the direction can be read back from the lower half.
+    ties = torch.tensor([0x3F808000, 0x3F818000, -0x40800000 + 0x8000], dtype=torch.int32)
+    w = torch.cat([w, ties.view(torch.float32)]).to(DEVICE)
+    high = torch.empty_like(w, dtype=torch.bfloat16)
+    low = torch.empty_like(w, dtype=torch.int16)
+    split_fp32_(w, high, low)
+    n = w.numel() - ties.numel()
+    assert torch.equal(high[:n], w[:n].to(torch.bfloat16))
+    assert bool((high[n:].float().abs() > w[n:].abs()).all())
+    back = torch.empty_like(w)
+    join_fp32_(high, low, back)
+    assert torch.equal(back.view(torch.int32), w.view(torch.int32))
+    with pytest.raises(ValueError, match="contiguous"):
+        split_fp32_(w.view(-1, 1).expand(-1, 2).t(), high, low)
+
+
+def test_kernel_rejects_inconsistent_shapes_and_dtypes():
     w = torch.zeros(1, 4, 5, device=DEVICE)
     lr = torch.ones(1, device=DEVICE)
     p, q = torch.zeros(1, 3, 4, device=DEVICE), torch.zeros(1, 3, 6, device=DEVICE)
     with pytest.raises(ValueError, match="do not fit"):
-        sgd_update_(p, q, w, torch.zeros_like(w), None, lr, momentum=0.0, weight_decay=0.0)
+        sgd_update_(p, q, w, None, None, lr, momentum=0.0, weight_decay=0.0)
     q = torch.zeros(1, 3, 5, device=DEVICE)
     with pytest.raises(ValueError, match="momentum buffer"):
-        sgd_update_(p, q, w, torch.zeros_like(w), None, lr, momentum=0.5, weight_decay=0.0)
+        sgd_update_(p, q, w, None, None, lr, momentum=0.5, weight_decay=0.0)
+    with pytest.raises(ValueError, match="bf16 and int16 halves; got torch.float32 and "
+                                         "torch.float32"):
+        sgd_update_(p, q, w, torch.zeros_like(w), None, lr, momentum=0.0, weight_decay=0.0)
 
 
 def _mlp(seed: int) -> nn.Module:
@@ -93,41 +150,67 @@ def _train(net, optimizer, batches, lr_at=None):
         optimizer.step()
 
 
-@pytest.mark.parametrize("momentum,wd", [(0.5, 0.0), (0.0, 1e-3)])
-def test_swapped_network_follows_torch_sgd(momentum, wd):
+@pytest.mark.parametrize("momentum,wd,shadow", [(0.5, 0.0, DTYPE), (0.0, 1e-3, DTYPE),
+                                                 (0.5, 1e-3, torch.bfloat16)])
+def test_swapped_network_follows_torch_sgd(momentum, wd, shadow):
     gen = torch.Generator().manual_seed(3)
     batches = [(torch.randn(9, 12, generator=gen).to(DEVICE),
                 torch.randn(9, 7, generator=gen).to(DEVICE)) for _ in range(5)]
     ref, fused = _mlp(0), _mlp(0)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=momentum, weight_decay=wd)
     opt = sgd_with_backward_updates(fused, lr=0.05, momentum=momentum, weight_decay=wd,
-                                    shadow_dtype=DTYPE)
+                                    shadow_dtype=shadow)
     assert sum(isinstance(m, UpdatingLinear) for m in fused.modules()) == 3
     assert [n for n, _ in fused.named_parameters()] == [n for n, _ in ref.named_parameters()]
     # A schedule changing the group's rate mid-way steers the swapped layers too.
     _train(ref, ref_opt, batches, lr_at=(3, 0.02))
     _train(fused, opt, batches, lr_at=(3, 0.02))
-    start = _mlp(0)
-    for (name, got), want, w0 in zip(fused.named_parameters(), ref.parameters(),
-                                     start.parameters()):
-        assert rel(got.detach().cpu() - w0.detach().cpu(), want.detach().cpu() - w0.detach().cpu()) \
-            < (5e-2 if ON_GPU else 1e-5), name
+    start = _mlp(0).state_dict()
+    # Read through the state dict: it writes a split master back into the parameters.
+    got = fused.state_dict()
+    tol = 5e-2 if ON_GPU or shadow == torch.bfloat16 else 1e-5
+    for name, want in ref.state_dict().items():
+        assert rel(got[name].cpu() - start[name].cpu(), want.cpu() - start[name].cpu()) < tol, name
 
 
-def test_loaded_state_refreshes_the_shadow_and_eval_is_plain_linear():
+@pytest.mark.parametrize("shadow", [DTYPE, torch.bfloat16])
+def test_loaded_state_refreshes_the_shadow_and_eval_is_plain_linear(shadow):
     net = _mlp(1)
-    sgd_with_backward_updates(net, lr=0.1, momentum=0.5, shadow_dtype=DTYPE)
+    sgd_with_backward_updates(net, lr=0.1, momentum=0.5, shadow_dtype=shadow)
     x = torch.randn(4, 12, device=DEVICE)
     saved = {k: v.clone() for k, v in net.state_dict().items()}
     batches = [(x, torch.zeros(4, 7, device=DEVICE))]
-    _train(net, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0), batches)
-    assert not torch.equal(net[0].weight, saved["0.weight"])     # updated in backward
-    net.load_state_dict(saved)
+    no_rest = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    _train(net, no_rest, batches)
     layer = net[0]
-    assert torch.equal(layer.state.shadow_weight().cpu(), saved["0.weight"].to(DTYPE).cpu())
+    assert not torch.equal(net.state_dict()["0.weight"], saved["0.weight"])  # updated
+    _train(net, no_rest, batches)  # the split moves ahead of the parameter again ...
+    net.load_state_dict(saved)     # ... and loading a state wins over it
+    assert torch.equal(net.state_dict()["0.weight"], saved["0.weight"])
+    assert torch.equal(layer.state.shadow_weight().cpu(), saved["0.weight"].to(shadow).cpu())
     net.eval()
     with torch.no_grad():
         assert torch.allclose(layer(x), x @ saved["0.weight"].T + saved["0.bias"])
+
+
+def test_evaluation_reads_the_split_master_after_training():
+    """Eval mode, between training steps, computes with the weights the steps reached."""
+    net = _mlp(4)
+    sgd_with_backward_updates(net, lr=0.1, momentum=0.5, shadow_dtype=torch.bfloat16)
+    layer = net[2]
+    high, low = layer.state.shadow, layer.state.low
+    x = torch.randn(6, 12, device=DEVICE)
+    no_rest = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    for _ in range(2):
+        net.train()
+        _train(net, no_rest, [(x, torch.ones(6, 7, device=DEVICE))])
+        reached = torch.empty_like(layer.weight)
+        join_fp32_(high, low, reached)
+        net.eval()
+        h = torch.tanh(net[0](x))
+        with torch.no_grad():
+            assert torch.equal(layer(h), h @ reached.T + layer.bias)
+        assert torch.equal(layer.weight, reached)
 
 
 def test_small_or_unaligned_layers_stay_with_torch():
@@ -176,6 +259,7 @@ def test_pack_dense_layers_updated_in_backward_follow_the_pack_optimizer(momentu
             model.train()
             pack_train_step(model, opt, objectives, xb, yb, autocast)
     ref, fused = models
+    fused.write_masters()
     assert fused.dense_w[0].grad is None and fused.dense_w[1].grad is not None
     for name, want in ref.named_parameters():
         assert rel(dict(fused.named_parameters())[name].detach(), want.detach()) < TOL, name
