@@ -57,16 +57,14 @@ def _wgrad_configs() -> list[triton.Config]:
 
 @triton.autotune(configs=_fwd_configs(), key=["L_out", "C", "R", "CO", "G"])
 @triton.jit
-def _taps_kernel(src, w, bias, out, bits, L_src, L_out, shift,
+def _taps_kernel(src, w, bias, out, L_src, L_out, shift,
                  s_n, s_l, s_g, o_n, o_l, o_g, G,
                  C: tl.constexpr, R: tl.constexpr, CO: tl.constexpr, BR: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, RELU: tl.constexpr, WORDS: tl.constexpr,
-                 BM: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, RELU: tl.constexpr, BM: tl.constexpr):
     """``out[n, m, g, :] = bias[g] + sum_r src[n, m + r // C + shift, g, r % C] * w[g, r, :]``.
 
     Positions outside ``[0, L_src)`` read as zero (the input gradient's implicit padding).
-    With ``RELU`` the result is ``max(out, 0)``, and ``bits`` (``[N, L_out, G, WORDS]``
-    int64) records where it is positive, one bit per filter (see :func:`relu_bits`).
+    With ``RELU`` the result is ``max(out, 0)``.
     """
     pid_m = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
@@ -99,33 +97,24 @@ def _taps_kernel(src, w, bias, out, bits, L_src, L_out, shift,
             acc = tl.dot(a, b, acc)
     if HAS_BIAS:
         acc += tl.load(bias + g * CO + offs_o).to(tl.float32)[None, :]
-    y = acc.to(out.dtype.element_ty)
     if RELU:
-        y = tl.maximum(y, 0.0)
-        # Filter o's flag goes to bit o % 64 of word o // 64 (a sum of distinct powers of two).
-        flags = tl.reshape((y > 0).to(tl.int64), (BM, WORDS, CO // WORDS))
-        shifts = tl.arange(0, CO // WORDS).to(tl.int64)
-        words = tl.sum(flags << shifts[None, None, :], axis=2)
-        offs_w = tl.arange(0, WORDS)
-        tl.store(bits + ((n * L_out + offs_m) * G + g)[:, None] * WORDS + offs_w[None, :], words,
-                 mask=row_ok[:, None])
+        acc = tl.maximum(acc, 0.0)
     dst = out + n * o_n + g * o_g + offs_m[:, None] * o_l + offs_o[None, :]
-    tl.store(dst, y, mask=row_ok[:, None])
+    tl.store(dst, acc.to(out.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.autotune(configs=_wgrad_configs(), key=["L_out", "C", "R", "CO", "G"])
 @triton.jit
-def _wgrad_kernel(src, dy, bits, part, part_b, L_out, chunk, n_chunks,
+def _wgrad_kernel(src, dy, out, part, part_b, L_out, chunk, n_chunks,
                   s_n, s_l, s_g, d_n, d_l, d_g, G,
                   C: tl.constexpr, R: tl.constexpr, CO: tl.constexpr, BR: tl.constexpr,
-                  RELU: tl.constexpr, WORDS: tl.constexpr, BM: tl.constexpr):
+                  RELU: tl.constexpr, BM: tl.constexpr):
     """Partial sums over chunk ``c`` of positions, for sample ``n`` and group ``g``.
 
     ``part[n, c, g, r, :] = sum_m src[n, m + r // C, g, r % C] * dy[n, m, g, :]`` and, from
     the programs of the first reduction block, ``part_b[n, c, g, :] = sum_m dy[n, m, g, :]``
     (the bias gradient, read from tiles already loaded). With ``RELU``, ``dy`` is the gradient
-    of the activated output, zeroed here where that was not positive (``bits``, as
-    :func:`_taps_kernel` wrote them: 1/16 of the bytes of reading the bf16 output).
+    of the activated output ``out`` (same layout), zeroed here where ``out`` is not positive.
     """
     pid_c = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
@@ -154,12 +143,8 @@ def _wgrad_kernel(src, dy, bits, part, part_b, L_out, chunk, n_chunks,
         tile = offs_m[:, None] * d_l + offs_o[None, :]
         gy = tl.load(dy_base + tile, mask=m_ok[:, None], other=0.0)
         if RELU:
-            offs_w = tl.arange(0, WORDS)
-            words = tl.load(bits + ((n * L_out + offs_m) * G + g)[:, None] * WORDS
-                            + offs_w[None, :], mask=m_ok[:, None], other=0)
-            shifts = tl.arange(0, CO // WORDS).to(tl.int64)
-            flags = (words[:, :, None] >> shifts[None, None, :]) & 1
-            gy = tl.where(tl.reshape(flags, (BM, CO)) != 0, gy, 0.0)
+            active = tl.load(out + n * d_n + g * d_g + tile, mask=m_ok[:, None], other=0.0) > 0
+            gy = tl.where(active, gy, 0.0)
         acc = tl.dot(a_t, gy, acc)
         acc_b += tl.sum(gy.to(tl.float32), axis=0)
     row = (n * n_chunks + pid_c) * G + g
@@ -198,24 +183,9 @@ def preferred(in_channels: int, filters: int, groups: int) -> bool:
     return supports(in_channels, filters, groups) and in_channels < 16 and groups > 1
 
 
-def _words(filters: int) -> int:
-    """int64 words holding one flag per filter."""
-    return triton.cdiv(filters, 64)
-
-
-def relu_bits(bits: torch.Tensor, filters: int) -> torch.Tensor:
-    """``[N, L, G, words]`` flags of :func:`forward` with ``relu`` -> bool ``[N, L, G*filters]``
-    (True where the activated output is positive)."""
-    n, length, groups, words = bits.shape
-    shifts = torch.arange(filters // words, device=bits.device, dtype=torch.int64)
-    return ((bits.unsqueeze(-1) >> shifts) & 1).bool().reshape(n, length, groups * filters)
-
-
 def _taps(src: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor | None, *, groups: int,
-          channels: int, l_out: int, shift: int,
-          bits: torch.Tensor | None = None) -> torch.Tensor:
-    """Run :func:`_taps_kernel`: ``src [N, L_src, G*C]``, ``w_taps [G, R, CO]``; with
-    ``bits`` (``[N, l_out, G, words]`` int64) the output is ReLU-activated and flagged there."""
+          channels: int, l_out: int, shift: int, relu: bool = False) -> torch.Tensor:
+    """Run :func:`_taps_kernel`: ``src [N, L_src, G*C]``, ``w_taps [G, R, CO]``."""
     n, l_src, _ = src.shape
     _, reduction, co = w_taps.shape
     out = torch.empty(n, l_out, groups * co, device=src.device, dtype=src.dtype)
@@ -223,11 +193,10 @@ def _taps(src: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor | None, *,
         return out
     grid = lambda meta: (triton.cdiv(l_out, meta["BM"]), n, groups)  # noqa: E731
     _taps_kernel[grid](
-        src, w_taps, bias if bias is not None else w_taps, out,
-        bits if bits is not None else out, l_src, l_out, shift,
+        src, w_taps, bias if bias is not None else w_taps, out, l_src, l_out, shift,
         src.stride(0), src.stride(1), channels, out.stride(0), out.stride(1), co, groups,
         C=channels, R=reduction, CO=co, BR=_block_r(reduction, channels),
-        HAS_BIAS=bias is not None, RELU=bits is not None, WORDS=_words(co))
+        HAS_BIAS=bias is not None, RELU=relu)
     return out
 
 
@@ -246,24 +215,15 @@ def _flipped_taps(weight: torch.Tensor, groups: int, dtype: torch.dtype) -> torc
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            groups: int, relu_bits_out: torch.Tensor | None = None) -> torch.Tensor:
+            groups: int, relu: bool = False) -> torch.Tensor:
     """``[N, L, G*C] -> [N, L - K + 1, G*CO]``; weights are cast to the input's dtype.
 
-    With ``relu_bits_out`` (``[N, L - K + 1, G, words]`` int64, see :func:`new_relu_bits`)
-    the output is ReLU-activated in the kernel (no separate pass over it) and the positions
-    where it is positive are written there as bits, for the backward pass.
+    With ``relu`` the output is activated in the kernel (no separate pass over it).
     """
     go, c, k = weight.shape
     b = bias.to(torch.float32).contiguous() if bias is not None else None
     return _taps(x.contiguous(), _weight_taps(weight, groups, x.dtype), b, groups=groups,
-                 channels=c, l_out=x.shape[1] - k + 1, shift=0, bits=relu_bits_out)
-
-
-def new_relu_bits(x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """An uninitialised flag buffer for :func:`forward` of ``x`` with ``weight``."""
-    go, _, k = weight.shape
-    return x.new_empty(x.shape[0], x.shape[1] - k + 1, groups, _words(go // groups),
-                       dtype=torch.int64)
+                 channels=c, l_out=x.shape[1] - k + 1, shift=0, relu=relu)
 
 
 def input_grad(dy: torch.Tensor, weight: torch.Tensor, groups: int,
@@ -283,16 +243,18 @@ def _input_grad_torch(dy: torch.Tensor, weight: torch.Tensor, groups: int,
 
 
 def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight_shape: torch.Size,
-                groups: int, relu_bits: torch.Tensor | None = None
+                groups: int, activated: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of the ``[G*CO, C, K]`` weights and ``[G*CO]`` bias: fp32, deterministic.
 
-    ``relu_bits``: the flags :func:`forward` wrote when ``dy`` is the gradient of its
-    ReLU-activated output (the ReLU's backward is then applied while ``dy`` is read).
+    ``activated``: the ReLU-activated output when ``dy`` is the gradient of that (the ReLU's
+    backward is then applied while ``dy`` is read).
     """
     go, c, k = weight_shape
     co = go // groups
     x, dy = x.contiguous(), dy.contiguous()
+    if activated is not None:
+        activated = activated.contiguous()
     n, l_out, _ = dy.shape
     reduction = k * c
     block_r = _block_r(reduction, c)
@@ -304,9 +266,9 @@ def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight_shape: torch.Size,
     part_b = torch.empty(n, n_chunks, groups, co, device=x.device, dtype=torch.float32)
     grid = (n_chunks, n, groups * triton.cdiv(reduction, block_r))
     _wgrad_kernel[grid](
-        x, dy, relu_bits if relu_bits is not None else dy, part, part_b, l_out, chunk,
-        n_chunks, x.stride(0), x.stride(1), c, dy.stride(0), dy.stride(1), co, groups,
-        C=c, R=reduction, CO=co, BR=block_r, RELU=relu_bits is not None, WORDS=_words(co))
+        x, dy, activated if activated is not None else dy, part, part_b, l_out, chunk, n_chunks,
+        x.stride(0), x.stride(1), c, dy.stride(0), dy.stride(1), co, groups,
+        C=c, R=reduction, CO=co, BR=block_r, RELU=activated is not None)
     total = part.sum(dim=(0, 1))                                  # [G, K*C, CO]
     dw = total.view(groups, k, c, co).permute(0, 3, 2, 1).reshape(go, c, k).contiguous()
     return dw, part_b.sum(dim=(0, 1)).reshape(go)
@@ -317,75 +279,62 @@ def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight_shape: torch.Size,
 # --------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("genodl::conv1d_nlc", mutates_args=())
-def conv1d_nlc_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,
-                  relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`conv1d_nlc` and, with ``relu``, the flags of its positive outputs (else empty)."""
-    if not relu:
-        return forward(x, weight, bias, groups), x.new_empty(0, dtype=torch.int64)
-    bits = new_relu_bits(x, weight, groups)
-    return forward(x, weight, bias, groups, bits), bits
-
-
-@conv1d_nlc_op.register_fake
-def _(x, weight, bias, groups, relu):
-    go, _, k = weight.shape
-    out = x.new_empty(x.shape[0], x.shape[1] - k + 1, go)
-    if not relu:
-        return out, x.new_empty(0, dtype=torch.int64)
-    return out, new_relu_bits(x, weight, groups)
-
-
-def conv1d_nlc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,
-               relu: bool = False) -> torch.Tensor:
+def conv1d_nlc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               groups: int, relu: bool = False) -> torch.Tensor:
     """Grouped stride-1 valid 1-D convolution of ``x [N, L, G*C]`` (channels last).
 
     ``weight`` ``[G*CO, C, K]`` and ``bias`` ``[G*CO]`` as in ``Conv1d(groups=G)``; the result
     ``[N, L - K + 1, G*CO]`` has ``x``'s dtype (the weights are cast to it, as autocast would).
-    ``relu``: return ``relu(conv(x))``, activated in the kernel, which also keeps one bit per
-    output saying where it is positive; the backward masks the gradient with those bits where
-    it reads it (no separate ReLU passes, and no second read of the activations).
+    ``relu``: return ``relu(conv(x))``, activated in the kernel; the backward then reads the
+    activated output to mask the gradient where it is read (no separate ReLU passes).
     """
-    return conv1d_nlc_op(x, weight, bias, groups, relu)[0]
+    return forward(x, weight, bias, groups, relu)
+
+
+@conv1d_nlc.register_fake
+def _(x, weight, bias, groups, relu=False):
+    return x.new_empty(x.shape[0], x.shape[1] - weight.shape[2] + 1, weight.shape[0])
 
 
 @torch.library.custom_op("genodl::conv1d_nlc_backward", mutates_args=())
 def _conv1d_nlc_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int,
-                         need_input: bool, bits: torch.Tensor | None
+                         need_input: bool, activated: torch.Tensor | None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if need_input and bits is not None:   # the input gradient needs the masked dy itself
-        dy = torch.where(relu_bits(bits, weight.shape[0] // groups), dy, 0)
-        bits = None
+    if need_input and activated is not None:   # the input gradient needs the masked dy itself
+        dy = torch.where(activated > 0, dy, 0)
+        activated = None
     if not need_input:
         dx = x.new_empty(0)
     elif weight.shape[1] < 16:  # too few input channels for a matrix tile: torch's kernel
         dx = _input_grad_torch(dy, weight, groups, x.shape)
     else:
         dx = input_grad(dy, weight, groups, x.shape[1])
-    dw, db = weight_grad(x, dy, weight.shape, groups, bits)
+    dw, db = weight_grad(x, dy, weight.shape, groups, activated)
     return dx, dw.to(weight.dtype), db.to(weight.dtype)
 
 
 @_conv1d_nlc_backward.register_fake
-def _(dy, x, weight, groups, need_input, bits):
+def _(dy, x, weight, groups, need_input, activated):
     dx = x.new_empty(x.shape) if need_input else x.new_empty(0)
     return dx, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
 def _setup_context(ctx, inputs, output):
     x, weight, _, groups, relu = inputs
-    ctx.save_for_backward(x, weight, output[1] if relu else None)
+    ctx.save_for_backward(x, weight, output if relu else None)
     ctx.groups = groups
 
 
-def _backward(ctx, dy, _dbits):
-    x, weight, bits = ctx.saved_tensors
+def _backward(ctx, dy):
+    x, weight, activated = ctx.saved_tensors
     need_input = ctx.needs_input_grad[0]
-    dx, dw, db = _conv1d_nlc_backward(dy.to(x.dtype), x, weight, ctx.groups, need_input, bits)
+    dx, dw, db = _conv1d_nlc_backward(dy.to(x.dtype), x, weight, ctx.groups, need_input,
+                                      activated)
     return (dx if need_input else None), dw, db, None, None
 
 
-conv1d_nlc_op.register_autograd(_backward, setup_context=_setup_context)
+conv1d_nlc.register_autograd(_backward, setup_context=_setup_context)
 
 
-__all__ = ["conv1d_nlc", "conv1d_nlc_op", "forward", "new_relu_bits", "relu_bits", "input_grad",
-           "weight_grad", "supports", "preferred", "WGRAD_CHUNK", "WGRAD_PROGRAMS"]
+__all__ = ["conv1d_nlc", "forward", "input_grad", "weight_grad", "supports", "preferred",
+           "WGRAD_CHUNK", "WGRAD_PROGRAMS"]

@@ -130,11 +130,9 @@ def _load_master(hi, lo, at, ok, SPLIT: tl.constexpr):
     if SPLIT:
         high = tl.load(hi + at, mask=ok, other=0.0).to(tl.uint16, bitcast=True).to(tl.uint32)
         low = tl.load(lo + at, mask=ok, other=0).to(tl.uint16, bitcast=True).to(tl.uint32)
-        high = high - (low >= 0x8000).to(tl.uint32)  # the rounding's carry, taken back
-        weight = ((high << 16) | low).to(tl.float32, bitcast=True)
-    else:
-        weight = tl.load(hi + at, mask=ok, other=0.0)
-    return weight
+        high -= (low >= 0x8000).to(tl.uint32)  # the rounding's carry, taken back
+        return ((high << 16) | low).to(tl.float32, bitcast=True)
+    return tl.load(hi + at, mask=ok, other=0.0)
 
 
 def _alignment(*values: int) -> int:
