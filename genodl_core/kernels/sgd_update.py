@@ -127,12 +127,16 @@ def _sgd_update_kernel(p, q, hi, lo, mom, lr, r_, c_, K,
 @triton.jit
 def _load_master(hi, lo, at, ok, SPLIT: tl.constexpr):
     """The exact fp32 master weights at ``at``: ``hi`` itself, or rebuilt from its halves."""
+    # One return: an earlier form returning inside the branch failed to compile for the GPU
+    # (the CPU interpreter ran it).
     if SPLIT:
         high = tl.load(hi + at, mask=ok, other=0.0).to(tl.uint16, bitcast=True).to(tl.uint32)
         low = tl.load(lo + at, mask=ok, other=0).to(tl.uint16, bitcast=True).to(tl.uint32)
-        high -= (low >= 0x8000).to(tl.uint32)  # the rounding's carry, taken back
-        return ((high << 16) | low).to(tl.float32, bitcast=True)
-    return tl.load(hi + at, mask=ok, other=0.0)
+        high = high - (low >= 0x8000).to(tl.uint32)  # the rounding's carry, taken back
+        weight = ((high << 16) | low).to(tl.float32, bitcast=True)
+    else:
+        weight = tl.load(hi + at, mask=ok, other=0.0)
+    return weight
 
 
 def _alignment(*values: int) -> int:
