@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 
 
 @functools.cache
@@ -21,4 +22,10 @@ def triton_available() -> bool:
             and hasattr(torch.library, "custom_op"))
 
 
-__all__ = ["triton_available"]
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, as the tests
+    set it without a GPU): kernels then take CPU tensors, and tuning has nothing to time."""
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+__all__ = ["triton_available", "interpreting"]

@@ -24,11 +24,11 @@ interpreter on CPU in fp32; on a GPU they run compiled, normally with bf16 activ
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from genodl_core.kernels import interpreting
 
 #: Most rows (positions) of the weight-gradient reduction handled by one program; its partial
 #: sums are then added by torch in a fixed order. Smaller chunks are used when fewer programs
@@ -39,7 +39,7 @@ WGRAD_PROGRAMS = 2048
 
 
 #: Triton's CPU interpreter (used by the tests) cannot time configurations: it gets the first.
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "") == "1"
+_INTERPRETED = interpreting()
 
 
 def _configs(shapes: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:

@@ -30,13 +30,13 @@ recompiles or synchronises. Tests run the kernel through Triton's CPU interprete
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "") == "1"
+from genodl_core.kernels import interpreting
+
+_INTERPRETED = interpreting()
 
 
 def _configs() -> list[triton.Config]:

@@ -45,7 +45,8 @@ from genodl_core.errors import DataError, TrialTimeout
 from genodl_core.kernels.relu_pool import MAX_POOL, relu_max_pool
 from genodl_core.spec import TrialSpec, derive_seed
 from genodl_core.training.context import FitContext, FitOutcome
-from genodl_core.training.fast import conv_channels_last, cudnn_benchmark, fast_path_for
+from genodl_core.training.fast import (conv_channels_last, conv_in_kernel, cudnn_benchmark,
+                                      fast_path_for)
 from genodl_core.training.metrics import batch_sums, rates_from_sums
 from genodl_core.training.precision import autocast, matmul_precision
 
@@ -304,12 +305,7 @@ class BatchedNT3(nn.Module):
 
     def _in_kernel(self, index: int, stride: int) -> bool:
         """Whether convolution ``index`` is one that genodl's kernel runs on a GPU."""
-        if not self.conv_kernel or stride != 1:
-            return False
-        from genodl_core.kernels import conv1d
-
-        weight = self.conv_w[index]
-        return conv1d.preferred(weight.shape[1], weight.shape[0] // self.k, self.k)
+        return self.conv_kernel and conv_in_kernel(self.conv_w[index], self.k, stride)
 
     @staticmethod
     def signature(nets: Sequence[nn.Module]) -> tuple:

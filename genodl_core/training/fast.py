@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genodl_core.errors import SpecError
-from genodl_core.kernels import triton_available
+from genodl_core.kernels import interpreting, triton_available
 from genodl_core.training.precision import is_cuda
 
 log = logging.getLogger(__name__)
@@ -199,35 +199,41 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
 # channels-last convolution stack
 # --------------------------------------------------------------------------------------------
 
+def conv_in_kernel(weight: torch.Tensor, groups: int, stride: int) -> bool:
+    """Whether a convolution with the Conv1d ``weight`` ``[G*CO, C, k]`` (any trailing shape)
+    belongs in genodl's kernel: stride 1 and sizes for which it measured faster
+    (:func:`genodl_core.kernels.conv1d.preferred`)."""
+    if stride != 1:
+        return False
+    from genodl_core.kernels import conv1d
+
+    return conv1d.preferred(weight.shape[1], weight.shape[0] // groups, groups)
+
+
 def conv_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
                        stride: int = 1, groups: int = 1, kernel: bool = False,
                        relu: bool = False) -> torch.Tensor:
-    """A (grouped) Conv1d on ``x`` shaped ``[B, G*C, 1, L]`` (channels-last) -> ``[B, G*CO, 1, L']``.
+    """A (grouped) Conv1d on ``x`` ``[B, G*C, 1, L]`` (channels-last) -> ``[B, G*CO, 1, L']``.
 
-    ``weight`` is the Conv1d one, ``[G*CO, C, k]``. With ``kernel`` (CUDA, stride 1, sizes
-    for which it measured faster: :func:`genodl_core.kernels.conv1d.preferred`) genodl's
-    Triton implicit-GEMM kernel runs on the ``[B, L, G*C]`` memory of ``x``; otherwise
+    ``weight`` is the Conv1d one, ``[G*CO, C, k]``. With ``kernel`` (CUDA, and where
+    :func:`conv_in_kernel` says so) genodl's Triton implicit-GEMM kernel runs on the
+    ``[B, L, G*C]`` memory of ``x``; otherwise
     cuDNN's ``conv2d`` with a ``1 x k`` kernel. Either way the result is channels-last.
     ``relu``: return ``relu(conv(x))`` (inside the kernel when it runs there).
     """
-    if kernel and stride == 1 and bias is not None and (x.is_cuda or _interpreting()):
+    if (kernel and bias is not None and (x.is_cuda or interpreting())
+            and conv_in_kernel(weight, groups, stride)):
         from genodl_core.kernels import conv1d
 
-        if conv1d.preferred(weight.shape[1], weight.shape[0] // groups, groups):
-            b, gc, _, length = x.shape
-            y = conv1d.conv1d_nlc(x.permute(0, 2, 3, 1).reshape(b, length, gc), weight, bias,
-                                  groups, relu)
-            return y.view(b, 1, y.shape[1], y.shape[2]).permute(0, 3, 1, 2)
+        b, gc, _, length = x.shape
+        y = conv1d.conv1d_nlc(x.permute(0, 2, 3, 1).reshape(b, length, gc), weight, bias,
+                              groups, relu)
+        return y.view(b, 1, y.shape[1], y.shape[2]).permute(0, 3, 1, 2)
     weight = weight.unsqueeze(2)
     if x.is_cuda:
         weight = weight.contiguous(memory_format=torch.channels_last)
     y = F.conv2d(x, weight, bias, stride=(1, stride), groups=groups)
     return F.relu(y) if relu else y
-
-
-def _interpreting() -> bool:
-    """Triton's CPU interpreter is on (tests run the kernels on CPU tensors through it)."""
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
 def conv1d_as_conv2d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
@@ -364,5 +370,6 @@ def amp_without_cache(amp: Callable[[], contextlib.AbstractContextManager]) -> I
 
 __all__ = ["FastPath", "CUDA_DEFAULT", "FAST_PATH_ENV", "CONV_KERNEL_ENV", "FUSED_UPDATE_ENV",
            "FUSED_ACTIVATIONS_ENV", "STEP_GRAPHS_ENV", "use_fast_path", "fast_path_for",
-           "cudnn_benchmark", "conv_channels_last", "conv1d_as_conv2d", "ChannelsLastNT3", "supports_channels_last", "GraphedForward",
-           "prepare_forward", "amp_without_cache"]
+           "cudnn_benchmark", "conv_in_kernel", "conv_channels_last", "conv1d_as_conv2d",
+           "ChannelsLastNT3", "supports_channels_last", "GraphedForward", "prepare_forward",
+           "amp_without_cache"]

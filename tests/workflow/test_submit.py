@@ -67,7 +67,8 @@ def test_slurm_script_header_and_inside_run():
     # directives must come before the first command, or sbatch ignores them
     first_command = next(i for i, ln in enumerate(text.splitlines()[1:], 1)
                          if ln and not ln.startswith("#"))
-    assert all(i < first_command for i, ln in enumerate(text.splitlines()) if ln.startswith("#SBATCH"))
+    assert all(i < first_command for i, ln in enumerate(text.splitlines())
+               if ln.startswith("#SBATCH"))
     assert "source venv/bin/activate" in text.splitlines()
     argv = run_line(text)
     assert argv[:9] == ["genodl", "run", "sweeps/s.toml", "--site", "slurm", "--out", "runs/s",
