@@ -148,9 +148,10 @@ def _alignment(*values: int) -> int:
 
 
 def efficient(weight_shape: tuple[int, ...]) -> bool:
-    """Whether the kernel suits a ``[..., rows, columns]`` fp32 weight: rows of a multiple of
-    4 weights (16 bytes). Other rows start unaligned and every access goes element by element
-    (D-GEX's first layer, 943 landmarks wide, is better left to torch's fused SGD).
+    """Whether the kernel suits a ``[..., rows, columns]`` fp32 weight as it is: rows of a
+    multiple of 4 weights (16 bytes). Other rows start unaligned and every access goes element
+    by element; :class:`~genodl_core.training.backward_sgd.BackwardSGDState` can pad them
+    (D-GEX's first layer, 943 landmarks wide).
     """
     return weight_shape[-1] % 4 == 0
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genodl_core.kernels.sgd_update import efficient, join_fp32_, sgd_update_, split_fp32_
+from genodl_core.kernels.sgd_update import join_fp32_, sgd_update_, split_fp32_
 
 
 class BackwardSGDState:
@@ -50,6 +50,12 @@ class BackwardSGDState:
     writing its trials' weights back). With ``shadow_dtype`` fp32 there is no split: the
     kernel updates the parameter itself, which is then also the shadow.
 
+    With ``pad_columns``, the split storage has a multiple of 8 columns (the extra ones zero):
+    the kernel and cuBLAS then read aligned rows. D-GEX's first layer takes the 943 landmarks;
+    unpadded, its rows start unaligned, the kernel reads them element by element and cuBLAS
+    falls back to kernels of an older GPU generation. The layer's input is padded with zero
+    columns to match, so the extra weights neither change the output nor receive a gradient.
+
     The split is made again from the parameter whenever the parameter changes outside the
     kernel (``load_state_dict`` of a best epoch, initialisation, a new pack's weights):
     detected by torch's version counter, which in-place torch operations bump and the
@@ -63,19 +69,23 @@ class BackwardSGDState:
     def __init__(self, weight: nn.Parameter, group: dict[str, Any], *,
                  shadow_dtype: torch.dtype = torch.bfloat16,
                  momentum_dtype: torch.dtype = torch.float32,
-                 lr: torch.Tensor | None = None):
+                 lr: torch.Tensor | None = None, pad_columns: bool = False):
         if shadow_dtype not in (torch.bfloat16, weight.dtype) or weight.dtype != torch.float32:
             raise ValueError(f"in-backward SGD keeps an fp32 master weight (got "
                              f"{weight.dtype}) and reads it as bf16 or fp32 (got {shadow_dtype})")
         self.weight = weight
         self.group = group
+        #: Extra zero columns of the storage (and of the input the layer multiplies).
+        self.pad = -weight.shape[-1] % _COLUMN_MULTIPLE if pad_columns else 0
+        shape = (*weight.shape[:-1], weight.shape[-1] + self.pad)
         split = shadow_dtype != weight.dtype
-        self.shadow = torch.empty_like(weight, dtype=shadow_dtype) if split else weight.data
-        self.low = torch.empty_like(weight, dtype=torch.int16) if split else None
+        new = lambda dtype: weight.new_empty(shape, dtype=dtype)  # noqa: E731
+        self.shadow = new(shadow_dtype) if split or self.pad else weight.data
+        self.low = new(torch.int16) if split else None
         self._shadow_version: int | None = None
-        #: Whether the split may hold updates the fp32 parameter does not.
+        #: Whether the storage may hold updates the fp32 parameter does not.
         self._master_behind = False
-        self.momentum_buf = (torch.zeros_like(weight, dtype=momentum_dtype)
+        self.momentum_buf = (new(momentum_dtype).zero_()
                              if group.get("momentum", 0.0) else None)
         self._own_lr = lr is None
         self._lr = torch.empty(1, dtype=torch.float32, device=weight.device) if lr is None else lr
@@ -96,11 +106,14 @@ class BackwardSGDState:
         every replay.
         """
         if self.weight._version != self._shadow_version:
+            master = F.pad(self.weight.detach(), (0, self.pad))
             if self.low is not None:
-                split_fp32_(self.weight.detach(), self.shadow, self.low)
+                split_fp32_(master, self.shadow, self.low)
+            elif self.pad:
+                self.shadow.copy_(master)
             self._shadow_version = self.weight._version
-        # The step this prepares will update the split (in a graph replay, unseen from here).
-        self._master_behind = self.low is not None
+        # The step this prepares will update the storage (in a graph replay, unseen from here).
+        self._master_behind = self.shadow.data_ptr() != self.weight.data_ptr()
         if self._own_lr:
             lr = float(self.group["lr"])
             if lr != self._lr_value:
@@ -108,11 +121,21 @@ class BackwardSGDState:
                 self._lr_value = lr
 
     def write_master(self) -> None:
-        """Write the updates held in the split into the fp32 parameter (exactly)."""
+        """Write the updates held in the storage into the fp32 parameter (exactly)."""
         if self._master_behind and self.weight._version == self._shadow_version:
-            join_fp32_(self.shadow, self.low, self.weight.data)
+            master = self.shadow
+            if self.low is not None:
+                master = self.weight.data if not self.pad else torch.empty_like(
+                    self.shadow, dtype=torch.float32)
+                join_fp32_(self.shadow, self.low, master)
+            if self.pad:
+                self.weight.data.copy_(master[..., :self.weight.shape[-1]])
             self._shadow_version = self.weight._version
         self._master_behind = False
+
+    def padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the zero columns that match the storage's extra ones."""
+        return F.pad(x, (0, self.pad)) if self.pad else x
 
     def apply(self, p: torch.Tensor, q: torch.Tensor) -> None:
         """SGD step with the gradient ``p^T q`` summed over the batch (``[G, N, R]`` and
@@ -127,7 +150,11 @@ class BackwardSGDState:
         sgd_update_(p, q, grouped(self.shadow), grouped(self.low), grouped(self.momentum_buf),
                     self._lr, momentum=momentum,
                     weight_decay=float(self.group.get("weight_decay", 0.0)))
-        self._master_behind = self.low is not None
+        self._master_behind = self.shadow.data_ptr() != self.weight.data_ptr()
+
+
+#: Rows of the storage are padded to a multiple of this many weights (16 bytes in bf16).
+_COLUMN_MULTIPLE = 8
 
 
 def _capturing() -> bool:
@@ -141,11 +168,11 @@ class _LinearUpdatedInBackward(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None,
                 state: BackwardSGDState) -> torch.Tensor:
         shadow = state.shadow_weight()
-        xs = x.to(shadow.dtype)
+        xs = state.padded(x.to(shadow.dtype))
         y = F.linear(xs, shadow, None if bias is None else bias.to(shadow.dtype))
         ctx.save_for_backward(xs)
         ctx.state = state
-        ctx.x_dtype = x.dtype
+        ctx.x_dtype, ctx.x_shape = x.dtype, x.shape
         return y
 
     @staticmethod
@@ -157,7 +184,7 @@ class _LinearUpdatedInBackward(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[0]:
             # From the weights of this step: before the update below overwrites the shadow.
-            dx = (dy @ state.shadow).view(xs.shape).to(ctx.x_dtype)
+            dx = (dy @ state.shadow[:, :ctx.x_shape[-1]]).view(ctx.x_shape).to(ctx.x_dtype)
         db = dy.float().sum(0) if ctx.needs_input_grad[1] else None
         state.apply(dy.unsqueeze(0), x2.unsqueeze(0))
         return dx, db, None
@@ -285,8 +312,9 @@ def sgd_with_backward_updates(net: nn.Module, *, lr: float, momentum: float = 0.
     shadow_dtype
         The weights the forward pass multiplies (bf16, what autocast would cast them to).
     min_weights
-        Only layers with at least this many weights are swapped (small ones gain nothing);
-        layers whose rows the kernel cannot read efficiently are never swapped.
+        Only layers with at least this many weights are swapped (small ones gain nothing).
+        Layers whose rows are not a multiple of 8 wide get padded storage (see
+        :class:`BackwardSGDState`).
 
     Returns
     -------
@@ -295,8 +323,7 @@ def sgd_with_backward_updates(net: nn.Module, *, lr: float, momentum: float = 0.
         swapped layers read, so setting ``param_groups[0]["lr"]`` changes every rate.
     """
     targets = [(name, module) for name, module in net.named_modules()
-               if isinstance(module, nn.Linear) and module.weight.numel() >= min_weights
-               and efficient(module.weight.shape)]
+               if isinstance(module, nn.Linear) and module.weight.numel() >= min_weights]
     swapped = {id(module.weight) for _, module in targets}
     rest = [p for p in net.parameters() if id(p) not in swapped]
     if not rest:
@@ -308,7 +335,7 @@ def sgd_with_backward_updates(net: nn.Module, *, lr: float, momentum: float = 0.
     group = optimizer.param_groups[0]
     for name, module in targets:
         state = BackwardSGDState(module.weight, group, momentum_dtype=momentum_dtype,
-                                 shadow_dtype=shadow_dtype)
+                                 shadow_dtype=shadow_dtype, pad_columns=True)
         _set_submodule(net, name, UpdatingLinear(module, state))
     return optimizer
 

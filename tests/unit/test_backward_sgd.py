@@ -187,7 +187,10 @@ def test_loaded_state_refreshes_the_shadow_and_eval_is_plain_linear(shadow):
     _train(net, no_rest, batches)  # the split moves ahead of the parameter again ...
     net.load_state_dict(saved)     # ... and loading a state wins over it
     assert torch.equal(net.state_dict()["0.weight"], saved["0.weight"])
-    assert torch.equal(layer.state.shadow_weight().cpu(), saved["0.weight"].to(shadow).cpu())
+    # 12-weight rows are stored padded to 16 with zeros.
+    stored = layer.state.shadow_weight().cpu()
+    assert torch.equal(stored[:, :12], saved["0.weight"].to(shadow).cpu())
+    assert stored.shape == (40, 16) and not stored[:, 12:].any()
     net.eval()
     with torch.no_grad():
         assert torch.allclose(layer(x), x @ saved["0.weight"].T + saved["0.bias"])
@@ -213,16 +216,43 @@ def test_evaluation_reads_the_split_master_after_training():
         assert torch.equal(layer.weight, reached)
 
 
-def test_small_or_unaligned_layers_stay_with_torch():
+def test_small_layers_stay_with_torch():
     net = _mlp(2)
     opt = sgd_with_backward_updates(net, lr=0.1, min_weights=1000, shadow_dtype=DTYPE)
     assert [type(m).__name__ for m in net] == ["Linear", "Tanh", "UpdatingLinear", "Tanh",
                                                "Linear"]
     assert sum(p.numel() for p in opt.param_groups[0]["params"]) == \
         sum(p.numel() for p in net.parameters()) - 40 * 40
-    odd = nn.Sequential(nn.Linear(13, 8), nn.Linear(8, 3)).to(DEVICE)  # 13-weight rows
-    sgd_with_backward_updates(odd, lr=0.1, shadow_dtype=DTYPE)
-    assert [type(m).__name__ for m in odd] == ["Linear", "UpdatingLinear"]
+
+
+@pytest.mark.parametrize("shadow", [DTYPE, torch.bfloat16])
+def test_unaligned_rows_are_padded_and_follow_torch_sgd(shadow):
+    """Layers whose rows are not a multiple of 8 wide (D-GEX's 943 landmarks) train on
+    zero-padded storage and inputs: the same steps and input gradients as torch's SGD, the
+    parameters keep their shapes, and the padding stays zero."""
+    def odd(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(13, 21), nn.Tanh(), nn.Linear(21, 3)).to(DEVICE)
+
+    gen = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(6, 13, generator=gen).to(DEVICE),
+                torch.randn(6, 3, generator=gen).to(DEVICE)) for _ in range(4)]
+    ref, fused = odd(1), odd(1)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.5)
+    opt = sgd_with_backward_updates(fused, lr=0.05, momentum=0.5, shadow_dtype=shadow)
+    assert [m.state.pad for m in fused if isinstance(m, UpdatingLinear)] == [3, 3]
+    _train(ref, ref_opt, batches)
+    _train(fused, opt, batches)
+    start = odd(1).state_dict()
+    got = fused.state_dict()
+    tol = 5e-2 if ON_GPU or shadow == torch.bfloat16 else 1e-5
+    for name, want in ref.state_dict().items():
+        assert got[name].shape == want.shape
+        assert rel(got[name].cpu() - start[name].cpu(), want.cpu() - start[name].cpu()) < tol, name
+    for layer in (fused[0], fused[2]):
+        assert not layer.state.shadow[:, -3:].any()
+        if layer.state.momentum_buf is not None:
+            assert not layer.state.momentum_buf[:, -3:].float().any()
 
 
 @pytest.mark.parametrize("momentum,wd", [(0.0, 0.0), (0.9, 1e-2)])
