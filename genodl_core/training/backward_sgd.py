@@ -48,7 +48,8 @@ class BackwardSGDState:
     half. The fp32 parameter then falls behind; :meth:`write_master` brings it up to date
     (state dicts and evaluation of :class:`UpdatingLinear` call it, a pack calls it before
     writing its trials' weights back). With ``shadow_dtype`` fp32 there is no split: the
-    kernel updates the parameter itself, which is then also the shadow.
+    kernel updates the parameter itself, which is then also the shadow (or, padded, an fp32
+    copy of it).
 
     With ``pad_columns``, the split storage has a multiple of 8 columns (the extra ones zero):
     the kernel and cuBLAS then read aligned rows. D-GEX's first layer takes the 943 landmarks;
@@ -80,7 +81,9 @@ class BackwardSGDState:
         shape = (*weight.shape[:-1], weight.shape[-1] + self.pad)
         split = shadow_dtype != weight.dtype
         new = lambda dtype: weight.new_empty(shape, dtype=dtype)  # noqa: E731
-        self.shadow = new(shadow_dtype) if split or self.pad else weight.data
+        #: Whether the kernel updates storage of its own rather than the parameter itself.
+        self._own_storage = split or self.pad > 0
+        self.shadow = new(shadow_dtype) if self._own_storage else weight.data
         self.low = new(torch.int16) if split else None
         self._shadow_version: int | None = None
         #: Whether the storage may hold updates the fp32 parameter does not.
@@ -106,14 +109,14 @@ class BackwardSGDState:
         every replay.
         """
         if self.weight._version != self._shadow_version:
-            master = F.pad(self.weight.detach(), (0, self.pad))
+            master = self.padded(self.weight.detach())  # no copy when there is no padding
             if self.low is not None:
                 split_fp32_(master, self.shadow, self.low)
             elif self.pad:
                 self.shadow.copy_(master)
             self._shadow_version = self.weight._version
         # The step this prepares will update the storage (in a graph replay, unseen from here).
-        self._master_behind = self.shadow.data_ptr() != self.weight.data_ptr()
+        self._master_behind = self._own_storage
         if self._own_lr:
             lr = float(self.group["lr"])
             if lr != self._lr_value:
@@ -150,7 +153,7 @@ class BackwardSGDState:
         sgd_update_(p, q, grouped(self.shadow), grouped(self.low), grouped(self.momentum_buf),
                     self._lr, momentum=momentum,
                     weight_decay=float(self.group.get("weight_decay", 0.0)))
-        self._master_behind = self.shadow.data_ptr() != self.weight.data_ptr()
+        self._master_behind = self._own_storage
 
 
 #: Rows of the storage are padded to a multiple of this many weights (16 bytes in bf16).
