@@ -56,6 +56,8 @@ class BackwardSGDState:
     unpadded, its rows start unaligned, the kernel reads them element by element and cuBLAS
     falls back to kernels of an older GPU generation. The layer's input is padded with zero
     columns to match, so the extra weights neither change the output nor receive a gradient.
+    Only the input dimension can be padded this way: a pack's ``[G, in, out]`` layers keep
+    their shape (their columns are outputs) and are only swapped when already aligned.
 
     The split is made again from the parameter whenever the parameter changes outside the
     kernel (``load_state_dict`` of a best epoch, initialisation, a new pack's weights):
@@ -126,10 +128,11 @@ class BackwardSGDState:
     def write_master(self) -> None:
         """Write the updates held in the storage into the fp32 parameter (exactly)."""
         if self._master_behind and self.weight._version == self._shadow_version:
-            master = self.shadow
-            if self.low is not None:
-                master = self.weight.data if not self.pad else torch.empty_like(
-                    self.shadow, dtype=torch.float32)
+            if self.low is None:  # an fp32 copy (padded)
+                master = self.shadow
+            else:  # joined in place, or into a padded temporary
+                master = (torch.empty_like(self.shadow, dtype=torch.float32) if self.pad
+                          else self.weight.data)
                 join_fp32_(self.shadow, self.low, master)
             if self.pad:
                 self.weight.data.copy_(master[..., :self.weight.shape[-1]])
