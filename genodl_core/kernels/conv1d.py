@@ -52,7 +52,9 @@ def _fwd_configs() -> list[triton.Config]:
 
 
 def _wgrad_configs() -> list[triton.Config]:
-    return _configs(((64, 4, 3), (128, 4, 3), (128, 8, 3), (64, 4, 4)))
+    # Two warps won on an H100 for NT3's first convolution in a pack of 8: 0.61 ms against
+    # 0.71 ms or more with four or eight (44 choices of tile, warps and stages timed).
+    return _configs(((64, 2, 3), (64, 2, 4), (128, 2, 2), (64, 4, 3)))
 
 
 @triton.autotune(configs=_fwd_configs(), key=["L_out", "C", "R", "CO", "G"])
@@ -66,9 +68,12 @@ def _taps_kernel(src, w, bias, out, L_src, L_out, shift,
     Positions outside ``[0, L_src)`` read as zero (the input gradient's implicit padding).
     With ``RELU`` the result is ``max(out, 0)``.
     """
-    pid_m = tl.program_id(0)
+    # Groups vary fastest over the programs: those in flight together write whole rows of
+    # ``out`` (a row holds every group's channels) rather than one group's slice of many rows.
+    pid = tl.program_id(0)
+    pid_m = pid // G
+    g = (pid % G).to(tl.int64)
     n = tl.program_id(1).to(tl.int64)
-    g = tl.program_id(2).to(tl.int64)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_o = tl.arange(0, CO)
     src_base = src + n * s_n + g * s_g
@@ -105,7 +110,7 @@ def _taps_kernel(src, w, bias, out, L_src, L_out, shift,
 
 @triton.autotune(configs=_wgrad_configs(), key=["L_out", "C", "R", "CO", "G"])
 @triton.jit
-def _wgrad_kernel(src, dy, out, part, part_b, L_out, chunk, n_chunks,
+def _wgrad_kernel(src, dy, out, w, bias, part, part_b, L_out, chunk, n_chunks,
                   s_n, s_l, s_g, d_n, d_l, d_g, G,
                   C: tl.constexpr, R: tl.constexpr, CO: tl.constexpr, BR: tl.constexpr,
                   RELU: tl.constexpr, BM: tl.constexpr):
@@ -114,12 +119,18 @@ def _wgrad_kernel(src, dy, out, part, part_b, L_out, chunk, n_chunks,
     ``part[n, c, g, r, :] = sum_m src[n, m + r // C, g, r % C] * dy[n, m, g, :]`` and, from
     the programs of the first reduction block, ``part_b[n, c, g, :] = sum_m dy[n, m, g, :]``
     (the bias gradient, read from tiles already loaded). With ``RELU``, ``dy`` is the gradient
-    of the activated output ``out`` (same layout), zeroed here where ``out`` is not positive.
+    of an activated output and is zeroed where that output is not positive: ``RELU == 1``
+    reads the output ``out`` (same layout as ``dy``); ``RELU == 2`` recomputes the
+    pre-activation from the tile of ``src`` already loaded, the tap-major weights ``w``
+    ``[G, R, CO]`` and the fp32 ``bias``, as the forward kernel did (one reduction block only).
     """
-    pid_c = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    pid_gr = tl.program_id(2)
+    # Groups (and reduction blocks) vary fastest, so programs in flight together read whole
+    # rows of ``dy`` (as in the forward kernel).
     n_rb = tl.cdiv(R, BR)
+    pid = tl.program_id(0)
+    pid_c = pid // (G * n_rb)
+    pid_gr = pid % (G * n_rb)
+    n = tl.program_id(1).to(tl.int64)
     g = (pid_gr // n_rb).to(tl.int64)
     rb = pid_gr % n_rb
     r = rb * BR + tl.arange(0, BR)
@@ -130,6 +141,10 @@ def _wgrad_kernel(src, dy, out, part, part_b, L_out, chunk, n_chunks,
     stop = tl.minimum(start + chunk, L_out)
     acc = tl.zeros((BR, CO), dtype=tl.float32)
     acc_b = tl.zeros((CO,), dtype=tl.float32)
+    if RELU == 2:
+        w_tile = tl.load(w + g * (R * CO) + r[:, None] * CO + offs_o[None, :],
+                         mask=(r < R)[:, None], other=0.0)
+        b_row = tl.load(bias + g * CO + offs_o).to(tl.float32)
     for m0 in range(start, stop, BM):
         offs_m = m0 + tl.arange(0, BM)
         m_ok = offs_m < stop
@@ -142,9 +157,12 @@ def _wgrad_kernel(src, dy, out, part, part_b, L_out, chunk, n_chunks,
                           mask=m_ok[None, :] & (r < R)[:, None], other=0.0)
         tile = offs_m[:, None] * d_l + offs_o[None, :]
         gy = tl.load(dy_base + tile, mask=m_ok[:, None], other=0.0)
-        if RELU:
+        if RELU == 1:
             active = tl.load(out + n * d_n + g * d_g + tile, mask=m_ok[:, None], other=0.0) > 0
             gy = tl.where(active, gy, 0.0)
+        elif RELU == 2:
+            pre = tl.dot(tl.trans(a_t), w_tile) + b_row[None, :]
+            gy = tl.where(pre > 0, gy, 0.0)
         acc = tl.dot(a_t, gy, acc)
         acc_b += tl.sum(gy.to(tl.float32), axis=0)
     row = (n * n_chunks + pid_c) * G + g
@@ -191,7 +209,7 @@ def _taps(src: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor | None, *,
     out = torch.empty(n, l_out, groups * co, device=src.device, dtype=src.dtype)
     if n == 0 or l_out <= 0:
         return out
-    grid = lambda meta: (triton.cdiv(l_out, meta["BM"]), n, groups)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(l_out, meta["BM"]) * groups, n)  # noqa: E731
     _taps_kernel[grid](
         src, w_taps, bias if bias is not None else w_taps, out, l_src, l_out, shift,
         src.stride(0), src.stride(1), channels, out.stride(0), out.stride(1), co, groups,
@@ -242,19 +260,46 @@ def _input_grad_torch(dy: torch.Tensor, weight: torch.Tensor, groups: int,
     return grad.transpose(1, 2).contiguous()
 
 
+def recomputes_relu(weight_shape: torch.Size) -> bool:
+    """Whether :func:`weight_grad` can mask a ReLU's gradient without the activated output.
+
+    It can when one reduction block spans all ``taps x channels`` (NT3's first convolution:
+    20 taps of one channel), so each tile of the input it loads anyway gives the whole
+    pre-activation in one more small product.
+    """
+    _, c, k = weight_shape
+    return k * c <= _block_r(k * c, c)
+
+
 def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight_shape: torch.Size,
-                groups: int, activated: torch.Tensor | None = None
+                groups: int, activated: torch.Tensor | None = None,
+                relu_of: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of the ``[G*CO, C, K]`` weights and ``[G*CO]`` bias: fp32, deterministic.
 
-    ``activated``: the ReLU-activated output when ``dy`` is the gradient of that (the ReLU's
-    backward is then applied while ``dy`` is read).
+    When ``dy`` is the gradient of a ReLU-activated output, the ReLU's backward is applied
+    while ``dy`` is read, from either ``activated`` (that output) or ``relu_of``, the
+    convolution's ``(weight, bias)``: the pre-activation is then recomputed from ``x`` (where
+    :func:`recomputes_relu` allows), which saves reading the activated output, as large as
+    ``dy`` (1 GB for NT3's first convolution in a pack of 8 trials).
     """
     go, c, k = weight_shape
     co = go // groups
     x, dy = x.contiguous(), dy.contiguous()
+    if activated is not None and relu_of is not None:
+        raise ValueError("give the ReLU's mask as activated or relu_of, not both")
+    if relu_of is not None and not recomputes_relu(weight_shape):
+        raise ValueError(f"relu_of needs one reduction block; {k} taps x {c} channels "
+                         f"span {triton.cdiv(k * c, _block_r(k * c, c))}")
     if activated is not None:
         activated = activated.contiguous()
+    relu_mode, w_taps, bias = 0, dy, dy
+    if activated is not None:
+        relu_mode = 1
+    elif relu_of is not None:
+        relu_mode = 2
+        w_taps = _weight_taps(relu_of[0], groups, x.dtype)
+        bias = relu_of[1].to(torch.float32).contiguous()
     n, l_out, _ = dy.shape
     reduction = k * c
     block_r = _block_r(reduction, c)
@@ -264,11 +309,11 @@ def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight_shape: torch.Size,
     n_chunks = triton.cdiv(l_out, chunk)
     part = torch.empty(n, n_chunks, groups, reduction, co, device=x.device, dtype=torch.float32)
     part_b = torch.empty(n, n_chunks, groups, co, device=x.device, dtype=torch.float32)
-    grid = (n_chunks, n, groups * triton.cdiv(reduction, block_r))
+    grid = (n_chunks * groups * triton.cdiv(reduction, block_r), n)
     _wgrad_kernel[grid](
-        x, dy, activated if activated is not None else dy, part, part_b, l_out, chunk, n_chunks,
-        x.stride(0), x.stride(1), c, dy.stride(0), dy.stride(1), co, groups,
-        C=c, R=reduction, CO=co, BR=block_r, RELU=activated is not None)
+        x, dy, activated if activated is not None else dy, w_taps, bias, part, part_b, l_out,
+        chunk, n_chunks, x.stride(0), x.stride(1), c, dy.stride(0), dy.stride(1), co, groups,
+        C=c, R=reduction, CO=co, BR=block_r, RELU=relu_mode)
     total = part.sum(dim=(0, 1))                                  # [G, K*C, CO]
     dw = total.view(groups, k, c, co).permute(0, 3, 2, 1).reshape(go, c, k).contiguous()
     return dw, part_b.sum(dim=(0, 1)).reshape(go)
@@ -285,8 +330,10 @@ def conv1d_nlc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
     ``weight`` ``[G*CO, C, K]`` and ``bias`` ``[G*CO]`` as in ``Conv1d(groups=G)``; the result
     ``[N, L - K + 1, G*CO]`` has ``x``'s dtype (the weights are cast to it, as autocast would).
-    ``relu``: return ``relu(conv(x))``, activated in the kernel; the backward then reads the
-    activated output to mask the gradient where it is read (no separate ReLU passes).
+    ``relu``: return ``relu(conv(x))``, activated in the kernel; the backward masks the
+    gradient where it is read (no separate ReLU passes): from the pre-activation recomputed
+    from ``x`` where :func:`recomputes_relu` allows and no input gradient is needed (the first
+    convolution), else from the activated output.
     """
     return forward(x, weight, bias, groups, relu)
 
@@ -297,38 +344,42 @@ def _(x, weight, bias, groups, relu=False):
 
 
 @torch.library.custom_op("genodl::conv1d_nlc_backward", mutates_args=())
-def _conv1d_nlc_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int,
-                         need_input: bool, activated: torch.Tensor | None
+def _conv1d_nlc_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor, groups: int, need_input: bool,
+                         activated: torch.Tensor | None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    relu_of = None
     if need_input and activated is not None:   # the input gradient needs the masked dy itself
         dy = torch.where(activated > 0, dy, 0)
         activated = None
+    elif activated is not None and recomputes_relu(weight.shape):
+        relu_of, activated = (weight, bias), None
     if not need_input:
         dx = x.new_empty(0)
     elif weight.shape[1] < 16:  # too few input channels for a matrix tile: torch's kernel
         dx = _input_grad_torch(dy, weight, groups, x.shape)
     else:
         dx = input_grad(dy, weight, groups, x.shape[1])
-    dw, db = weight_grad(x, dy, weight.shape, groups, activated)
+    dw, db = weight_grad(x, dy, weight.shape, groups, activated, relu_of)
     return dx, dw.to(weight.dtype), db.to(weight.dtype)
 
 
 @_conv1d_nlc_backward.register_fake
-def _(dy, x, weight, groups, need_input, activated):
+def _(dy, x, weight, bias, groups, need_input, activated):
     dx = x.new_empty(x.shape) if need_input else x.new_empty(0)
     return dx, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, _, groups, relu = inputs
-    ctx.save_for_backward(x, weight, output if relu else None)
+    x, weight, bias, groups, relu = inputs
+    ctx.save_for_backward(x, weight, bias, output if relu else None)
     ctx.groups = groups
 
 
 def _backward(ctx, dy):
-    x, weight, activated = ctx.saved_tensors
+    x, weight, bias, activated = ctx.saved_tensors
     need_input = ctx.needs_input_grad[0]
-    dx, dw, db = _conv1d_nlc_backward(dy.to(x.dtype), x, weight, ctx.groups, need_input,
+    dx, dw, db = _conv1d_nlc_backward(dy.to(x.dtype), x, weight, bias, ctx.groups, need_input,
                                       activated)
     return (dx if need_input else None), dw, db, None, None
 
@@ -336,5 +387,5 @@ def _backward(ctx, dy):
 conv1d_nlc.register_autograd(_backward, setup_context=_setup_context)
 
 
-__all__ = ["conv1d_nlc", "forward", "input_grad", "weight_grad", "supports", "preferred",
-           "WGRAD_CHUNK", "WGRAD_PROGRAMS"]
+__all__ = ["conv1d_nlc", "forward", "input_grad", "weight_grad", "recomputes_relu", "supports",
+           "preferred", "WGRAD_CHUNK", "WGRAD_PROGRAMS"]

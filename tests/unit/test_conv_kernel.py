@@ -26,12 +26,12 @@ def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a.detach().double() - ref.detach()).norm() / ref.detach().norm())
 
 
-def run_case(n, length, c, co, k, groups, seed, relu=False):
+def run_case(n, length, c, co, k, groups, seed, relu=False, input_grad=None):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, length, groups * c, generator=gen).to(DEVICE, DTYPE)
     w = torch.randn(groups * co, c, k, generator=gen).to(DEVICE) / (c * k) ** 0.5
     b = torch.randn(groups * co, generator=gen).to(DEVICE)
-    x.requires_grad_(c > 1)
+    x.requires_grad_(c > 1 if input_grad is None else input_grad)
     w.requires_grad_()
     b.requires_grad_()
     y = kc.conv1d_nlc(x, w, b, groups, relu)
@@ -67,12 +67,45 @@ def test_matches_conv1d(n, length, c, co, k, groups):
     run_case(n, length, c, co, k, groups, seed=n * 100 + length)
 
 
-@pytest.mark.parametrize("n,length,c,co,k,groups", [
-    (2, 90, 1, 16, 7, 3),      # grouped first convolution: the mask is applied in the kernel
-    (3, 40, 16, 32, 3, 2),     # an input gradient too: the masked gradient feeds both
+@pytest.mark.parametrize("n,length,c,co,k,groups,input_grad", [
+    # grouped first convolution: the mask is recomputed from the input in the kernel
+    (2, 90, 1, 16, 7, 3, False),
+    # many channels, no input gradient: the kernel reads the mask from the activated output
+    (2, 40, 16, 16, 3, 2, False),
+    # an input gradient too: the masked gradient feeds both
+    (3, 40, 16, 32, 3, 2, True),
 ])
-def test_relu_in_the_kernel_matches_relu_after_conv1d(n, length, c, co, k, groups):
-    run_case(n, length, c, co, k, groups, seed=n * 10 + length, relu=True)
+def test_relu_in_the_kernel_matches_relu_after_conv1d(n, length, c, co, k, groups, input_grad):
+    run_case(n, length, c, co, k, groups, seed=n * 10 + length, relu=True,
+             input_grad=input_grad)
+
+
+def test_relu_mask_recomputed_equals_mask_read():
+    # NT3's first convolution: one reduction block spans its taps, so the weight gradient can
+    # rebuild the pre-activation from the input instead of reading the activated output.
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 90, 3, generator=gen).to(DEVICE, DTYPE)
+    w = (torch.randn(48, 1, 7, generator=gen) / 7 ** 0.5).to(DEVICE)
+    b = torch.randn(48, generator=gen).to(DEVICE)
+    y = kc.forward(x, w, b, 3, relu=True)
+    dy = torch.randn(y.shape, generator=gen).to(DEVICE, DTYPE)
+    assert kc.recomputes_relu(w.shape)
+    read = kc.weight_grad(x, dy, w.shape, 3, activated=y)
+    recomputed = kc.weight_grad(x, dy, w.shape, 3, relu_of=(w, b))
+    unmasked = kc.weight_grad(x, dy, w.shape, 3)
+    for got, want in zip(recomputed, read):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(unmasked[0], read[0], rtol=1e-2, atol=1e-2)  # the mask matters
+
+
+def test_relu_recompute_needs_one_reduction_block():
+    assert kc.recomputes_relu(torch.Size((64, 1, 20)))      # NT3's first convolution
+    assert not kc.recomputes_relu(torch.Size((64, 64, 10)))
+    x = torch.randn(1, 20, 16, device=DEVICE, dtype=DTYPE)
+    w = torch.randn(16, 16, 3, device=DEVICE)
+    dy = torch.randn(1, 18, 16, device=DEVICE, dtype=DTYPE)
+    with pytest.raises(ValueError, match="3 taps x 16 channels span 3"):
+        kc.weight_grad(x, dy, w.shape, 1, relu_of=(w, torch.zeros(16, device=DEVICE)))
 
 
 def test_weight_gradient_chunks_add_up(monkeypatch):
