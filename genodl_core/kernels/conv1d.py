@@ -286,33 +286,31 @@ def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight_shape: torch.Size,
     go, c, k = weight_shape
     co = go // groups
     x, dy = x.contiguous(), dy.contiguous()
-    if activated is not None and relu_of is not None:
-        raise ValueError("give the ReLU's mask as activated or relu_of, not both")
-    if relu_of is not None and not recomputes_relu(weight_shape):
-        raise ValueError(f"relu_of needs one reduction block; {k} taps x {c} channels "
-                         f"span {triton.cdiv(k * c, _block_r(k * c, c))}")
-    if activated is not None:
-        activated = activated.contiguous()
-    relu_mode, w_taps, bias = 0, dy, dy
-    if activated is not None:
-        relu_mode = 1
-    elif relu_of is not None:
-        relu_mode = 2
-        w_taps = _weight_taps(relu_of[0], groups, x.dtype)
-        bias = relu_of[1].to(torch.float32).contiguous()
     n, l_out, _ = dy.shape
     reduction = k * c
     block_r = _block_r(reduction, c)
-    n_blocks = n * groups * triton.cdiv(reduction, block_r)
-    wanted = triton.cdiv(WGRAD_PROGRAMS, n_blocks)
+    n_rb = triton.cdiv(reduction, block_r)   # reduction blocks
+    # The kernel's ReLU mode, and its mask operands (unused ones point at dy).
+    relu_mode, out, w_taps, bias = 0, dy, dy, dy
+    if activated is not None and relu_of is not None:
+        raise ValueError("give the ReLU's mask as activated or relu_of, not both")
+    if activated is not None:
+        relu_mode, out = 1, activated.contiguous()
+    elif relu_of is not None:
+        if not recomputes_relu(weight_shape):
+            raise ValueError(f"relu_of needs one reduction block of at most {block_r} taps x "
+                             f"channels; {k} taps x {c} channels span "
+                             f"{n_rb}")
+        relu_mode, w_taps = 2, _weight_taps(relu_of[0], groups, x.dtype)
+        bias = relu_of[1].to(torch.float32).contiguous()
+    wanted = triton.cdiv(WGRAD_PROGRAMS, n * groups * n_rb)
     chunk = min(WGRAD_CHUNK, max(128, triton.cdiv(triton.cdiv(l_out, wanted), 128) * 128))
     n_chunks = triton.cdiv(l_out, chunk)
     part = torch.empty(n, n_chunks, groups, reduction, co, device=x.device, dtype=torch.float32)
     part_b = torch.empty(n, n_chunks, groups, co, device=x.device, dtype=torch.float32)
-    grid = (n_chunks * groups * triton.cdiv(reduction, block_r), n)
-    _wgrad_kernel[grid](
-        x, dy, activated if activated is not None else dy, w_taps, bias, part, part_b, l_out,
-        chunk, n_chunks, x.stride(0), x.stride(1), c, dy.stride(0), dy.stride(1), co, groups,
+    _wgrad_kernel[(n_chunks * groups * n_rb, n)](
+        x, dy, out, w_taps, bias, part, part_b, l_out, chunk, n_chunks,
+        x.stride(0), x.stride(1), c, dy.stride(0), dy.stride(1), co, groups,
         C=c, R=reduction, CO=co, BR=block_r, RELU=relu_mode)
     total = part.sum(dim=(0, 1))                                  # [G, K*C, CO]
     dw = total.view(groups, k, c, co).permute(0, 3, 2, 1).reshape(go, c, k).contiguous()
