@@ -47,7 +47,7 @@ def check(c_in: int, c_out: int, k: int, groups: int, length: int = 4099, n: int
 def bench(c_in: int, c_out: int, k: int, groups: int, batch: int = 16,
           features: int = 60483) -> tuple[float, float]:
     from genodl_core.kernels.conv1d import conv1d_nlc
-    from genodl_core.training.fast import conv_channels_last
+    from genodl_core.models.nt3_fast import conv_channels_last
 
     length = features if c_in == 1 else features - 19
     x = torch.randn(batch, groups * c_in, 1, length, device="cuda").bfloat16()
@@ -78,7 +78,7 @@ def profile_fast_path(groups: int) -> None:
     import tempfile
 
     from genodl_core.bench import BenchConfig, trial_spec
-    from genodl_core.training.batched import run_trials
+    from genodl_core.training.trial import run_trials
     from genodl_core.training.trial import run_trial
 
     cfg = BenchConfig(model="nt3")

@@ -18,23 +18,20 @@ Every figure comes from the same process on the same device, so their ratios are
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 
 from genodl_core.errors import SpecError
 from genodl_core.spec import TrialSpec, spec_from_dict
-from genodl_core.training.fast import (CONV_KERNEL_ENV, FUSED_ACTIVATIONS_ENV, FUSED_UPDATE_ENV,
-                                      STEP_GRAPHS_ENV)
+from genodl_core.training.plan import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +53,9 @@ MODES = {
     "batched-unfused": ("batched, ReLU and max-pool as torch's ops", "auto", "batched"),
 }
 
-#: Ablation suffixes of modes: the environment switch each one turns off.
-_ABLATIONS = {"-cudnn": CONV_KERNEL_ENV, "-torchsgd": FUSED_UPDATE_ENV,
-              "-eager": STEP_GRAPHS_ENV, "-unfused": FUSED_ACTIVATIONS_ENV}
+#: Ablation suffixes of modes: the run setting each one turns off.
+_ABLATIONS = {"-cudnn": "conv_kernel", "-torchsgd": "fused_update", "-eager": "step_graphs",
+              "-unfused": "fused_activations"}
 
 
 @dataclass(frozen=True)
@@ -249,66 +246,48 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | Path | None = None) -> BenchR
 
 
 def _run_mode(cfg: BenchConfig, mode: str, device: str, epochs: int, out: Path,
-              report: BenchReport) -> ModeResult:
-    from genodl_core.training.fast import FastPath, use_fast_path
+              report: BenchReport, settings: RunSettings | None = None) -> ModeResult:
     from genodl_core.training.trial import run_trial
 
     label, precision, fast_setting = MODES[mode]
+    settings = settings or RunSettings(checkpoint_interval_s=None)
     for suffix, switch in _ABLATIONS.items():
         if mode.endswith(suffix):
-            with _switched_off(switch):
-                result = _run_mode(cfg, mode.removesuffix(suffix), device, epochs, out, report)
+            result = _run_mode(cfg, mode.removesuffix(suffix), device, epochs, out, report,
+                               settings.replace(**{switch: False}))
             return dataclasses.replace(result, mode=mode, label=label)
-    fast = FastPath.plain() if fast_setting == "off" else None
+    if fast_setting == "off":
+        settings = settings.replace(fast_path="off")
     specs = [trial_spec(cfg, seed=seed, precision=precision, epochs=epochs, device=device)
              for seed in (1, 2)]
     if fast_setting == "batched":
-        return _run_batched(cfg, mode, label, specs, device, epochs, out, report)
+        return _run_batched(cfg, mode, label, specs, device, epochs, out, report, settings)
     records = []
-    with use_fast_path(fast):
-        for spec in specs:
-            result = run_trial(spec, out, raise_errors=True)
-            records.append(_load(result.path))
+    for spec in specs:
+        result = run_trial(spec, out, raise_errors=True, settings=settings)
+        records.append(_load(result.path))
     return _summarise(cfg, mode, label, specs[0], records, epochs, report, trials=1,
-                      fast_label=_fast_label(fast, device, records[-1]["precision"]))
+                      fast_label=records[-1]["engine"]["label"])
 
 
 def _run_batched(cfg: BenchConfig, mode: str, label: str, specs: list[TrialSpec], device: str,
-                 epochs: int, out: Path, report: BenchReport) -> ModeResult:
-    from genodl_core.training.batched import run_trials
+                 epochs: int, out: Path, report: BenchReport,
+                 settings: RunSettings) -> ModeResult:
+    from genodl_core.training.trial import run_trials
 
     records: list[dict[str, Any]] = []
     walls = []
     for round_ in range(2):
         pack = [specs[round_].replace(seed=100 * round_ + i) for i in range(cfg.pack)]
         t0 = time.monotonic()
-        results = run_trials(pack, out, pack_size=cfg.pack, raise_errors=True)
+        results = run_trials(pack, out, pack_size=cfg.pack, raise_errors=True,
+                             settings=settings)
         walls.append(time.monotonic() - t0)
         records.append(_load(results[0].path))
         records[-1]["pack_wall_s"] = walls[-1]
+    engine = records[-1]["engine"]
     return _summarise(cfg, mode, label, specs[0], records, epochs, report, trials=cfg.pack,
-                      fast_label=f"batched x{cfg.pack}")
-
-
-@contextlib.contextmanager
-def _switched_off(name: str) -> Iterator[None]:
-    """Run the block with the fast path's environment switch ``name`` set to 'off'."""
-    saved = os.environ.get(name)
-    os.environ[name] = "off"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
-
-
-def _fast_label(fast, device: str, precision: str) -> str:
-    from genodl_core.training.fast import fast_path_for
-
-    chosen = fast if fast is not None else fast_path_for(device, precision)
-    return chosen.label()
+                      fast_label=f"{engine['mode']} x{engine['pack_size']} ({engine['label']})")
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -98,10 +98,10 @@ def execute_trial(spec: Mapping[str, Any], trial_id: str, run_dir: str | Path, *
 def execute_pack(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str],
                  run_dir: str | Path, *, threads: int | None = None,
                  submitted_at: float | None = None) -> list[dict[str, Any]]:
-    """Run several compatible NT3 trials as one batched computation, one record each.
+    """Run several compatible trials as one batched computation, one record each.
 
     The trials (same architecture and training settings, differing in seed and noise; see
-    ``genodl_core.training.batched.pack_key``) share one grouped computation on this worker's
+    ``genodl_core.training.trial.pack_key``) share one grouped computation on this worker's
     device, which fills a GPU far better than one small trial. Complete members are skipped.
 
     Parameters
@@ -191,11 +191,7 @@ def _run_unit(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str], run_
 
 
 def _run_trials(specs: list[Mapping[str, Any]], trials_dir: Path) -> list[Any]:
-    if len(specs) == 1:
-        from genodl_core.training.trial import run_trial
-
-        return [run_trial(dict(specs[0]), trials_dir)]
-    from genodl_core.training.batched import run_trials
+    from genodl_core.training.trial import run_trials
 
     return run_trials([dict(s) for s in specs], trials_dir, pack_size=len(specs))
 

@@ -22,7 +22,7 @@ from genodl_core import records
 from genodl_core.errors import SpecError
 
 from workflows.progress import Progress
-from workflows.retry import classify, retry_handler
+from workflows.retry import failure_fields, record_driver_failure, retry_handler
 from workflows.rundir import STATES, RunDir, TrialState
 from workflows.sweep import Sweep, SweepTrial
 
@@ -172,14 +172,15 @@ def select_todo(run: RunDir, sweep: Sweep,
 def make_units(todo: list[SweepTrial], pack_size: int) -> list[list[SweepTrial]]:
     """Group the trials to run into units of work: single trials, or batched packs.
 
-    With ``pack_size > 1``, NT3 trials that differ only in seed and noise are packed (up to
-    ``pack_size`` per unit) into one batched computation on one worker (see
-    ``genodl_core.training.batched``); other trials stay alone.
+    With ``pack_size > 1``, trials whose model family can stack them and that differ only in
+    seed and noise are packed (up to ``pack_size`` per unit) into one computation on one worker
+    (see ``genodl_core.training.trial.group_packs``); other trials stay alone.
+
     """
     if pack_size <= 1 or len(todo) <= 1:
         return [[t] for t in todo]
     from genodl_core.spec import spec_from_dict
-    from genodl_core.training.batched import group_packs
+    from genodl_core.training.trial import group_packs
 
     packs = group_packs([spec_from_dict(t.spec) for t in todo], pack_size)
     return [[todo[i] for i in pack] for pack in packs]
@@ -276,15 +277,11 @@ def _settle_failure(run: RunDir, trial_id: str, err: Exception) -> tuple[str, st
         log.warning("trial %s failed after retries: %s: %s", trial_id,
                     status.get("error_type"), status.get("error"))
         return trial_id, records.FAILED, status.get("wall_s")
-    message = _first_line(err)
-    records.write_status(trial_dir, records.FAILED, trial_id=trial_id,
-                         attempt=int(status.get("attempt", 0) or 0),
-                         error_type=type(err).__name__, error=message,
-                         deterministic=classify(err) == "deterministic",
-                         recorded_by="driver")
+    failure = failure_fields(err)
+    record_driver_failure(trial_dir, trial_id, previous=status, **failure)
     run.append_event({"event": "lost", "trial_id": trial_id,
-                      "error_type": type(err).__name__, "error": message})
-    log.warning("trial %s failed: %s: %s", trial_id, type(err).__name__, message)
+                      "error_type": failure["error_type"], "error": failure["error"]})
+    log.warning("trial %s failed: %s: %s", trial_id, failure["error_type"], failure["error"])
     return trial_id, records.FAILED, None
 
 
@@ -520,11 +517,6 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 __all__ = ["RunSettings", "RunReport", "StatusReport", "run_sweep", "rerun", "select_todo",

@@ -14,7 +14,7 @@ added in a fixed order, so results are deterministic.
 Layout: activations are ``[batch, positions, groups * channels]`` (what a channels-last
 ``[B, C, 1, L]`` tensor is in memory), weights the ``Conv1d`` ones ``[groups * filters,
 channels, taps]``. ``groups`` packs several independent trials into one launch (trial ``g`` owns
-channels ``g*C .. g*C + C - 1``), as :class:`~genodl_core.training.batched.BatchedNT3` does.
+channels ``g*C .. g*C + C - 1``), as :class:`~genodl_core.models.nt3_fast.BatchedNT3` does.
 Stride 1, no padding, no dilation: what NT3 uses; :func:`supports` says which convolutions fit.
 
 Public entry point: :func:`conv1d_nlc` (differentiable; a ``torch.library`` custom op, so

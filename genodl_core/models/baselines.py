@@ -28,7 +28,7 @@ import numpy as np
 from genodl_core.data.types import Dataset
 from genodl_core.errors import SpecError
 from genodl_core.registry import MODELS
-from genodl_core.training.context import FitContext, FitOutcome
+from genodl_core.training.family import FitOutcome, Member
 from genodl_core.training.regression import mae_metrics
 from genodl_core.typed import check_range
 
@@ -291,7 +291,7 @@ def _outcome(ds: Dataset, predict: Callable[[np.ndarray], np.ndarray], n_paramet
 
 
 @MODELS.register("lr", params=LRParams, task="regression")
-def fit_lr(ctx: FitContext) -> FitOutcome:
+def fit_lr(ctx: Member) -> FitOutcome:
     """Least squares for all target genes at once (the LINCS inference method)."""
     started = time.perf_counter()
     ds = ctx.dataset
@@ -300,7 +300,7 @@ def fit_lr(ctx: FitContext) -> FitOutcome:
 
 
 @MODELS.register("lr_l2", params=RidgeParams, task="regression")
-def fit_lr_l2(ctx: FitContext) -> FitOutcome:
+def fit_lr_l2(ctx: Member) -> FitOutcome:
     """Ridge regression; lambda chosen on the validation split."""
     started = time.perf_counter()
     ds = ctx.dataset
@@ -316,7 +316,7 @@ def fit_lr_l2(ctx: FitContext) -> FitOutcome:
 
 
 @MODELS.register("lr_l1", params=LassoParams, task="regression")
-def fit_lr_l1(ctx: FitContext) -> FitOutcome:
+def fit_lr_l1(ctx: Member) -> FitOutcome:
     """Lasso; alpha chosen on the validation split (coordinate descent, warm starts)."""
     started = time.perf_counter()
     ds = ctx.dataset
@@ -333,7 +333,7 @@ def fit_lr_l1(ctx: FitContext) -> FitOutcome:
 
 
 @MODELS.register("knn_ge", params=KNNGEParams, task="regression")
-def fit_knn_ge(ctx: FitContext) -> FitOutcome:
+def fit_knn_ge(ctx: Member) -> FitOutcome:
     """Gene-based KNN: each target is the mean of its k most similar landmark genes."""
     started = time.perf_counter()
     ds = ctx.dataset

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
 
 from genodl_core.errors import DataError, SpecError
 from genodl_core.registry import MODELS
-from genodl_core.spec import derive_seed
-from genodl_core.typed import check_range
+from genodl_core.spec import TrialSpec, derive_seed
 from genodl_core.training.abstention import AbstentionObjective, AlphaController
-from genodl_core.training.batched import current_pack, pack_key
-from genodl_core.training.context import FitContext, FitOutcome
-from genodl_core.training.loop import CrossEntropyObjective, fit_classifier
+from genodl_core.training.classifier import ClassifierStack, check_classification
+from genodl_core.training.family import Family, Member, stacking_key
+from genodl_core.training.objectives import CrossEntropyObjective
+from genodl_core.training.plan import ExecutionPlan
+from genodl_core.training.schedules import schedule_of
+from genodl_core.typed import check_range
 
 Activation = Literal["relu", "elu", "tanh", "sigmoid"]
 
@@ -299,44 +301,70 @@ def build_nt3(params: NT3Params, n_features: int, n_classes: int, *, seed: int =
     return model
 
 
-@MODELS.register("nt3", params=NT3Params, task="classification")
-def fit(ctx: FitContext) -> FitOutcome:
-    """Train NT3 (base or abstaining) on the context's dataset with the shared loop.
+class NT3Family(Family):
+    """NT3 as a model family: K >= 1 trials through :class:`ClassifierStack`.
 
-    Raises
-    ------
-    SpecError
-        The architecture does not fit the data width.
-    DataError
-        The dataset is not a classification dataset with ``n_classes`` set.
-    TrialTimeout
-        ``train.timeout_s`` ran out.
+    Alone, a network runs as it is or, on the fast path, in its channels-last form
+    (:class:`~genodl_core.models.nt3_fast.ChannelsLastNT3`), compiled. A pack of trials runs as
+    one :class:`~genodl_core.models.nt3_fast.BatchedNT3`. Packable: ordinary convolutions and
+    no dropout (dropout masks come from the global generator, which a stacked computation
+    cannot split per trial the way separate runs draw them), and equal model, data, training,
+    device and precision settings; seed and noise may differ.
     """
-    params: NT3Params = ctx.spec.model.params
-    dataset = ctx.dataset
-    if dataset.task != "classification" or dataset.n_classes is None:
-        raise DataError(f"NT3 needs classification data with n_classes set; got task="
-                        f"{dataset.task!r}, n_classes={dataset.n_classes!r}")
-    n_classes, n_features = int(dataset.n_classes), dataset.n_features
-    nt3_widths(params, n_features)  # fail before moving any data
-    init_seed = derive_seed(ctx.spec.seed, "init")
-    if params.variant == "abstaining":
-        objective = AbstentionObjective(n_classes, params.controller())
+
+    single_switches = frozenset({"channels_last", "fused_optimizer", "eval_batch_size",
+                                 "cudnn_benchmark", "compile", "bf16_inputs"})
+    pack_switches = frozenset({"eval_batch_size", "cudnn_benchmark", "compile", "bf16_inputs",
+                               "conv_kernel", "fused_update", "fused_activations"})
+
+    def pack_key(self, spec: TrialSpec) -> str | None:
+        params: NT3Params = spec.model.params
+        if params.locally_connected or params.dropout > 0:
+            return None
+        return stacking_key(spec)
+
+    def check(self, member: Member) -> None:
+        dataset = member.dataset
+        if dataset.task != "classification" or dataset.n_classes is None:
+            raise DataError(f"NT3 needs classification data with n_classes set; got task="
+                            f"{dataset.task!r}, n_classes={dataset.n_classes!r}")
+        nt3_widths(member.spec.model.params, dataset.n_features)  # before moving any data
+        check_classification(member, int(dataset.n_classes))
+
+    def stack(self, members: Sequence[Member], plan: ExecutionPlan) -> ClassifierStack:
+        params: NT3Params = members[0].spec.model.params
+        dataset = members[0].dataset
+        n_classes, n_features = int(dataset.n_classes), dataset.n_features
+        nets = [build_nt3(params, n_features, n_classes, device=plan.device,
+                          seed=derive_seed(m.spec.seed, "init")) for m in members]
+        objectives = [AbstentionObjective(n_classes, params.controller())
+                      if params.variant == "abstaining" else CrossEntropyObjective()
+                      for _ in members]
+        flatten = params.conv[-1][0] * nt3_widths(params, n_features)[-1][1]
+        return ClassifierStack(
+            members, plan, n_classes=n_classes, nets=nets, run=_run_nt3,
+            objectives=objectives, schedules=[schedule_of(m.spec.train) for m in members],
+            extra=lambda t: {"variant": params.variant, "n_outputs": params.n_outputs(n_classes),
+                             "flatten_width": flatten})
+
+
+def _run_nt3(nets: Sequence[NT3Net], plan: ExecutionPlan) -> tuple[nn.Module, Callable]:
+    """The module and forward of NT3 trials as the plan says (see :class:`NT3Family`)."""
+    from genodl_core.models.nt3_fast import BatchedNT3, ChannelsLastNT3, supports_channels_last
+
+    sw = plan.switches
+    if len(nets) > 1:
+        module: nn.Module = BatchedNT3(nets, conv_kernel=sw.conv_kernel,
+                                       fuse_activations=sw.fused_activations).to(plan.device)
+    elif sw.channels_last and supports_channels_last(nets[0]):
+        module = ChannelsLastNT3(nets[0])
     else:
-        objective = CrossEntropyObjective()
-    def build() -> NT3Net:
-        return build_nt3(params, n_features, n_classes, seed=init_seed, device=ctx.device)
-
-    pack = current_pack()
-    if pack is not None and pack_key(ctx.spec) is not None:
-        # Trained together with the other trials of its pack (genodl_core.training.batched).
-        outcome = pack.fit(ctx, build, objective, n_classes)
-    else:
-        outcome = fit_classifier(ctx, build, objective, n_classes=n_classes)
-    outcome.extra.update(variant=params.variant, n_outputs=params.n_outputs(n_classes),
-                         flatten_width=params.conv[-1][0] * nt3_widths(params, n_features)[-1][1])
-    return outcome
+        module = nets[0]
+    return module, torch.compile(module, dynamic=False) if sw.compile else module
 
 
-__all__ = ["NT3Params", "NT3Net", "LocallyConnected1d", "build_nt3", "nt3_param_count",
-           "nt3_widths", "init_glorot", "fit"]
+MODELS.register("nt3", params=NT3Params, task="classification")(NT3Family())
+
+
+__all__ = ["NT3Params", "NT3Net", "NT3Family", "LocallyConnected1d", "build_nt3",
+           "nt3_param_count", "nt3_widths", "init_glorot"]

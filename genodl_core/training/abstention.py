@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from genodl_core.errors import SpecError
+from genodl_core.training.objectives import CrossEntropyObjective
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +138,12 @@ class AlphaController:
         return self.alpha
 
 
-class AbstentionObjective:
+class AbstentionObjective(CrossEntropyObjective):
     """Training objective of an abstaining classifier: DAC loss at the controller's alpha.
 
-    Implements the objective interface of :func:`genodl_core.training.loop.fit_classifier`.
+    After each epoch the controller adapts alpha from the row's validation metrics
+    (``val_abstention_accuracy``, ``val_abstention``); the curve ``alpha`` holds the value each
+    epoch's losses were computed with.
     """
 
     def __init__(self, n_classes: int, controller: AlphaController):
@@ -149,14 +153,22 @@ class AbstentionObjective:
     def per_sample_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return dac_loss(logits, y, self.controller.alpha, reduction="none")
 
-    def end_epoch(self, epoch: int, val: dict[str, float]) -> dict[str, float]:
+    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
         """Adapt alpha from validation metrics; return the curve entries of this epoch."""
         used = self.controller.alpha
-        self.controller.end_epoch(epoch, val["abstention_accuracy"], val["abstention"])
+        self.controller.end_epoch(epoch, metrics["val_abstention_accuracy"],
+                                  metrics["val_abstention"])
         return {"alpha": used}
 
     def extra(self) -> dict[str, float | list[float]]:
         return {"alpha_next": self.controller.alpha}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"alpha": self.controller.alpha, "history": list(self.controller.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.alpha = state["alpha"]
+        self.controller.history = list(state["history"])
 
 
 __all__ = ["EPS", "dac_loss", "AlphaController", "AbstentionObjective"]

@@ -10,7 +10,7 @@ On CPU every precision runs in fp32, so CPU results stay bit-for-bit reproducibl
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -68,4 +68,47 @@ def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
-__all__ = ["PRECISIONS", "autocast", "is_cuda", "matmul_precision"]
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """Set ``torch.backends.cudnn.benchmark`` for the block and restore it afterwards.
+
+    Scoped because a persistent worker runs many trials, possibly with other settings.
+    """
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or saved
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: str) -> Iterator[None]:
+    """Seed the global CPU (and current CUDA) generators for dropout; restore them on exit."""
+    devices = [torch.cuda.current_device()] if is_cuda(device) else []
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        if devices:
+            torch.cuda.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def amp_without_cache(amp: Callable[[], contextlib.AbstractContextManager]) -> Iterator[None]:
+    """``amp()`` with autocast's weight cache off, as CUDA graph capture requires.
+
+    The cache keeps bf16 copies of weights across calls within one autocast region; inside a
+    captured graph those copies would be stale after the optimizer step.
+    """
+    scope = amp()
+    if isinstance(scope, torch.autocast):
+        scope = torch.autocast(device_type=scope.device, dtype=scope.fast_dtype,
+                               cache_enabled=False)
+    with scope:
+        yield
+
+
+__all__ = ["PRECISIONS", "autocast", "is_cuda", "matmul_precision", "cudnn_benchmark",
+           "seeded_global_rng", "amp_without_cache"]

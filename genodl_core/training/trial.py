@@ -1,8 +1,15 @@
-"""One trial, end to end: spec -> data -> noise -> model fit -> record.
+"""Trials end to end: spec -> data -> noise -> engine -> record, alone or in packs.
 
-:func:`run_trial` is the only entry point the workflow layer needs. It never raises for a trial
-that fails: the failure is data (status ``failed`` with the exception type, message, traceback
-and whether a retry could help), so one diverging seed never stops a sweep.
+:func:`run_trial` and :func:`run_trials` are the entry points the workflow layer needs. The
+runner groups compatible specs by their family's ``pack_key`` (:func:`group_packs`), and
+:func:`run_pack` hands the engine K trials at once; every member still gets its own record. A
+trial never raises for a failure: the failure is data (status ``failed`` with the exception
+type, message, traceback and whether a retry could help), so one diverging seed never stops a
+sweep, and a member that fails (before or during training) does not stop the others of its pack.
+
+The execution plan of a pack (:func:`~genodl_core.training.plan.choose_plan`) is decided here,
+once, after the members' data are ready and before anything trains; it is written into each
+member's ``provenance.json`` under ``engine`` and into its ``result.json``.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -29,7 +36,7 @@ PROGRESS_INTERVAL_S = 5.0
 
 @dataclass
 class TrialResult:
-    """The outcome of :func:`run_trial` (the full record is in ``path``)."""
+    """The outcome of one trial (the full record is in ``path``)."""
 
     trial_id: str
     state: str
@@ -55,8 +62,40 @@ def resolve_spec(spec: TrialSpec | Mapping[str, Any] | str | Path) -> TrialSpec:
     return load_spec(spec)
 
 
+def family_of(spec: TrialSpec) -> Any:
+    """The registered implementation of the spec's model: a Family, or a closed-form fit."""
+    return MODELS.get(spec.model.name).fn
+
+
+def pack_key(spec: TrialSpec) -> str | None:
+    """Equal for specs that can train as one stacked computation; None: the spec trains alone."""
+    from genodl_core.training.family import Family
+
+    family = family_of(spec)
+    return family.pack_key(spec) if isinstance(family, Family) else None
+
+
+def group_packs(specs: Sequence[TrialSpec], pack_size: int) -> list[list[int]]:
+    """Indices of ``specs`` grouped into packs of at most ``pack_size`` compatible trials.
+
+    Unpackable trials form packs of one. Order within a group follows ``specs``; packs are
+    ordered by their first member.
+    """
+    groups: dict[str, list[int]] = {}
+    packs: list[list[int]] = []
+    for i, spec in enumerate(specs):
+        key = pack_key(spec) if pack_size > 1 else None
+        if key is None:
+            packs.append([i])
+        else:
+            groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        packs += [members[j:j + pack_size] for j in range(0, len(members), pack_size)]
+    return sorted(packs, key=lambda p: p[0])
+
+
 def run_trial(spec: TrialSpec | Mapping[str, Any] | str | Path, out_dir: str | Path, *,
-              raise_errors: bool = False) -> TrialResult:
+              raise_errors: bool = False, settings: Any = None) -> TrialResult:
     """Run one trial and write its record to ``out_dir/<trial_id>/``.
 
     Parameters
@@ -68,114 +107,270 @@ def run_trial(spec: TrialSpec | Mapping[str, Any] | str | Path, out_dir: str | P
         Parent directory of the trial's record folder.
     raise_errors
         Re-raise a failure after recording it (debugging); by default it is returned.
+    settings
+        :class:`~genodl_core.training.plan.RunSettings` (default: from the environment).
 
     Returns
     -------
     TrialResult
         State ``done`` with the final metrics, or ``failed`` with the error.
     """
-    spec = resolve_spec(spec)
-    trial_id = spec.trial_id
-    trial_dir = Path(out_dir) / trial_id
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    previous = records.read_status(trial_dir) or {}
-    attempt = int(previous.get("attempt", 0)) + 1
-    started = time.time()
-    t0 = time.monotonic()
+    return run_pack([spec], out_dir, raise_errors=raise_errors, settings=settings)[0]
 
-    log, handler = _trial_logger(trial_id, trial_dir)
+
+def run_trials(specs: Sequence[TrialSpec | Mapping[str, Any]], out_dir: str | Path, *,
+               pack_size: int = 8, raise_errors: bool = False,
+               settings: Any = None) -> list[TrialResult]:
+    """Run trials, packing compatible ones (at most ``pack_size``); results in spec order."""
+    resolved = [resolve_spec(s) for s in specs]
+    results: list[Any] = [None] * len(resolved)
+    for pack in group_packs(resolved, pack_size):
+        for i, result in zip(pack, run_pack([resolved[i] for i in pack], out_dir,
+                                            raise_errors=raise_errors, settings=settings)):
+            results[i] = result
+    return results
+
+
+def run_pack(specs: Sequence[TrialSpec | Mapping[str, Any] | str | Path], out_dir: str | Path,
+             *, raise_errors: bool = False, settings: Any = None) -> list[TrialResult]:
+    """Train ``specs`` (compatible by ``pack_key`` when more than one) as one computation.
+
+    Returns
+    -------
+    list of TrialResult
+        One per spec, in order. With ``raise_errors`` the first failure is raised once every
+        record is written.
+    """
+    from genodl_core.training.plan import RunSettings
+
+    resolved = [resolve_spec(s) for s in specs]
+    if len(resolved) > 1 and len({pack_key(s) for s in resolved} | {None}) != 2:
+        raise GenodlError("run_pack: the specs cannot train together (their pack keys differ "
+                          "or one is not packable); group them with group_packs")
+    settings = RunSettings.from_env() if settings is None else settings
+    trials = [_Trial(spec, Path(out_dir)) for spec in resolved]
     try:
-        records.atomic_write_json(trial_dir / records.SPEC_FILE,
-                                  {"trial_id": trial_id, **spec.to_dict()})
-        records.write_status(trial_dir, records.RUNNING, trial_id=trial_id, attempt=attempt,
-                             started_at=started, pid=os.getpid())
+        _run(trials, settings)
+    finally:
+        for trial in trials:
+            trial.close()
+    if raise_errors:
+        for trial in trials:
+            if trial.error is not None:
+                raise trial.error
+    return [trial.result for trial in trials]
+
+
+def _run(trials: list["_Trial"], settings: Any) -> None:
+    # Deferred imports keep `import genodl_core.training.trial` light for the workflow layer.
+    from genodl_core.training.device import device_info, resolve_device, resolve_precision
+    from genodl_core.training.family import Family
+
+    spec = trials[0].spec
+    try:
+        device = resolve_device(spec.device)
+        precision = resolve_precision(spec.precision, device)
+        info = device_info(device)
+    except BaseException as err:  # noqa: BLE001 - every member's record says so
+        for trial in trials:
+            trial.fail(err)
+        if not isinstance(err, Exception):
+            raise
+        return
+    family = family_of(spec)
+    ready = [t for t in trials if t.prepare(family if isinstance(family, Family) else None)]
+    if not ready:
+        return
+    if not isinstance(family, Family):  # a closed-form baseline: no engine
+        (trial,) = ready
+        trial.start(info, precision, None)
+        trial.finish_with(_guarded(trial, lambda: family(trial.member)))
+        return
+    from genodl_core.training.plan import choose_plan
+
+    plan = choose_plan(device, precision, family.switches(len(ready)), pack_size=len(ready),
+                       settings=settings)
+    for trial in ready:
+        trial.start(info, precision, plan)
+    outcomes = _train(family, ready, plan)
+    for trial, outcome in zip(ready, outcomes):
+        trial.finish_with(outcome)
+
+
+def _train(family: Any, trials: list["_Trial"], plan: Any) -> list[Any]:
+    """The engine's outcomes, or, when training as a whole failed, that error for everyone."""
+    from genodl_core.training import engine
+    from genodl_core.training.checkpoint import CHECKPOINT_FILE, Checkpoint
+
+    members = [t.member for t in trials]
+    identity = {k: v for k, v in plan.to_dict().items() if k != "checkpoint_interval_s"}
+    checkpoint = Checkpoint(trials[0].dir / CHECKPOINT_FILE,
+                            members=[t.spec.trial_id for t in trials], plan=identity,
+                            interval_s=plan.checkpoint_interval_s, keep=plan.keep_checkpoints)
+    t_fit = time.monotonic()
+    try:
+        stack = family.stack(members, plan)
+        outcomes = engine.train(stack, members, device=plan.device, checkpoint=checkpoint)
+    except BaseException as err:  # noqa: BLE001 - every member fails with it
+        if not isinstance(err, Exception):
+            for trial in trials:
+                trial.fail(err)
+            raise
+        return [err] * len(trials)
+    fit_s = time.monotonic() - t_fit
+    for trial in trials:
+        trial.fit_s = fit_s
+        trial.resumed_from = checkpoint.loaded_epoch
+    checkpoint.finish()
+    return outcomes
+
+
+def _guarded(trial: "_Trial", fit: Any) -> Any:
+    t_fit = time.monotonic()
+    try:
+        outcome = fit()
+    except BaseException as err:  # noqa: BLE001
+        if not isinstance(err, Exception):
+            trial.fail(err)
+            raise
+        return err
+    trial.fit_s = time.monotonic() - t_fit
+    return outcome
+
+
+class _Trial:
+    """One trial's record while it runs: opened, prepared, then done or failed."""
+
+    def __init__(self, spec: TrialSpec, out_dir: Path):
+        self.spec = spec
+        self.dir = out_dir / spec.trial_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        previous = records.read_status(self.dir) or {}
+        self.attempt = int(previous.get("attempt", 0)) + 1
+        self.resumes = int(previous.get("resumes", 0))
+        self.started = time.time()
+        self.t0 = time.monotonic()
+        self.result: TrialResult | None = None
+        self.error: BaseException | None = None
+        self.member: Any = None
+        self.info: dict[str, Any] = {}
+        self.fit_s = 0.0
+        self.resumed_from: int | None = None
+        self.log, self._handler = _trial_logger(spec.trial_id, self.dir)
+        records.atomic_write_json(self.dir / records.SPEC_FILE,
+                                  {"trial_id": spec.trial_id, **spec.to_dict()})
+        self._status(records.RUNNING, pid=os.getpid())
         # A rerun must never leave the previous attempt's result readable as this one's.
         for stale in (records.RESULT_FILE, records.ARRAYS_FILE):
-            (trial_dir / stale).unlink(missing_ok=True)
-        log.info("trial %s attempt %d: model=%s data=%s noise=%s seed=%d", trial_id, attempt,
-                 spec.model.name, spec.data.name, [s.name for s in spec.noise] or "none", spec.seed)
-        outcome, device = _execute(spec, trial_dir, log, t0)
-        wall = time.monotonic() - t0
-        records.write_result(trial_dir, outcome, outcome.pop("_arrays"))
-        records.write_status(trial_dir, records.DONE, trial_id=trial_id, attempt=attempt,
-                             started_at=started, wall_s=wall, device=device.get("device"),
-                             gpu=device.get("cuda_visible_devices"))
-        log.info("trial %s done in %.1f s: %s", trial_id, wall, _brief(outcome["final"]))
-        return TrialResult(trial_id, records.DONE, trial_dir, outcome["final"], wall_s=wall)
-    except BaseException as err:  # noqa: BLE001 - every failure becomes part of the record
-        wall = time.monotonic() - t0
+            (self.dir / stale).unlink(missing_ok=True)
+        self.log.info("trial %s attempt %d: model=%s data=%s noise=%s seed=%d", spec.trial_id,
+                      self.attempt, spec.model.name, spec.data.name,
+                      [s.name for s in spec.noise] or "none", spec.seed)
+
+    def _status(self, state: str, **fields: Any) -> None:
+        records.write_status(self.dir, state, trial_id=self.spec.trial_id, attempt=self.attempt,
+                             started_at=self.started, resumes=self.resumes, **fields)
+
+    def prepare(self, family: Any) -> bool:
+        """Load the data, apply the noise, check them; False (recorded failed) on any error."""
+        from genodl_core.data.loading import load_dataset
+        from genodl_core.training.family import Member
+
+        spec, log = self.spec, self.log
+        try:
+            t_load = time.monotonic()
+            dataset, cached = load_dataset(spec.data)
+            self.load_s = time.monotonic() - t_load
+            self.cached = cached
+            log.info("data %s: train %s, val %s (%s, %.2f s)", spec.data.name,
+                     dataset.x_train.shape, dataset.x_val.shape,
+                     "in-process cache" if cached else "loaded", self.load_s)
+            spec.check_data(dataset.n_features)
+            t_noise = time.monotonic()
+            arrays = TrainArrays(dataset.x_train, dataset.y_train, dataset.n_classes)
+            self.noise_records = []
+            for i, step in enumerate(spec.noise):
+                rng = np.random.default_rng(derive_seed(spec.seed, f"noise[{i}]"))
+                result = NOISES.get(step.name).fn(arrays, step.params, rng)
+                arrays = result.arrays
+                self.noise_records.append({"kind": step.name, **result.record})
+                log.info("noise[%d] %s: %s", i, step.name, _brief(result.record))
+            self.noise_s = time.monotonic() - t_noise
+            self.data_info = dataset.info
+            timeout = spec.train.timeout_s
+            self.member = Member(spec=spec, dataset=dataset.replace(x_train=arrays.x,
+                                                                    y_train=arrays.y),
+                                 log=log, on_epoch=_Progress(self.dir, spec.train.epochs, log),
+                                 deadline=None if timeout is None else time.monotonic() + timeout)
+            if family is not None:
+                family.check(self.member)
+            return True
+        except BaseException as err:  # noqa: BLE001
+            self.fail(err)
+            if not isinstance(err, Exception):
+                raise
+            return False
+
+    def start(self, info: dict[str, Any], precision: str, plan: Any) -> None:
+        """Record where and how the trial is about to train (the plan, once decided)."""
+        self.info, self.precision = info, precision
+        self.plan = None if plan is None else plan.to_dict()
+        provenance = records.provenance(info)
+        if self.plan is not None:
+            provenance["engine"] = self.plan
+        records.atomic_write_json(self.dir / records.PROVENANCE_FILE, provenance)
+        self.log.info("device %s (%s), precision %s, plan %s", info.get("device"),
+                      info.get("gpu_name", "cpu"), precision,
+                      "closed form" if plan is None else f"{plan.mode} ({plan.label})")
+
+    def finish_with(self, outcome: Any) -> None:
+        if isinstance(outcome, BaseException):
+            self.fail(outcome)
+            return
+        if self.resumed_from is not None:
+            self.resumes += 1
+        result = {
+            "trial_id": self.spec.trial_id,
+            "final": {k: float(v) for k, v in outcome.final.items()},
+            "curves": {k: [float(x) for x in v] for k, v in outcome.curves.items()},
+            "noise": self.noise_records,
+            "data": self.data_info,
+            "extra": outcome.extra,
+            "timings": {"load_s": self.load_s, "data_cached": self.cached,
+                        "noise_s": self.noise_s, "fit_s": self.fit_s,
+                        "total_s": time.monotonic() - self.t0},
+            "device": self.info,
+            "precision": self.precision,
+            "engine": self.plan,
+            "resumed_from_epoch": self.resumed_from,
+        }
+        wall = time.monotonic() - self.t0
+        records.write_result(self.dir, result, dict(outcome.arrays))
+        self._status(records.DONE, wall_s=wall, device=self.info.get("device"),
+                     gpu=self.info.get("cuda_visible_devices"))
+        self.log.info("trial %s done in %.1f s: %s", self.spec.trial_id, wall,
+                      _brief(result["final"]))
+        self.result = TrialResult(self.spec.trial_id, records.DONE, self.dir, result["final"],
+                                  wall_s=wall)
+
+    def fail(self, err: BaseException) -> None:
+        wall = time.monotonic() - self.t0
         deterministic = is_deterministic(err)
-        message = f"{err}".strip().splitlines()[0] if f"{err}".strip() else type(err).__name__
-        records.write_status(trial_dir, records.FAILED, trial_id=trial_id, attempt=attempt,
-                             started_at=started, wall_s=wall, error_type=type(err).__name__,
-                             error=message, traceback=traceback.format_exc(),
-                             deterministic=deterministic)
-        log.error("trial %s failed after %.1f s: %s: %s", trial_id, wall, type(err).__name__,
-                  message)
-        if raise_errors or not isinstance(err, Exception):
-            raise
-        return TrialResult(trial_id, records.FAILED, trial_dir, error_type=type(err).__name__,
-                           error=message, deterministic=deterministic, wall_s=wall)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+        text = f"{err}".strip()
+        message = text.splitlines()[0] if text else type(err).__name__
+        tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        self._status(records.FAILED, wall_s=wall, error_type=type(err).__name__, error=message,
+                     traceback=tb, deterministic=deterministic)
+        self.log.error("trial %s failed after %.1f s: %s: %s", self.spec.trial_id, wall,
+                       type(err).__name__, message)
+        self.error = err
+        self.result = TrialResult(self.spec.trial_id, records.FAILED, self.dir,
+                                  error_type=type(err).__name__, error=message,
+                                  deterministic=deterministic, wall_s=wall)
 
-
-def _execute(spec: TrialSpec, trial_dir: Path, log: logging.Logger,
-             t0: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    # Deferred imports keep `import genodl_core.training.trial` light for the workflow layer.
-    from genodl_core.data.loading import load_dataset
-    from genodl_core.training.context import FitContext
-    from genodl_core.training.device import device_info, resolve_device, resolve_precision
-
-    device = resolve_device(spec.device)
-    precision = resolve_precision(spec.precision, device)
-    info = device_info(device)
-    records.atomic_write_json(trial_dir / records.PROVENANCE_FILE, records.provenance(info))
-    log.info("device %s (%s), precision %s", device, info.get("gpu_name", "cpu"), precision)
-
-    t_load = time.monotonic()
-    dataset, cached = load_dataset(spec.data)
-    load_s = time.monotonic() - t_load
-    log.info("data %s: train %s, val %s (%s, %.2f s)", spec.data.name, dataset.x_train.shape,
-             dataset.x_val.shape, "in-process cache" if cached else "loaded", load_s)
-    spec.check_data(dataset.n_features)
-
-    t_noise = time.monotonic()
-    arrays = TrainArrays(dataset.x_train, dataset.y_train, dataset.n_classes)
-    noise_records = []
-    for i, step in enumerate(spec.noise):
-        rng = np.random.default_rng(derive_seed(spec.seed, f"noise[{i}]"))
-        result = NOISES.get(step.name).fn(arrays, step.params, rng)
-        arrays = result.arrays
-        noise_records.append({"kind": step.name, **result.record})
-        log.info("noise[%d] %s: %s", i, step.name, _brief(result.record))
-    noised = dataset.replace(x_train=arrays.x, y_train=arrays.y)
-    noise_s = time.monotonic() - t_noise
-
-    progress = _Progress(trial_dir, spec.train.epochs, log)
-    timeout = spec.train.timeout_s
-    ctx = FitContext(spec=spec, dataset=noised, device=device, precision=precision, log=log,
-                     on_epoch=progress,
-                     deadline=None if timeout is None else time.monotonic() + timeout)
-    t_fit = time.monotonic()
-    fit = MODELS.get(spec.model.name).fn(ctx)
-    fit_s = time.monotonic() - t_fit
-    arrays_out = dict(fit.arrays)
-    result = {
-        "trial_id": spec.trial_id,
-        "final": {k: float(v) for k, v in fit.final.items()},
-        "curves": {k: [float(x) for x in v] for k, v in fit.curves.items()},
-        "noise": noise_records,
-        "data": dataset.info,
-        "extra": fit.extra,
-        "timings": {"load_s": load_s, "data_cached": cached, "noise_s": noise_s,
-                    "fit_s": fit_s, "total_s": time.monotonic() - t0},
-        "device": info,
-        "precision": precision,
-        "_arrays": arrays_out,
-    }
-    return result, info
+    def close(self) -> None:
+        self.log.removeHandler(self._handler)
+        self._handler.close()
 
 
 class _Progress:
@@ -237,4 +432,5 @@ def _brief(values: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-__all__ = ["TrialResult", "run_trial", "resolve_spec", "is_deterministic"]
+__all__ = ["TrialResult", "run_trial", "run_trials", "run_pack", "group_packs", "pack_key",
+           "resolve_spec", "is_deterministic"]

@@ -1,0 +1,260 @@
+"""The stack of K >= 1 classifier trials that any classification family can build.
+
+A classification family supplies its trials' initialised networks and how to run them (alone,
+possibly in a faster layout or compiled; or stacked into one module mapping ``[K, B, F]`` to
+``[K, B, outputs]``); :class:`ClassifierStack` does the rest: the data on the device (checked),
+the steps, validation, metrics and outcomes. Trials of a pack share the validation split and,
+when their training features are the same array (label noise only), one device copy of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from genodl_core.errors import DataError
+from genodl_core.spec import derive_seed
+from genodl_core.training.family import FitOutcome, Member, Objective, Schedule
+from genodl_core.training.metrics import rates_from_sums
+from genodl_core.training.optim import make_optimizer
+from genodl_core.training.plan import ExecutionPlan
+from genodl_core.training.precision import (autocast, cudnn_benchmark, matmul_precision,
+                                            seeded_global_rng)
+
+#: How a family runs its trials: ``(nets, plan) -> (module holding the parameters, forward)``.
+#: For one net the forward maps ``[B, F]`` to logits, for K nets ``[K, B, F]`` to ``[K, B, C]``.
+Runner = Callable[[Sequence[nn.Module], ExecutionPlan], tuple[nn.Module, Callable]]
+
+
+def check_split(split: str, x: np.ndarray, y: np.ndarray, n_classes: int, source: str) -> None:
+    """A split must be a non-empty ``[samples, features]`` array with labels in range.
+
+    Raises
+    ------
+    DataError
+        Naming the source, the split and the first offending row.
+    """
+    if x.ndim != 2 or len(x) == 0:
+        raise DataError(f"{source}: x_{split} must be a non-empty [samples, features] array, "
+                        f"got shape {x.shape}")
+    if y.shape != (len(x),):
+        raise DataError(f"{source}: y_{split} has shape {y.shape}, expected ({len(x)},)")
+    bad = np.flatnonzero((y < 0) | (y >= n_classes))
+    if bad.size:
+        raise DataError(f"{source}: y_{split} row {bad[0]} has label {y[bad[0]].item()!r}; "
+                        f"labels must lie in 0..{n_classes - 1}")
+
+
+def check_classification(member: Member, n_classes: int) -> None:
+    """The checks a classifier trial's data must pass before anything is built."""
+    ds = member.dataset
+    source = f"data source {member.spec.data.name!r}"
+    for split, x, y in (("train", ds.x_train, ds.y_train), ("val", ds.x_val, ds.y_val)):
+        check_split(split, x, y, n_classes, source)
+    if ds.x_val.shape[1] != ds.x_train.shape[1]:
+        raise DataError(f"{source}: x_val has {ds.x_val.shape[1]} features but x_train has "
+                        f"{ds.x_train.shape[1]}")
+
+
+def to_device(a: np.ndarray, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """``a`` as a tensor on ``device``; read-only inputs (memory maps) are not copied on CPU."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+
+
+class ClassifierStack:
+    """Classifier trials trained as one computation; see the module docstring."""
+
+    def __init__(self, members: Sequence[Member], plan: ExecutionPlan, *, n_classes: int,
+                 nets: Sequence[nn.Module], run: Runner, objectives: Sequence[Objective],
+                 schedules: Sequence[Schedule], extra: Callable[[int], dict[str, Any]]):
+        self.members = list(members)
+        self.plan = plan
+        self.k = k = len(members)
+        self.single = k == 1
+        first = members[0]
+        train = first.spec.train
+        device, precision = plan.device, plan.precision
+        sizes = {len(m.dataset.x_train) for m in members}
+        if len(sizes) != 1:
+            raise DataError(f"trials of one pack have training splits of sizes {sorted(sizes)}")
+        feature_dtype = (torch.bfloat16 if plan.switches.bf16_inputs and precision == "bf16"
+                         else torch.float32)
+        xs = [m.dataset.x_train for m in members]
+        if self.single:
+            self.x_train = to_device(xs[0], device, feature_dtype)
+            self.y_train = to_device(first.dataset.y_train, device, torch.int64)
+        else:
+            # Label-noise trials share the (cached, never modified) feature array: one copy.
+            shared = all(a is xs[0] for a in xs[1:])  # identity: comparing values costs a pass
+            self.x_train = (to_device(xs[0], device, feature_dtype) if shared else
+                            torch.stack([to_device(a, device, feature_dtype) for a in xs]))
+            self.y_train = torch.stack([torch.as_tensor(m.dataset.y_train, dtype=torch.int64)
+                                        for m in members]).to(device)
+        self.x_val = to_device(first.dataset.x_val, device, feature_dtype)
+        self.y_val = to_device(first.dataset.y_val, device, torch.int64)
+        self.rows = torch.arange(k, device=device).view(k, 1)
+        self.n_train = len(xs[0])
+        self.batch_size = train.batch_size
+        # A pack's validation batch runs K trials' samples through every layer: K x batch is
+        # held at a single trial's validation batch (docs/performance.md).
+        eval_bs = plan.switches.eval_batch_size or 0
+        self.eval_batch_size = (eval_bs or train.batch_size) if self.single else max(
+            train.batch_size, eval_bs // k)
+        self.objectives = list(objectives)
+        self.schedules = list(schedules)
+        self.trial_rows = [[t] for t in range(k)]
+        self.step_groups = [list(range(k))]
+        self.shuffles = [torch.Generator().manual_seed(derive_seed(m.spec.seed, "shuffle"))
+                         for m in members]
+        self._extra = extra
+        self._nets = nets
+        self._run = run
+        self.n_parameters = sum(p.numel() for p in nets[0].parameters())
+        self.module: nn.Module | None = None
+        self.val_logits = torch.empty(0)
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        plan = self.plan
+        stack.enter_context(matmul_precision(plan.device, plan.precision))
+        stack.enter_context(cudnn_benchmark(plan.switches.cudnn_benchmark))
+        # Dropout draws from the global generators: seeded per trial, restored afterwards.
+        try:
+            stack.enter_context(seeded_global_rng(
+                derive_seed(self.members[0].spec.seed, "dropout"), plan.device))
+            self._build()
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    def _build(self) -> None:
+        """Module, forward and optimizer (inside the scope: compilation sees its switches)."""
+        if self.module is not None:
+            return
+        nets = [net.to(self.plan.device) for net in self._nets]
+        self.module, self.forward = self._run(nets, self.plan)
+        self.optimizer = make_optimizer(self.module, self.members[0].spec.train, self.plan,
+                                        self.k)
+        for m in self.members:
+            sw = self.plan.switches
+            m.log.info("training %s%d parameters on %d samples (%d val), %d epochs, batch %d, "
+                       "%s %s, %s", f"{self.k} trials batched, " if self.k > 1 else "",
+                       self.n_parameters, self.n_train, len(self.x_val),
+                       m.spec.train.epochs, self.batch_size, self.plan.device,
+                       self.plan.precision, sw.label())
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        return autocast(self.plan.device, self.plan.precision)
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        self.optimizer.set_lrs(lrs)
+
+    def step(self, group: Sequence[int], idx: torch.Tensor) -> torch.Tensor:
+        if not self.module.training:
+            self.module.train()
+        self.optimizer.zero_grad()
+        if self.single:
+            i = idx[0]
+            xb, yb = self.x_train.index_select(0, i), self.y_train.index_select(0, i)
+            with self.amp():
+                logits = self.forward(xb)
+            obj = self.objectives[0]
+            losses = obj.per_sample_loss(logits, yb)
+            loss = losses.mean()
+            loss.backward()
+            self.optimizer.step()
+            return obj.batch_sums(losses, loss, logits, yb).unsqueeze(0)
+        xb = self.x_train[idx] if self.x_train.dim() == 2 else self.x_train[self.rows, idx]
+        yb = self.y_train[self.rows, idx]
+        with self.amp():
+            logits = self.forward(xb)
+        # Each trial's loss is its own batch mean, so the sum's gradient is each trial's.
+        losses = [obj.per_sample_loss(logits[t], yb[t]) for t, obj in enumerate(self.objectives)]
+        means = [loss.mean() for loss in losses]
+        torch.stack(means).sum().backward()
+        self.optimizer.step()
+        return torch.stack([obj.batch_sums(losses[t], means[t], logits[t], yb[t])
+                            for t, obj in enumerate(self.objectives)])
+
+    @torch.no_grad()
+    def validate(self) -> list[dict[str, Any]]:
+        """Metrics of the (shared) validation split per trial, in eval mode, without grad."""
+        self.module.eval()
+        k, x, y = self.k, self.x_val, self.y_val
+        sums = torch.zeros(k, 3, dtype=torch.float64, device=x.device)
+        outputs = []
+        for start in range(0, len(x), self.eval_batch_size):
+            xb, yb = x[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size]
+            if not self.single:
+                xb = xb.unsqueeze(0).expand(k, -1, -1)
+            with self.amp():
+                logits = self.forward(xb).float()
+            if self.single:
+                logits = logits.unsqueeze(0)
+            sums += torch.stack([obj.batch_sums(obj.per_sample_loss(logits[t], yb), None,
+                                                logits[t], yb)
+                                 for t, obj in enumerate(self.objectives)])
+            outputs.append(logits)
+        self.val_logits = torch.cat(outputs, dim=1)
+        return [{f"val_{key}": v for key, v in
+                 rates_from_sums(sums[t], len(y), obj.abstain_class is not None).items()}
+                for t, obj in enumerate(self.objectives)]
+
+    def combine(self, trial: int, rows: list[dict[str, Any]]) -> dict[str, float]:
+        return dict(rows[0])
+
+    def snapshot(self, row: int) -> Any:
+        raise NotImplementedError("classifier stacks keep the last epoch (no selection)")
+
+    def restore(self, row: int, state: Any) -> None:
+        raise NotImplementedError("classifier stacks keep the last epoch (no selection)")
+
+    def outcome(self, trial: int, curves: dict[str, list[float]],
+                selected: list[int | None]) -> FitOutcome:
+        final = {key: values[-1] for key, values in curves.items()}
+        final.update(epochs_run=float(len(curves.get("loss", []))),
+                     n_parameters=float(self.n_parameters))
+        probabilities = torch.softmax(self.val_logits[trial], dim=1).cpu().numpy()
+        extra = {**self.objectives[trial].extra(), "n_parameters": int(self.n_parameters)}
+        if self.k > 1:
+            extra["batched_trials"] = self.k
+        extra.update(self._extra(trial))
+        return FitOutcome(curves=curves, final=final,
+                          arrays={"val_probabilities": probabilities.astype(np.float32)},
+                          extra=extra)
+
+    def state_dict(self) -> dict[str, Any]:
+        write_masters = getattr(self.module, "write_masters", None)
+        if callable(write_masters):
+            write_masters()
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": _global_rng_state(self.plan.device)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        _set_global_rng_state(self.plan.device, state["rng"])
+
+
+def _global_rng_state(device: str) -> dict[str, Any]:
+    state = {"cpu": torch.random.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_global_rng_state(device: str, state: dict[str, Any]) -> None:
+    torch.random.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+__all__ = ["ClassifierStack", "Runner", "check_split", "check_classification", "to_device"]
