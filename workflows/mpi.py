@@ -39,6 +39,7 @@ from workflows.driver import (RERUN_STATES, RunReport, RunSettings, gather_summa
                               make_units, plan_rerun, quiet_trial_logs, select_todo,
                               trial_slots, workflow_logging)
 from workflows.progress import Progress
+from workflows.retry import failure_fields, record_driver_failure
 from workflows.rundir import RunDir
 from workflows.sweep import Sweep
 
@@ -216,7 +217,6 @@ def _attempt(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
              threads: int | None, submitted_at: float) -> dict[str, Any]:
     """One attempt of a unit (a trial or a batched pack) on this rank, as a message."""
     from workflows.apps import RetryableTrialFailure, execute_pack, execute_trial
-    from workflows.retry import classify
 
     try:
         if len(trial_ids) == 1:
@@ -229,9 +229,7 @@ def _attempt(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
         return {"outcome": "retry", "trial_ids": trial_ids, "error_type": err.error_type,
                 "error": err.error}
     except Exception as err:  # noqa: BLE001 - reported to rank 0, which records it
-        return {"outcome": "error", "trial_ids": trial_ids, "error_type": type(err).__name__,
-                "error": str(err).strip().splitlines()[0] if str(err).strip() else "",
-                "deterministic": classify(err) == "deterministic"}
+        return {"outcome": "error", "trial_ids": trial_ids, **failure_fields(err)}
 
 
 def _worker(comm: Any, run_dir: str, threads: int | None) -> None:
@@ -344,11 +342,9 @@ def _settle(run: RunDir, message: dict[str, Any], unit: tuple, queue: _Queue, re
         previous = records.read_status(trial_dir) or {}
         if outcome == "error" or previous.get("state") != records.FAILED:
             # Raised around the trial: its record does not say so yet.
-            records.write_status(trial_dir, records.FAILED, trial_id=trial_id,
-                                 attempt=int(previous.get("attempt", 0) or 0),
-                                 error_type=message.get("error_type"),
-                                 error=message.get("error"), deterministic=not retryable,
-                                 recorded_by="driver")
+            record_driver_failure(trial_dir, trial_id, previous=previous,
+                                  error_type=message.get("error_type"),
+                                  error=message.get("error"), deterministic=not retryable)
         log.warning("trial %s failed: %s: %s", trial_id, message.get("error_type"),
                     message.get("error"))
         progress.finished(trial_id, records.FAILED, None)

@@ -13,58 +13,58 @@ task while the summed costs stay within ``Config.retries``. We separate two kind
 Deterministic failures of a trial normally never reach this handler: the trial runner records
 them and the app returns normally (see :mod:`workflows.apps`). What arrives here are
 exceptions raised around the trial, and :class:`~workflows.apps.RetryableTrialFailure`, which
-the app raises for a recorded failure that a retry could cure.
+the app raises for a recorded failure that a retry could cure. Which failures are which is
+decided by :func:`genodl_core.failures.classify`, the classifier the trial runner uses too.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Mapping
 
-from genodl_core.errors import GenodlError
+from genodl_core import records
+from genodl_core.failures import Kind, classify
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["infrastructure", "transient", "deterministic"]
 
 #: Cost that exceeds any sensible retry budget: Parsl then fails the task at once.
 NO_RETRY_COST = 10**6
 
-#: Parsl exception class names that mean the machinery lost the task, not that it failed:
-#: a lost worker or manager, an executor put in a bad state because its blocks (pilot jobs)
-#: failed (``BadStateException`` on the tasks it held, ``TooManyJobFailuresError`` raised by
-#: the submit of every later attempt), or a provider that could not submit a block. Matched by
-#: name so that this module works with the Parsl releases that moved them. Other executor
-#: errors (``InvalidResourceSpecification``, ``UnsupportedFeatureError``) are configuration
-#: mistakes that every attempt would repeat, so they stay deterministic.
-_INFRASTRUCTURE_NAMES = frozenset({
-    "WorkerLost", "ManagerLost", "BadStateException", "ScalingFailed", "TooManyJobFailuresError",
-})
+
+def failure_fields(err: BaseException) -> dict[str, Any]:
+    """How a failure raised around a trial goes into its record: type, first line, kind."""
+    return {"error_type": type(err).__name__, "error": _first_line(err) or type(err).__name__,
+            "deterministic": classify(err) == "deterministic"}
 
 
-def classify(exception: BaseException) -> Kind:
-    """Say whether a failed attempt is worth retrying and why.
+def record_driver_failure(trial_dir: str | Path, trial_id: str, *, error_type: str | None,
+                          error: str | None, deterministic: bool,
+                          previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Record a trial as failed for a failure raised around it, which it could not record.
 
     Parameters
     ----------
-    exception
-        What the attempt raised (as Parsl re-raises it on the driver).
+    trial_dir
+        The trial's record folder.
+    trial_id
+        Its id.
+    error_type, error, deterministic
+        What failed (see :func:`failure_fields`) and whether a retry would fail the same way.
+    previous
+        The status the trial had (read from ``trial_dir`` when not given); its attempt count
+        is kept.
 
     Returns
     -------
-    'infrastructure' (lost worker/manager/executor), 'transient' (a recorded failure that a
-    retry may cure, out-of-memory, OS errors) or 'deterministic' (everything else).
+    The status written (``recorded_by`` is ``driver``).
     """
-    for cls in type(exception).__mro__:
-        if cls.__name__ in _INFRASTRUCTURE_NAMES:
-            return "infrastructure"
-    if isinstance(exception, GenodlError):
-        return "deterministic" if exception.deterministic else "transient"
-    if isinstance(exception, (OSError, MemoryError, ConnectionError, TimeoutError)):
-        return "transient"
-    if type(exception).__name__ in ("OutOfMemoryError", "AcceleratorError"):
-        return "transient"
-    return "deterministic"
+    if previous is None:
+        previous = records.read_status(trial_dir) or {}
+    return records.write_status(trial_dir, records.FAILED, trial_id=trial_id,
+                                attempt=int(previous.get("attempt", 0) or 0),
+                                error_type=error_type, error=error,
+                                deterministic=deterministic, recorded_by="driver")
 
 
 def retry_handler(exception: BaseException, task_record: dict[str, Any]) -> float:
@@ -98,4 +98,5 @@ def _first_line(exception: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-__all__ = ["classify", "retry_handler", "NO_RETRY_COST"]
+__all__ = ["Kind", "classify", "retry_handler", "failure_fields", "record_driver_failure",
+           "NO_RETRY_COST"]
