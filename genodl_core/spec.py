@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from genodl_core import toml
 from genodl_core.errors import SpecError
 from genodl_core.registry import DATASETS, MODELS, NOISES, Entry
 from genodl_core.typed import build, check_range, convert, to_plain
@@ -221,8 +221,8 @@ def read_table(path: str | Path) -> dict[str, Any]:
     try:
         if path.suffix == ".json":
             return json.loads(text)
-        return tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        return toml.loads(text)
+    except (json.JSONDecodeError, toml.TOMLDecodeError) as err:
         raise SpecError("spec file", str(path), "valid TOML (.toml) or JSON (.json)",
                         reason=f"cannot parse: {err}") from None
 

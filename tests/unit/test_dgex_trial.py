@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import genodl_core.catalog  # noqa: F401
+from genodl_core import toml
 from genodl_core.records import is_complete, load_record
 from genodl_core.spec import load_spec
 from genodl_core.training.trial import run_trial
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("torch_one_threa
 
 
 def _example(epochs: int) -> dict:
-    spec = tomllib.loads(EXAMPLE.read_text())
+    spec = toml.loads(EXAMPLE.read_text())
     spec["train"]["epochs"] = epochs
     return spec
 
