@@ -27,6 +27,7 @@ import numpy as np
 from genodl_core import records
 from genodl_core.data.types import TrainArrays
 from genodl_core.errors import GenodlError
+from genodl_core.failures import is_deterministic
 from genodl_core.registry import MODELS, NOISES
 from genodl_core.spec import TrialSpec, derive_seed, load_spec, spec_from_dict
 
@@ -389,28 +390,6 @@ class _Progress:
             self.last_write = now
             records.atomic_write_json(self.path, {"epoch": epoch + 1, "epochs": self.epochs,
                                                   "time": time.time(), "metrics": metrics})
-
-
-def is_deterministic(err: BaseException) -> bool:
-    """Would running the same trial again fail the same way?
-
-    Our own errors say so themselves. Out-of-memory, interrupted and OS-level errors depend on
-    the node and its neighbours, so they are worth a retry, except those that name a missing or
-    forbidden path, which fail the same way again; any other exception is a bug or bad input
-    that reproduces.
-    """
-    if isinstance(err, GenodlError):
-        return err.deterministic
-    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError,
-                        NotADirectoryError)):
-        return True
-    if isinstance(err, (MemoryError, OSError, KeyboardInterrupt, SystemExit)):
-        return False
-    text = str(err)[:300]
-    if type(err).__name__ in ("OutOfMemoryError", "AcceleratorError") or "CUDA error" in text \
-            or "out of memory" in text:
-        return False
-    return True
 
 
 def _trial_logger(trial_id: str, trial_dir: Path) -> tuple[logging.Logger, logging.Handler]:
