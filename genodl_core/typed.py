@@ -4,6 +4,9 @@ Only the small set of types that specs use is supported: ``bool``, ``int``, ``fl
 ``Literal[...]``, ``X | None``, ``tuple[X, ...]``, fixed ``tuple[X, Y]`` and nested dataclasses.
 Every error is a :class:`~genodl_core.errors.SpecError` naming the dotted field path.
 After conversion a dataclass may define ``validate(where)`` for range checks across fields.
+
+Values typed on a command line (``-o KEY=VALUE``) arrive as strings; ``convert(..., text=True)``
+also parses numbers and booleans from text (the site options use it), with the same checks.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from typing import Any, Literal, Mapping, TypeVar, Union
 from genodl_core.errors import SpecError
 
 T = TypeVar("T")
+
+#: Words read as booleans from text (case-insensitive).
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
@@ -44,8 +51,12 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     return obj
 
 
-def convert(tp: Any, value: Any, path: str) -> Any:
-    """Convert one value to type ``tp`` or raise a :class:`SpecError` at ``path``."""
+def convert(tp: Any, value: Any, path: str, *, text: bool = False) -> Any:
+    """Convert one value to type ``tp`` or raise a :class:`SpecError` at ``path``.
+
+    With ``text``, a string also converts to ``int``, ``float`` or ``bool`` when it spells one
+    (``"3"``, ``"0.5"``, ``"yes"``; see :data:`TRUE_WORDS` and :data:`FALSE_WORDS`).
+    """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -59,7 +70,7 @@ def convert(tp: Any, value: Any, path: str) -> Any:
             return None
         for option in (a for a in args if a is not type(None)):
             try:
-                return convert(option, value, path)
+                return convert(option, value, path, text=text)
             except SpecError:
                 continue
         raise SpecError(path, value, _describe(tp), reason="wrong type")
@@ -68,14 +79,17 @@ def convert(tp: Any, value: Any, path: str) -> Any:
             raise SpecError(path, value, _describe(tp), reason="expected a list")
         if origin is list or (len(args) == 2 and args[1] is Ellipsis):
             item = args[0] if args else Any
-            return tuple(convert(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+            return tuple(convert(item, v, f"{path}[{i}]", text=text) for i, v in enumerate(value))
         if len(value) != len(args):
             raise SpecError(path, value, _describe(tp), reason=f"expected {len(args)} items")
-        return tuple(convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(convert(a, v, f"{path}[{i}]", text=text)
+                     for i, (a, v) in enumerate(zip(args, value)))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         return build(tp, value, path)
+    if text and isinstance(value, str) and tp in (bool, int, float):
+        return _from_text(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
             raise SpecError(path, value, "true or false", reason="expected a boolean")
@@ -89,15 +103,36 @@ def convert(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(path, value, "a number", reason="expected a number")
-        if not math.isfinite(value):
-            # NaN would pass every range check (all its comparisons are False).
-            raise SpecError(path, value, "a finite number", reason="not finite")
-        return float(value)
+        return _finite(float(value), value, path)
     if tp is str:
         if not isinstance(value, str):
             raise SpecError(path, value, "a string", reason="expected a string")
         return value
     raise TypeError(f"unsupported spec type {tp!r} at {path}")
+
+
+def _from_text(tp: type, value: str, path: str) -> Any:
+    word = value.strip()
+    if tp is bool:
+        if word.lower() in TRUE_WORDS:
+            return True
+        if word.lower() in FALSE_WORDS:
+            return False
+        raise SpecError(path, value, sorted(TRUE_WORDS | FALSE_WORDS), reason="expected a boolean")
+    try:
+        number = tp(word)
+    except ValueError:
+        if tp is int:
+            raise SpecError(path, value, "an integer", reason="expected an integer") from None
+        raise SpecError(path, value, "a number", reason="expected a number") from None
+    return _finite(number, value, path) if tp is float else number
+
+
+def _finite(number: float, value: Any, path: str) -> float:
+    if not math.isfinite(number):
+        # NaN would pass every range check (all its comparisons are False).
+        raise SpecError(path, value, "a finite number", reason="not finite")
+    return number
 
 
 def to_plain(obj: Any) -> Any:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from genodl_core.errors import SpecError
+from genodl_core.typed import convert
 
 OptionKind = Literal["int", "float", "bool", "str", "walltime"]
 Scheduler = Literal["local", "slurm", "lsf"]
@@ -36,8 +37,8 @@ def usable_cores() -> int:
 #: Shown in place of a value the user must supply (an account, a project).
 PLACEHOLDER = "<required>"
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+#: The type each option kind converts to (walltimes are parsed on their own).
+_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,11 @@ class SiteOption:
             if self.default is None:
                 return None
             raise SpecError(where, value, self.describe_type(), reason="a value is needed")
-        converted = _CONVERTERS[self.kind](value, where, self)
+        if self.kind == "walltime":
+            converted = format_walltime(parse_walltime(value, where))
+        else:
+            # Converted as spec fields are, also from command-line text.
+            converted = convert(_TYPES[self.kind], value, where, text=True)
         if self.choices and converted not in self.choices:
             raise SpecError(where, value, list(self.choices), reason="unknown choice")
         if self.minimum is not None and converted < self.minimum:
@@ -104,55 +109,6 @@ class SiteOption:
             return "one of " + "|".join(self.choices)
         return {"int": "an integer", "float": "a number", "bool": "true or false",
                 "str": "a string", "walltime": "H:MM:SS, H:MM or minutes"}[self.kind]
-
-
-def _to_int(value: Any, where: str, opt: SiteOption) -> int:
-    if isinstance(value, bool):
-        raise SpecError(where, value, "an integer", reason="expected an integer")
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise SpecError(where, value, "an integer", reason="expected an integer") from None
-
-
-def _to_float(value: Any, where: str, opt: SiteOption) -> float:
-    if isinstance(value, bool):
-        raise SpecError(where, value, "a number", reason="expected a number")
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(str(value).strip())
-    except ValueError:
-        raise SpecError(where, value, "a number", reason="expected a number") from None
-
-
-def _to_bool(value: Any, where: str, opt: SiteOption) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise SpecError(where, value, sorted(_TRUE | _FALSE), reason="expected a boolean")
-
-
-def _to_str(value: Any, where: str, opt: SiteOption) -> str:
-    if not isinstance(value, str):
-        raise SpecError(where, value, "a string", reason="expected a string")
-    return value
-
-
-def _to_walltime(value: Any, where: str, opt: SiteOption) -> str:
-    return format_walltime(parse_walltime(value, where))
-
-
-_CONVERTERS: dict[str, Callable[[Any, str, SiteOption], Any]] = {
-    "int": _to_int, "float": _to_float, "bool": _to_bool, "str": _to_str,
-    "walltime": _to_walltime,
-}
 
 
 def parse_walltime(value: Any, where: str = "walltime") -> int:

@@ -13,7 +13,7 @@ import pytest
 
 from genodl_core import records
 from genodl_core.errors import SpecError
-from genodl_core.typed import build, check_range, to_plain
+from genodl_core.typed import build, check_range, convert, to_plain
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,35 @@ def test_build_errors_name_field_value_and_allowed(data, field, fragment):
     assert info.value.field == field
     assert fragment in str(info.value)
     assert str(info.value).startswith(field + "=")
+
+
+@pytest.mark.parametrize("tp, text, value", [
+    (int, " 12 ", 12), (float, "0.5", 0.5), (float, "3", 3.0), (bool, "Yes", True),
+    (bool, "off", False), (int | None, "4", 4), (tuple[int, ...], ["1", "2"], (1, 2)),
+    (str, "7", "7"), (Literal["a", "b"], "b", "b"),
+])
+def test_convert_reads_numbers_and_booleans_from_text(tp, text, value):
+    got = convert(tp, text, "opt", text=True)
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("tp, value, fragment", [
+    (int, "two", "expected an integer"), (int, "1.5", "expected an integer"),
+    (float, "fast", "expected a number"), (float, "nan", "not finite"),
+    (bool, "maybe", "'off', 'on', 'true', 'yes'"), (str, 7, "expected a string"),
+])
+def test_convert_from_text_names_field_value_and_allowed(tp, value, fragment):
+    with pytest.raises(SpecError) as info:
+        convert(tp, value, "site.opt", text=True)
+    assert info.value.field == "site.opt" and info.value.value == value
+    assert fragment in str(info.value)
+
+
+def test_convert_without_text_keeps_strings_strings():
+    with pytest.raises(SpecError, match="expected an integer"):
+        convert(int, "3", "seed")
+    with pytest.raises(SpecError, match="true or false"):
+        convert(bool, "yes", "flag")
 
 
 def test_result_arrays_are_split_out_and_complete_requires_both_files(tmp_path):

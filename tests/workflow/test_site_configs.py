@@ -115,6 +115,26 @@ def test_options_accept_strings_and_typed_values():
     assert from_cli["partition"] is None  # unset options stay unset (scheduler default)
 
 
+@pytest.mark.parametrize("kind, value", [
+    ("int", "3"), ("int", 3), ("int", 2.0), ("int", "x"), ("int", True), ("bool", "no"),
+    ("bool", 1), ("float", "inf"), ("float", "0.25"), ("str", "abc"), ("str", 5),
+])
+def test_options_convert_as_spec_fields_do(kind, value):
+    """Site options and trial specs share one converter: same values, same errors."""
+    from genodl_core.typed import convert
+
+    option = site_configs.SiteOption("opt", kind, None, "help")
+    tp = {"int": int, "float": float, "bool": bool, "str": str}[kind]
+    try:
+        expected = convert(tp, value, "site.opt", text=True)
+    except SpecError as err:
+        with pytest.raises(SpecError) as info:
+            option.convert(value, "site")
+        assert str(info.value) == str(err) and info.value.field == "site.opt"
+    else:
+        assert option.convert(value, "site") == expected
+
+
 @pytest.mark.parametrize("text,seconds", [
     ("00:10:00", 600), ("1:30", 5400), ("90", 5400), (45, 2700), ("100:00:00", 360000)])
 def test_walltime_forms(text, seconds):
