@@ -1,7 +1,9 @@
 """Imports every module that registers a data source, noise step or model.
 
 Registration happens at import; this one list keeps the registries complete wherever a spec is
-loaded, without sys.path tricks or entry-point scanning.
+loaded, without sys.path tricks or entry-point scanning. The registries import this module on
+their first lookup that needs it (see :mod:`genodl_core.registry`); nothing below the models
+imports it.
 """
 
 # isort: off

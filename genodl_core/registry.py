@@ -3,16 +3,26 @@
 Each entry couples a callable with the frozen dataclass of its parameters, so that a spec can be
 validated completely (names, types, ranges) before any data is read or any job submitted.
 Unknown names list the known ones.
+
+The modules that register components sit above this one (they import it), and so does
+:mod:`genodl_core.catalog`, which imports them all. A registry therefore names the catalogue
+instead of importing it, and imports it on the first lookup that needs it: getting a name not
+registered yet, or listing the entries. Whoever validates a spec finds every component, and
+importing this module (or the spec module) stays light and free of import cycles.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from genodl_core.errors import SpecError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The module whose import registers every data source, noise step and model.
+CATALOG = "genodl_core.catalog"
 
 
 @dataclass(frozen=True)
@@ -26,11 +36,31 @@ class Entry:
 
 
 class Registry(Generic[F]):
-    """A named collection of components filled by the :meth:`register` decorator."""
+    """A named collection of components filled by the :meth:`register` decorator.
 
-    def __init__(self, kind: str):
+    Parameters
+    ----------
+    kind
+        What the entries are, for messages ("model").
+    catalog
+        Module imported on the first lookup that needs every entry (see the module docstring);
+        None for a registry filled only by explicit registrations.
+    """
+
+    def __init__(self, kind: str, catalog: str | None = CATALOG):
         self.kind = kind
+        self.catalog = catalog
         self._entries: dict[str, Entry] = {}
+        self._loaded = catalog is None
+
+    def _load(self) -> dict[str, Entry]:
+        """The entries, after importing the catalogue once."""
+        if not self._loaded:
+            # Re-entrant: a lookup while the catalogue is being imported gets the partly
+            # imported module back and sees the entries registered so far.
+            importlib.import_module(self.catalog)
+            self._loaded = True
+        return self._entries
 
     def register(self, name: str, *, params: type, **meta: Any) -> Callable[[F], F]:
         """Register the decorated callable under ``name`` with its parameter dataclass."""
@@ -45,20 +75,26 @@ class Registry(Generic[F]):
 
     def get(self, name: str, field: str | None = None) -> Entry:
         """Return the entry called ``name``; a :class:`SpecError` lists the known names."""
+        entries = self._entries if name in self._entries else self._load()
         try:
-            return self._entries[name]
+            return entries[name]
         except KeyError:
-            raise SpecError(field or self.kind, name, list(self._entries),
+            raise SpecError(field or self.kind, name, list(entries),
                             reason=f"unknown {self.kind}") from None
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(self._load())
 
     def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is registered so far.
+
+        Does not import the catalogue: gathering results asks about noise kinds this way after
+        importing only the noise modules, without paying for the models and torch.
+        """
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(self._entries.values())
+        return iter(list(self._load().values()))
 
 
 #: Data sources: ``fn(params) -> Dataset`` (raw values; the trial runner scales them).

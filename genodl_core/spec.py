@@ -150,9 +150,6 @@ def spec_from_dict(data: Mapping[str, Any]) -> TrialSpec:
     SpecError
         On the first invalid field, naming it, the bad value and what is allowed.
     """
-    # Importing the catalogue fills the registries (deferred: it pulls in torch).
-    import genodl_core.catalog  # noqa: F401
-
     if not isinstance(data, Mapping):
         raise SpecError("spec", data, "a table", reason="not a table")
     allowed = {"seed", "device", "precision", "model", "data", "noise", "train"}
