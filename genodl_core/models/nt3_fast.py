@@ -277,6 +277,14 @@ class BatchedNT3(nn.Module):
             if w[0].numel() >= min_weights and efficient(tuple(w.shape))})
         return len(self.updates)
 
+    def release(self) -> None:
+        """Give back the key of the in-backward updates (the pack is done with this module)."""
+        if self._updates_key is not None:
+            from genodl_core.training.backward_sgd import release_key
+
+            release_key(self._updates_key)
+            self._updates_key, self.updates = None, {}
+
     def trial_groups(self) -> list[torch.Tensor]:
         """Every parameter, each viewable as ``[K, ...]`` with trial ``k`` in row ``k``."""
         return list(self.parameters())

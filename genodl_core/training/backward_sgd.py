@@ -203,16 +203,27 @@ class _LinearUpdatedInBackward(torch.autograd.Function):
 # while each pack brings its own state.
 _KEYED_STATES: dict[int, dict[int, BackwardSGDState]] = {}
 _keys = itertools.count()
+#: Keys whose owner is gone: handed out again first, so that a module built for the next pack
+#: of the same shape gets the key its predecessor's compiled forward was specialised on.
+_free_keys: set[int] = set()
 
 
 def keyed_states(owner: object) -> tuple[int, dict[int, BackwardSGDState]]:
     """A key and the (empty) dict of states, layer index -> state, that
-    :func:`dense_updated_in_backward` finds under it for as long as ``owner`` lives."""
-    key = next(_keys)
+    :func:`dense_updated_in_backward` finds under it until ``owner`` is gone or
+    :func:`release_key` gives the key back."""
+    key = min(_free_keys) if _free_keys else next(_keys)
+    _free_keys.discard(key)
     states: dict[int, BackwardSGDState] = {}
     _KEYED_STATES[key] = states
-    weakref.finalize(owner, _KEYED_STATES.pop, key, None)
+    weakref.finalize(owner, release_key, key)
     return key, states
+
+
+def release_key(key: int) -> None:
+    """Forget the states under ``key`` and let the next owner take the key (idempotent)."""
+    if _KEYED_STATES.pop(key, None) is not None:
+        _free_keys.add(key)
 
 
 @torch.library.custom_op("genodl::dense_sgd_in_backward", mutates_args=())
@@ -353,4 +364,4 @@ def _set_submodule(net: nn.Module, name: str, module: nn.Module) -> None:
 
 
 __all__ = ["BackwardSGDState", "UpdatingLinear", "dense_updated_in_backward", "keyed_states",
-           "sgd_with_backward_updates"]
+           "release_key", "sgd_with_backward_updates"]

@@ -231,6 +231,10 @@ class ClassifierStack:
                           arrays={"val_probabilities": probabilities.astype(np.float32)},
                           extra=extra)
 
+    def close(self) -> None:
+        """Training is over: let go of the module's process-wide resources."""
+        _release(self.module)
+
     def state_dict(self) -> dict[str, Any]:
         write_masters = getattr(self.module, "write_masters", None)
         if callable(write_masters):
@@ -242,6 +246,12 @@ class ClassifierStack:
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         _set_global_rng_state(self.plan.device, state["rng"])
+
+
+def _release(module: nn.Module | None) -> None:
+    release = getattr(module, "release", None)
+    if callable(release):
+        release()
 
 
 def _global_rng_state(device: str) -> dict[str, Any]:

@@ -49,6 +49,8 @@ def train(stack: Stack, members: Sequence[Member], *, device: str,
     failed: dict[int, BaseException] = {}
     t_start = time.perf_counter()
     with stack.scope():
+        for m in members:
+            m.log.info("ready to train after %.2f s", time.perf_counter() - t_start)
         first = 0
         state = checkpoint.load() if checkpoint is not None else None
         if state is not None:
@@ -123,8 +125,10 @@ def train(stack: Stack, members: Sequence[Member], *, device: str,
             if t in failed:
                 outcomes.append(failed[t])
                 continue
+            t_outcome = time.perf_counter()
             outcome = stack.outcome(t, curves[t], [selected[r] for r in stack.trial_rows[t]])
             outcome.final.setdefault("train_seconds", train_seconds)
+            members[t].log.info("final evaluation in %.2f s", time.perf_counter() - t_outcome)
             outcomes.append(outcome)
     return outcomes
 

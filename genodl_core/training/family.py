@@ -146,6 +146,9 @@ class Stack(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def close(self) -> None:
+        """Training is over (done or failed): release what the stack holds beyond itself."""
+
 
 class Family:
     """Base of the model families; subclasses override what differs."""

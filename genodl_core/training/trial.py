@@ -209,8 +209,11 @@ def _train(family: Any, trials: list["_Trial"], plan: Any) -> list[Any]:
                             members=[t.spec.trial_id for t in trials], plan=identity,
                             interval_s=plan.checkpoint_interval_s, keep=plan.keep_checkpoints)
     t_fit = time.monotonic()
+    stack = None
     try:
         stack = family.stack(members, plan)
+        for m in members:
+            m.log.info("built in %.2f s", time.monotonic() - t_fit)
         outcomes = engine.train(stack, members, device=plan.device, checkpoint=checkpoint)
     except BaseException as err:  # noqa: BLE001 - every member fails with it
         if not isinstance(err, Exception):
@@ -218,6 +221,9 @@ def _train(family: Any, trials: list["_Trial"], plan: Any) -> list[Any]:
                 trial.fail(err)
             raise
         return [err] * len(trials)
+    finally:
+        if stack is not None:
+            stack.close()
     fit_s = time.monotonic() - t_fit
     for trial in trials:
         trial.fit_s = fit_s
