@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from genodl_core.errors import DataError
+from genodl_core.results.plans import PlanGroup
 from genodl_core.results.summary import GROUP_KEYS, SCHEMA_VERSION, STATES, SUMMARY_FILE
 
 #: Trial columns joined to :func:`finals` so that its frame can be grouped without a merge.
@@ -67,9 +68,11 @@ def _column(ds: h5py.Dataset) -> np.ndarray:
 
 
 def attributes(path: str | Path) -> dict[str, Any]:
-    """The root attributes (schema and genodl versions, git revision, sweep spec, counts).
+    """The root attributes (schema and genodl versions, git revision, sweep spec, counts, plans).
 
-    ``sweep_spec`` is returned parsed (a dict, or None when the run had no ``sweep.json``).
+    ``sweep_spec`` is returned parsed (a dict, or None when the run had no ``sweep.json``), and
+    so is ``engine_plans`` (a list of dicts, empty in summaries gathered before plans were
+    stored).
     """
     with _open(path) as h5:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5.attrs.items()}
@@ -77,7 +80,18 @@ def attributes(path: str | Path) -> dict[str, Any]:
         if spec == "@/sweep_spec":
             spec = h5["sweep_spec"].asstr()[()]
     attrs["sweep_spec"] = json.loads(spec) if spec else None
+    attrs["engine_plans"] = json.loads(attrs.get("engine_plans") or "[]")
     return attrs
+
+
+def execution_plans(path: str | Path) -> list[PlanGroup]:
+    """The execution plans that trained the done trials, the largest group first.
+
+    More than one means the sweep's numbers come from different computations (see
+    :func:`genodl_core.results.plans.plan_groups`); the trials' own plans are the ``engine_*``
+    columns of :func:`trials`.
+    """
+    return [PlanGroup.from_dict(d) for d in attributes(path)["engine_plans"]]
 
 
 def trials(path: str | Path, columns: Iterable[str] | None = None) -> pd.DataFrame:
@@ -201,5 +215,5 @@ def problems(path: str | Path) -> list[str]:
         return list(_column(h5["problems"]))
 
 
-__all__ = ["summary_path", "attributes", "trials", "finals", "final_metrics", "curve_metrics", "curves",
-           "groups", "gene_errors", "gene_arrays", "problems"]
+__all__ = ["summary_path", "attributes", "execution_plans", "trials", "finals", "final_metrics",
+           "curve_metrics", "curves", "groups", "gene_errors", "gene_arrays", "problems"]

@@ -41,6 +41,8 @@ import h5py
 import numpy as np
 
 from genodl_core import records
+from genodl_core.results.plans import (PLAN_COLUMNS, PlanGroup, engine_of, plan_columns,
+                                       plan_groups)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ FIXED_COLUMNS: dict[str, str] = {
     "gpu_name": "str",
     "device": "str",
     "precision": "str",
+    **PLAN_COLUMNS,
     "git_revision": "str",
     "error_type": "str",
     "error": "str",
@@ -318,6 +321,7 @@ def read_trial_row(trial_dir: str | Path, record_path: str | None = None) -> Tri
     columns["gpu_name"] = _as_str(device_info.get("gpu_name"))
     columns["device"] = _as_str(status.get("device") or device_info.get("device"))
     columns["precision"] = _as_str(result.get("precision"))
+    columns.update(plan_columns(engine_of(prov)))
     columns["git_revision"] = _as_str(prov.get("git_revision"))
     columns["error_type"] = _as_str(status.get("error_type"))
     columns["error"] = _as_str(status.get("error"))
@@ -356,6 +360,7 @@ def pending_row(trial_id: str, spec: dict[str, Any]) -> TrialRow:
     """The row of a trial the sweep defines but that has no record yet."""
     columns: dict[str, Any] = {name: _empty(kind) for name, kind in FIXED_COLUMNS.items()}
     columns.update(trial_id=trial_id, state="pending", n_epochs=0)
+    columns.update(plan_columns(None))
     problems: list[str] = []
     _spec_columns(spec, columns, problems)
     return TrialRow(trial_id, columns, fingerprint="pending", problems=problems)
@@ -606,6 +611,11 @@ class _PreviousSummary:
                 log.info("previous summary %s has another schema; gathering from scratch", path)
                 h5.close()
                 return None
+            if not set(FIXED_COLUMNS) <= set(json.loads(h5["trials"].attrs["columns"])):
+                # Written before a fixed column was added: its rows lack the column.
+                log.info("previous summary %s lacks columns; gathering from scratch", path)
+                h5.close()
+                return None
             return cls(h5)
         except (OSError, KeyError, ValueError) as err:
             log.warning("previous summary %s is unusable (%s); gathering from scratch", path, err)
@@ -698,6 +708,7 @@ def _write_summary(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
     for state in STATES:
         h5.attrs[f"n_{state}"] = sum(1 for r in rows if r.state == state)
     _write_sweep_spec(h5, sweep_text)
+    h5.attrs["engine_plans"] = json.dumps([g.to_dict() for g in execution_plans(rows)])
 
     _write_trials(h5.create_group("trials"), rows)
     _write_curves(h5.create_group("curves"), rows)
@@ -710,6 +721,12 @@ def _write_summary(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
     _str_dataset(index, "fingerprint", [r.fingerprint for r in rows])
     _str_dataset(index, "row", [r.to_json() for r in rows])
     _str_dataset(h5, "problems", stats.problems)
+
+
+def execution_plans(rows: list[TrialRow]) -> list[PlanGroup]:
+    """The plans that trained the done trials (:func:`~genodl_core.results.plans.plan_groups`)."""
+    return plan_groups((r.trial_id, json.loads(r.columns["engine_json"]))
+                       for r in rows if r.state == "done")
 
 
 def _write_sweep_spec(h5: h5py.File, text: str) -> None:
@@ -897,4 +914,5 @@ def _write_genes(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
 
 __all__ = ["SCHEMA_VERSION", "SUMMARY_FILE", "GROUP_KEYS", "GROUP_STATS", "TrialRow", "gather",
            "find_record_dirs", "read_trial_row", "record_fingerprint", "noise_level",
+           "execution_plans",
            "group_statistics", "column_array", "read_gene_ids"]

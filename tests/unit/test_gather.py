@@ -500,3 +500,130 @@ def test_temporaries_of_killed_gathers_are_removed_once_stale(tmp_path):
     os.utime(stale, (old, old))
     gather(run)
     assert not stale.exists() and fresh.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# execution plans
+# ---------------------------------------------------------------------------------------------
+
+def _engine(mode="plain", precision="fp32", label="plain", pack_size=1, device="cpu", **switches):
+    return {"mode": mode, "device": device, "precision": precision, "pack_size": pack_size,
+            "switches": {"channels_last": False, "compile": False, **switches}, "label": label}
+
+
+def _set_engine(run_dir: Path, trial_id: str, engine) -> None:
+    """Give a record's provenance.json this plan (None: no 'engine' key, as older records)."""
+    path = run_dir / "trials" / trial_id / records.PROVENANCE_FILE
+    prov = records.read_json(path) if path.exists() else records.provenance({"device": "cpu"})
+    prov.pop("engine", None)
+    if engine is not None:
+        prov["engine"] = engine
+    records.atomic_write_json(path, prov)
+
+
+FAST = _engine("fast", "bf16", "nhwc+fused+compile+bf16in", device="cuda", channels_last=True,
+               compile=True, eval_batch_size=256)
+
+
+def test_execution_plans_are_stored_per_trial_and_listed_in_an_attribute(tmp_path):
+    run = tmp_path / "run"
+    fast = [_write_done(run, _spec(seed=s), {"val_accuracy": 0.9}, {}) for s in (1, 2)]
+    plain = _write_done(run, _spec(seed=3), {"val_accuracy": 0.8}, {})
+    old = _write_done(run, _spec(seed=4), {"val_accuracy": 0.7}, {})
+    failed = _write_failed(run, _spec(seed=5))
+    for tid in fast:
+        _set_engine(run, tid, FAST)
+    _set_engine(run, plain, _engine())
+    _set_engine(run, old, None)
+    _set_engine(run, failed, _engine("packed", "tf32", "nhwc", pack_size=8, device="cuda"))
+    waiting = SyntheticTrial(_spec(seed=6), "done")
+    records.atomic_write_json(run / "sweep.json", {"name": "s", "trials": [
+        {"index": 0, "trial_id": waiting.trial_id, "spec": waiting.spec}]})
+
+    path = gather(run)
+    with h5py.File(path, "r") as h5:
+        columns = json.loads(h5["trials"].attrs["columns"])
+        for name in ("engine_mode", "engine_device", "engine_precision", "engine_label",
+                     "engine_pack_size", "engine_json"):
+            assert name in columns and h5["trials"][name].shape == (6,)
+        assert h5["trials"]["engine_pack_size"].dtype == np.int64
+        plans = json.loads(h5.attrs["engine_plans"])
+    table = load.trials(path)
+    assert table.loc[fast[0], ["engine_mode", "engine_device", "engine_precision",
+                               "engine_label", "engine_pack_size"]].tolist() == \
+        ["fast", "cuda", "bf16", "nhwc+fused+compile+bf16in", 1]
+    assert json.loads(table.loc[fast[1], "engine_json"]) == FAST
+    assert table.loc[plain, ["engine_mode", "engine_precision", "engine_label"]].tolist() == \
+        ["plain", "fp32", "plain"]
+    # failed trials keep the plan they ran under; trials without one say so explicitly
+    assert table.loc[failed, ["engine_mode", "engine_pack_size"]].tolist() == ["packed", 8]
+    for tid in (old, waiting.trial_id):
+        assert table.loc[tid, ["engine_mode", "engine_device", "engine_precision",
+                               "engine_label"]].tolist() == ["unrecorded"] * 4
+        assert table.loc[tid, "engine_pack_size"] == -1
+        assert json.loads(table.loc[tid, "engine_json"]) is None
+
+    # the attribute lists the plans of the done trials only, the largest group first
+    assert [(p["name"], p["n_trials"]) for p in plans] == [
+        ("fast/bf16/nhwc+fused+compile+bf16in", 2), ("plain/fp32/plain", 1), ("unrecorded", 1)]
+    assert plans[0]["examples"] == [t for t in table.index if t in fast]
+    assert plans[0]["pack_sizes"] == [1] and plans[0]["devices"] == ["cuda"]
+    assert [g.name for g in load.execution_plans(path)] == [p["name"] for p in plans]
+    assert load.attributes(path)["engine_plans"] == plans
+
+    # incremental gathering keeps the plans; a changed plan is read again
+    _set_engine(run, old, _engine())
+    incremental = gather(run)
+    _assert_same(_snapshot(incremental),
+                 _snapshot(gather(run, output=tmp_path / "s.h5", incremental=False)))
+    assert [(g.name, g.n_trials) for g in load.execution_plans(incremental)] == [
+        ("fast/bf16/nhwc+fused+compile+bf16in", 2), ("plain/fp32/plain", 2)]
+
+
+def test_summary_without_plan_columns_is_gathered_again(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    write_synthetic_sweep(run, 4, epochs=2)
+    path = gather(run)
+    with h5py.File(path, "r+") as h5:  # as written before the plan columns existed
+        trials = h5["trials"]
+        for name in list(trials):
+            if name.startswith("engine_"):
+                del trials[name]
+        trials.attrs["columns"] = json.dumps([c for c in json.loads(trials.attrs["columns"])
+                                              if not c.startswith("engine_")])
+        del h5.attrs["engine_plans"]
+    assert load.execution_plans(path) == []
+    parsed = []
+    original = summary.read_trial_row
+    monkeypatch.setattr(summary, "read_trial_row",
+                        lambda d, p=None: parsed.append(Path(d).name) or original(d, p))
+    again = gather(run)
+    assert len(parsed) == 4
+    assert set(load.trials(again)["engine_mode"]) == {"unrecorded"}
+
+
+def test_plan_groups_ignore_pack_size_and_warn_only_for_several_plans():
+    from genodl_core.results.plans import mixed_plans_warning, plan_groups
+
+    packs = [("a" * 16, _engine("packed", "tf32", "nhwc", pack_size=4)),
+             ("b" * 16, _engine("packed", "tf32", "nhwc", pack_size=8))]
+    one = plan_groups(packs)
+    assert len(one) == 1 and one[0].n_trials == 2 and one[0].pack_sizes == [4, 8]
+    assert one[0].name == "packed/tf32/nhwc" and mixed_plans_warning(one) is None
+    assert mixed_plans_warning(plan_groups([])) is None
+    assert [g.name for g in plan_groups([("c" * 16, None), ("d" * 16, "garbage")])] == \
+        ["unrecorded"]
+
+    groups = plan_groups([*packs, ("e" * 16, _engine()), ("f" * 16, None),
+                          ("0" * 16, _engine("fast", "bf16", "nhwc"))])
+    assert [(g.name, g.n_trials) for g in groups] == [
+        ("packed/tf32/nhwc", 2), ("fast/bf16/nhwc", 1), ("plain/fp32/plain", 1),
+        ("unrecorded", 1)]
+    assert mixed_plans_warning(groups) == (
+        "warning: the 5 done trials of this sweep were trained under 4 execution plans: "
+        f"packed/tf32/nhwc (2 trials, e.g. {'a' * 16}), fast/bf16/nhwc (1 trial, e.g. "
+        f"{'0' * 16}), plain/fp32/plain (1 trial, e.g. {'e' * 16}), unrecorded (1 trial, e.g. "
+        f"{'f' * 16}); compare their numbers with care")
+    # a plan that leaves a field out is not mistaken for another one
+    partial = plan_groups([("1" * 16, {"mode": "fast", "label": "nhwc"})])
+    assert partial[0].name == "fast/unrecorded/nhwc"

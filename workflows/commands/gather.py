@@ -63,8 +63,9 @@ def _summary_of(target: str, regather: bool) -> Path:
 
 
 def gather_main(args: argparse.Namespace) -> int:
-    """Exit status 0 (corrupt records are reported on stderr, not an error)."""
+    """Exit status 0 (corrupt records and mixed execution plans are reported on stderr)."""
     from genodl_core.results import load
+    from genodl_core.results.plans import mixed_plans_warning
     from genodl_core.results.summary import gather
 
     path = gather(args.run_dir, output=args.out, incremental=not args.full)
@@ -72,6 +73,9 @@ def gather_main(args: argparse.Namespace) -> int:
     print(f"{path}: {attrs['n_trials']} trials ({attrs['n_done']} done, {attrs['n_failed']} "
           f"failed, {attrs['n_running']} running, {attrs['n_pending']} pending, "
           f"{attrs['n_corrupt']} corrupt)")
+    warning = mixed_plans_warning(load.execution_plans(path))
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
