@@ -259,9 +259,13 @@ def test_unaligned_rows_are_padded_and_follow_torch_sgd(shadow):
 def test_pack_dense_layers_updated_in_backward_follow_the_pack_optimizer(momentum, wd):
     """A pack whose dense layers update in backward equals one whose optimizer updates them,
     with per-trial learning rates changed between steps; evaluation reads the same weights."""
+    import types
+
     from genodl_core.models.nt3 import NT3Params, build_nt3
-    from genodl_core.training.batched import BatchedNT3, BatchedOptimizer, pack_train_step
-    from genodl_core.training.loop import CrossEntropyObjective
+    from genodl_core.models.nt3_fast import BatchedNT3
+    from genodl_core.training.classifier import ClassifierStack
+    from genodl_core.training.objectives import CrossEntropyObjective
+    from genodl_core.training.optim import BatchedOptimizer
 
     params = NT3Params(conv=((3, 4, 1), (4, 3, 1)), pool=(1, 2), dense=(12,))
     k, n_features = 3, 64
@@ -277,17 +281,24 @@ def test_pack_dense_layers_updated_in_backward_follow_the_pack_optimizer(momentu
         models.append(model)
         optimizers.append(opt)
     gen = torch.Generator().manual_seed(0)
-    objectives = [CrossEntropyObjective()] * k
+    objectives = [CrossEntropyObjective() for _ in range(k)]
     autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if ON_GPU else (
         lambda: contextlib.nullcontext())
+    rows = torch.arange(k, device=DEVICE).view(k, 1)
     for step in range(4):
         xb = torch.randn(k, 8, n_features, generator=gen).to(DEVICE)
         yb = torch.randint(0, 2, (k, 8), generator=gen).to(DEVICE)
+        idx = torch.arange(8, device=DEVICE).expand(k, 8)
         for model, opt in zip(models, optimizers):
             if step == 2:
-                opt.set_lr([0.05, 0.01, 0.2])
-            model.train()
-            pack_train_step(model, opt, objectives, xb, yb, autocast)
+                opt.set_lrs([0.05, 0.01, 0.2])
+            # The engine's pack step (ClassifierStack.step) on this batch: per-trial features
+            # [K, n, F] and labels [K, n], indexed by each trial's batch order.
+            pack = types.SimpleNamespace(module=model, forward=model, optimizer=opt,
+                                         single=False, x_train=xb, y_train=yb, rows=rows,
+                                         objectives=objectives, amp=autocast)
+            sums = ClassifierStack.step(pack, list(range(k)), idx)
+            assert sums.shape == (k, 3) and model.training
     ref, fused = models
     fused.write_masters()
     assert fused.dense_w[0].grad is None and fused.dense_w[1].grad is not None

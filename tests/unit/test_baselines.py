@@ -14,7 +14,7 @@ from genodl_core.models.baselines import (fit_least_squares, fit_ridge, knn_ge_n
                                           knn_ge_predict, lasso_path)
 from genodl_core.registry import MODELS
 from genodl_core.spec import spec_from_dict
-from genodl_core.training.context import FitContext
+from genodl_core.training.family import Member
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,9 +30,7 @@ def _linear_data(n=80, n_landmarks=6, n_targets=4, noise=0.1, seed=0):
 def _fit(model: str, ds: Dataset, **params):
     spec = spec_from_dict({"model": {"name": model, **params},
                            "data": {"source": "synthetic_dgex"}})
-    ctx = FitContext(spec=spec, dataset=ds, device="cpu", precision="fp32",
-                     log=logging.getLogger("test"))
-    return MODELS.get(model).fn(ctx)
+    return MODELS.get(model).fn(Member(spec=spec, dataset=ds, log=logging.getLogger("test")))
 
 
 def _dataset(seed=0, n_landmarks=6, n_targets=4, noise=0.1):

@@ -41,17 +41,17 @@ def test_cli_prints_table_and_json(capsys):
 def test_batched_mode_trains_its_trials_as_one_pack(monkeypatch):
     # Per-trial figures divide a pack's epoch by --pack: the pack must hold that many trials
     # (run_trials' own default is 8, which once split larger packs unseen).
-    import genodl_core.training.batched as batched
+    import genodl_core.training.trial as trial
 
     packs = []
-    original = batched.group_packs
+    original = trial.group_packs
 
     def recording(specs, pack_size):
         groups = list(original(specs, pack_size))
         packs.extend(len(g) for g in groups)
         return groups
 
-    monkeypatch.setattr(batched, "group_packs", recording)
+    monkeypatch.setattr(trial, "group_packs", recording)
     report = run_benchmark(BenchConfig(quick=True, device="cpu", epochs=2, modes=("batched",),
                                        pack=9))
     assert packs == [9, 9]

@@ -150,7 +150,7 @@ def test_batched_module_with_kernel_equals_cudnn_path(fuse, pool):
     # channels-last activations; outputs and every gradient match the conv2d route, also
     # with the ReLUs fused into the kernel and into the max-pooling.
     from genodl_core.models.nt3 import NT3Params, build_nt3
-    from genodl_core.training.batched import BatchedNT3
+    from genodl_core.models.nt3_fast import BatchedNT3
 
     params = NT3Params(conv=((16, 5, 1), (16, 3, 1)), pool=pool, dense=(8,))
     nets = [build_nt3(params, 60, 2, seed=s).to(DEVICE) for s in range(3)]

@@ -17,8 +17,10 @@ from genodl_core.errors import SpecError, TrialTimeout
 from genodl_core.models.dgex import DGEXNet, DGEXParams, SeededDropout
 from genodl_core.registry import MODELS
 from genodl_core.spec import spec_from_dict
-from genodl_core.training.context import FitContext
-from genodl_core.training.regression import PartState, SGDSettings, _select_and_decay
+from genodl_core.training import engine
+from genodl_core.training.family import FitOutcome, Member
+from genodl_core.training.plan import ExecutionPlan, RunSettings, choose_plan
+from genodl_core.training.schedules import RiseDecaySchedule
 
 
 
@@ -30,12 +32,20 @@ def _ctx(ds, model=None, train=None, deadline=None, seed=0, name="dgex"):
                            "data": {"source": "synthetic_dgex"},
                            "train": {"batch_size": 200, "momentum": 0.5, "learning_rate": 0.005,
                                      "epochs": 5, **(train or {})}})
-    return FitContext(spec=spec, dataset=ds, device="cpu", precision="fp32",
-                      log=logging.getLogger("test"), deadline=deadline)
+    return Member(spec=spec, dataset=ds, log=logging.getLogger("test"), deadline=deadline)
 
 
-def _fit(ds, **kw):
-    return MODELS.get("dgex").fn(_ctx(ds, **kw))
+def _fit(ds, **kw) -> FitOutcome:
+    """One D-GEX trial through its family and the engine, as the runner trains it on CPU."""
+    member = _ctx(ds, **kw)
+    family = MODELS.get("dgex").fn
+    family.check(member)
+    plan = choose_plan("cpu", "fp32", family.switches(1),
+                       settings=RunSettings(checkpoint_interval_s=None))
+    (outcome,) = engine.train(family.stack([member], plan), [member], device="cpu")
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 @pytest.fixture(scope="module")
@@ -86,22 +96,49 @@ def test_dropout_is_seeded_scaled_and_off_in_eval():
     assert isinstance(net.hidden[0], torch.nn.Linear)
 
 
+#: (monitor MAE, validation MAE) of five epochs: the monitor error rises after epochs 2, 3, 4
+#: (0-based), validation is best at epoch 3.
+SCRIPT = [(1.0, 0.5), (0.9, 0.4), (0.95, 0.45), (0.97, 0.3), (0.99, 0.35)]
+
+
 def test_learning_rate_rule_decays_on_rising_monitor_error_with_floor():
-    net = torch.nn.Linear(2, 2)
-    settings = SGDSettings(epochs=1, batch_size=1, learning_rate=1.2e-5, lr_decay=0.9,
-                           min_learning_rate=1e-5)
-    part = PartState(net, np.arange(2), torch.optim.SGD(net.parameters(), lr=1.2e-5),
-                     torch.Generator(), 1.2e-5)
+    schedule = RiseDecaySchedule(1.2e-5, decay=0.9, min_lr=1e-5)
     lrs = []
-    for epoch, (mon, val) in enumerate([(1.0, 0.5), (0.9, 0.4), (0.95, 0.45), (0.97, 0.3),
-                                        (0.99, 0.35)], start=1):
-        _select_and_decay(part, epoch, mon, val, settings)
-        lrs.append(part.learning_rate)
+    for mon, val in SCRIPT:
+        schedule.step({"mae": mon, "val_mae": val})
+        lrs.append(schedule.lr)
     assert lrs[:2] == [1.2e-5, 1.2e-5]
     assert lrs[2] == pytest.approx(1.08e-5)
     assert lrs[3] == pytest.approx(1e-5) and lrs[4] == pytest.approx(1e-5)   # the floor
-    assert part.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
-    assert part.best_epoch == 4 and part.best_val_mae == 0.3
+
+
+def test_engine_applies_the_rule_and_keeps_the_best_validation_epoch(tiny, monkeypatch):
+    """Scripted monitor and validation errors through D-GEX's stack and the engine: the
+    optimizer runs each epoch at the rule's rate and the best validation epoch's weights stay."""
+    member = _ctx(tiny, model={"width": 8, "lr_decay": 0.9, "min_learning_rate": 1e-5},
+                  train={"learning_rate": 1.2e-5, "epochs": len(SCRIPT)})
+    stack = MODELS.get("dgex").fn.stack([member], ExecutionPlan(device="cpu", precision="fp32"))
+    script = iter(SCRIPT)
+
+    def scripted_validate():
+        mon, val = next(script)
+        return [{"mae": mon, "val_mae": val, "mae_per_gene": np.full(30, mon),
+                 "val_mae_per_gene": np.full(30, val)}]
+
+    weights = []
+    member.on_epoch = lambda epoch, metrics: weights.append(
+        {k: v.clone() for k, v in stack.parts[0].net.state_dict().items()})
+    monkeypatch.setattr(stack, "validate", scripted_validate)
+    (out,) = engine.train(stack, [member], device="cpu")
+    # The rate in effect during each epoch: the rule's after the epoch before.
+    assert out.curves["learning_rate"] == pytest.approx([1.2e-5] * 3 + [1.08e-5, 1e-5])
+    assert stack.parts[0].optimizer.torch.param_groups[0]["lr"] == pytest.approx(1e-5)
+    assert stack.schedules[0].lr == pytest.approx(1e-5)
+    assert out.curves["val_mae"] == pytest.approx([v for _, v in SCRIPT])
+    assert out.final["best_epoch"] == 4 and out.extra["best_epoch_per_part"] == [4]
+    kept = stack.parts[0].net.state_dict()
+    assert all(torch.equal(kept[k], weights[3][k]) for k in kept)
+    assert not all(torch.equal(kept[k], weights[4][k]) for k in kept)
 
 
 def test_best_validation_epoch_is_selected(tiny):
@@ -178,5 +215,5 @@ def test_bad_dgex_params_and_timeout(tiny):
     with pytest.raises(SpecError, match=r"model\.n_parts=31.*more parts than target genes"):
         _fit(tiny, model={"n_parts": 31, "width": 8})
     with pytest.raises(TrialTimeout):
-        MODELS.get("dgex").fn(_ctx(tiny, model={"width": 8}, deadline=time.monotonic() - 1))
+        _fit(tiny, model={"width": 8}, deadline=time.monotonic() - 1)
     assert DGEXParams().width == 3000 and DGEXParams().monitor_size == 5000

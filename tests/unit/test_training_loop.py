@@ -1,4 +1,5 @@
-"""The classification loop through NT3's ``fit``: learning, determinism, curves, callbacks, noise.
+"""The classification engine through NT3's family: learning, determinism, curves, callbacks,
+noise.
 
 Every dataset is made here with a seeded numpy Generator: two classes that differ by a shift in a
 contiguous block of features (a pattern a small conv stack finds in a few epochs). Specs are
@@ -17,10 +18,13 @@ import torch
 
 from genodl_core.data.types import Dataset
 from genodl_core.errors import DataError, SpecError, TrialTimeout
-from genodl_core.models.nt3 import NT3Params, fit
+from genodl_core.models.nt3 import NT3Params
+from genodl_core.registry import MODELS
 from genodl_core.spec import Component, TrainSpec, TrialSpec
-from genodl_core.training.context import FitContext
-from genodl_core.training.loop import PlateauSchedule
+from genodl_core.training import engine
+from genodl_core.training.family import FitOutcome, Member
+from genodl_core.training.plan import RunSettings, choose_plan
+from genodl_core.training.schedules import PlateauSchedule
 
 N_FEATURES = 120
 SMALL = NT3Params(conv=((4, 5, 1), (4, 5, 1)), pool=(1, 4), dense=(16,))
@@ -59,12 +63,27 @@ def make_dataset(seed: int = 0, n_train: int = 160, n_val: int = 80,
 
 
 def make_ctx(params: NT3Params = SMALL, train: TrainSpec = FAST, seed: int = 3,
-             dataset: Dataset | None = None, precision: str = "fp32", **kwargs) -> FitContext:
+             dataset: Dataset | None = None, precision: str = "fp32", device: str = "cpu",
+             **kwargs) -> tuple[Member, str, str]:
+    """A member (spec, data, callbacks) and the device and precision it is to train at."""
     spec = TrialSpec(model=Component("nt3", params), data=Component("synthetic_nt3", None),
                      train=train, seed=seed)
-    return FitContext(spec=spec, dataset=dataset if dataset is not None else make_dataset(),
-                      device="cpu", precision=precision, log=logging.getLogger("test.nt3"),
-                      **kwargs)
+    member = Member(spec=spec, dataset=dataset if dataset is not None else make_dataset(),
+                    log=logging.getLogger("test.nt3"), **kwargs)
+    return member, device, precision
+
+
+def fit(ctx: tuple[Member, str, str]) -> FitOutcome:
+    """One trial through NT3's family and the engine, as the runner trains it (no records)."""
+    member, device, precision = ctx
+    family = MODELS.get("nt3").fn
+    family.check(member)
+    plan = choose_plan(device, precision, family.switches(1),
+                       settings=RunSettings(checkpoint_interval_s=None))
+    (outcome,) = engine.train(family.stack([member], plan), [member], device=device)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -158,18 +177,24 @@ def test_sgd_with_plateau_reduces_learning_rate():
 
 
 def test_plateau_schedule_keras_semantics():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    plateau = PlateauSchedule(opt, factor=0.5, patience=2, min_delta=0.01, min_lr=0.2)
-    assert not plateau.step(1.0)            # improves on inf
-    assert not plateau.step(0.995)          # within min_delta: wait 1
-    assert plateau.step(1.2) and plateau.lr == 0.5   # wait 2 = patience: reduce
-    assert not plateau.step(0.5)            # improves
-    assert not plateau.step(float("nan"))   # NaN never improves: wait 1
-    assert plateau.step(0.6) and plateau.lr == 0.25
-    plateau.step(0.6)
-    assert plateau.step(0.6) and plateau.lr == 0.2   # floored at min_lr
-    plateau.step(0.6)
-    assert not plateau.step(0.6) and plateau.lr == 0.2
+    plateau = PlateauSchedule(1.0, factor=0.5, patience=2, min_delta=0.01, min_lr=0.2)
+
+    def step(val_loss: float) -> bool:
+        """Step on an epoch's val_loss; whether the rate was reduced."""
+        before = plateau.lr
+        plateau.step({"val_loss": val_loss})
+        return plateau.lr != before
+
+    assert not step(1.0)            # improves on inf
+    assert not step(0.995)          # within min_delta: wait 1
+    assert step(1.2) and plateau.lr == 0.5   # wait 2 = patience: reduce
+    assert not step(0.5)            # improves
+    assert not step(float("nan"))   # NaN never improves: wait 1
+    assert step(0.6) and plateau.lr == 0.25
+    step(0.6)
+    assert step(0.6) and plateau.lr == 0.2   # floored at min_lr
+    step(0.6)
+    assert not step(0.6) and plateau.lr == 0.2
 
 
 def test_bad_labels_are_data_errors():
@@ -262,8 +287,6 @@ def test_runs_inside_a_trial_from_a_spec(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_cuda_precisions_learn_and_restore_switches(precision):
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    ctx = make_ctx(precision=precision)
-    ctx.device = "cuda"
-    out = fit(ctx)
+    out = fit(make_ctx(precision=precision, device="cuda"))
     assert out.final["val_accuracy"] >= 0.9
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
