@@ -3,8 +3,8 @@
 Why a ``python_app`` and not a ``bash_app`` around ``genodl trial``
 -----------------------------------------------------------------
 A bash_app starts a fresh Python for every trial: importing torch, creating the CUDA context and
-loading (or memory-mapping) the dataset cost several seconds each time, 10-20% of a 25 s NT3
-trial on a modern GPU. A python_app executed by HighThroughputExecutor's *persistent* workers
+loading (or memory-mapping) the dataset cost several seconds each time, a sizeable share of an
+NT3 trial on a modern GPU. A python_app executed by HighThroughputExecutor's *persistent* workers
 pays that once per worker: ``run_trial`` keeps the scaled dataset in an in-process cache and the
 CUDA context stays alive, so the second and later trials of a worker start training at once.
 Each HTEX worker is still its own process, pinned to its GPU through ``CUDA_VISIBLE_DEVICES``

@@ -32,12 +32,12 @@ character, deterministic from one seed:
 
 Gene-level parameters, the training split and the test split come from three independent
 streams spawned from ``seed``: changing ``n_test`` does not change the training samples.
-Generation is vectorised in row blocks straight into the output arrays: the full size takes a
-few seconds and about one float32 copy of the data (0.34 GB).
+Generation is vectorised in row blocks straight into the output arrays: at full size it needs
+about one float32 copy of the data in memory (0.34 GB).
 
 Measured behaviour. Full size, the paper's NT3 network and training (SGD, lr 0.002, batch 16):
-about 96 % validation accuracy after one epoch, levelling at 98-99.6 % (seeds 0 and 1), about
-0.65 s per epoch on one H100 GPU. Generation of the full size takes about 3 s on one CPU core.
+about 96 % validation accuracy after one epoch, levelling at 98-99.6 % (seeds 0 and 1).
+Times (training, generation) are in docs/performance.md.
 
 Recommended small configuration (examples, tests, laptops)::
 

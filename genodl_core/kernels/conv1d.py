@@ -1,7 +1,7 @@
 """Implicit-GEMM 1-D convolution on channels-last tensors, forward and backward, in Triton.
 
 Why: NT3's second convolution (64 -> 64 channels, kernel 10, 60,455 positions) is most of a
-training step, and cuDNN's best kernel for it reaches about a quarter of an H100's bf16 matrix
+training step, and cuDNN's kernels for it measured well below the GPU's bf16 matrix
 rate. As a matrix product it is ``[positions, taps x channels] @ [taps x channels, filters]``;
 materialising the left operand (im2col) would move ten times the activations, so each program
 here loads the ``taps`` shifted windows of its block of positions straight from the input
@@ -9,7 +9,7 @@ here loads the ``taps`` shifted windows of its block of positions straight from 
 reduction. The same kernel computes the input gradient (a full convolution of the output
 gradient with the flipped filters: a negative shift and bounds masks instead of padding); the
 weight gradient is a long reduction over positions, split into chunks whose partial sums are
-added in a fixed order, so results are deterministic.
+added in a fixed order, so results are deterministic. Figures: docs/performance.md.
 
 Layout: activations are ``[batch, positions, groups * channels]`` (what a channels-last
 ``[B, C, 1, L]`` tensor is in memory), weights the ``Conv1d`` ones ``[groups * filters,
@@ -52,8 +52,8 @@ def _fwd_configs() -> list[triton.Config]:
 
 
 def _wgrad_configs() -> list[triton.Config]:
-    # Two warps won on an H100 for NT3's first convolution in a pack of 8: 0.61 ms against
-    # 0.71 ms or more with four or eight (44 choices of tile, warps and stages timed).
+    # Two warps measured fastest for NT3's first convolution in a pack (of the tiles, warps
+    # and stages timed); see docs/performance.md.
     return _configs(((64, 2, 3), (64, 2, 4), (128, 2, 2), (64, 4, 3)))
 
 
@@ -190,13 +190,11 @@ def supports(in_channels: int, filters: int, groups: int) -> bool:
 def preferred(in_channels: int, filters: int, groups: int) -> bool:
     """Whether the fast path should run this convolution here rather than in cuDNN.
 
-    Measured on an H100 (NT3 shapes, bf16, forward + backward, per trial-epoch): for the
-    first convolution (one input channel) of a pack of 8 trials, 0.015 s here against 0.059 s
-    in cuDNN's grouped kernel (3.9x); a whole batched epoch 0.173 against 0.209 s. For one
-    trial the kernel alone is about as fast as cuDNN (0.071-0.088 against 0.077-0.080 s over
-    two runs) but the compiled training step measured slower (0.290 against 0.249 s/epoch).
-    For 64 -> 64 channels the kernel is slower than cuDNN (0.145 / 0.106 s against 0.089 /
-    0.066 s for one trial / packs of 8). So only packed first convolutions run here.
+    On NT3's shapes the first convolution (one input channel) of a pack of trials measured much
+    faster here than in cuDNN's grouped kernel, and so did the whole batched epoch. For one
+    trial the kernel alone is about as fast as cuDNN, but the compiled training step measured
+    slower with it; for 64 -> 64 channels cuDNN is faster, alone and in packs. So only packed
+    first convolutions run here. Figures in docs/performance.md ("The convolution kernel").
     """
     return supports(in_channels, filters, groups) and in_channels < 16 and groups > 1
 

@@ -2,14 +2,14 @@
 
 Why: after NT3's second convolution the activations of a pack of trials are about 1 GB
 (16 samples x 8 trials x 64 channels x 60,455 positions in bf16), and every elementwise pass
-over them costs a third of a millisecond on an H100. ``max_pool2d(relu(x))`` as two torch
+over them reads or writes all of that memory. ``max_pool2d(relu(x))`` as two torch
 operations keeps the ReLU's output for its backward and, in the backward, writes the pool's
 gradient and then reads it again with that output for the ReLU's. Here the forward reads ``x``
 once and keeps, per output, only which position of its window won (one byte; -1 when the
 maximum was not positive, so no gradient flows), and the backward writes the input gradient
 in one pass from that byte and the pooled gradient. Under ``torch.compile`` each direction is
 one fused pass (the maximum is a running one over the window's positions, pointwise over the
-windows: a reduction over the strided window measured ten times slower).
+windows: a reduction over the strided window measured far slower).
 
 Same values and gradients as ``max_pool2d(relu(x + bias), (1, pool))``: ``relu`` and ``max``
 commute, a per-channel bias does not change which position wins, and the gradient goes to the
@@ -17,9 +17,9 @@ first maximal position of a window (what torch's max-pooling does), through the 
 where that maximum is positive. Positions past the last whole window get no gradient, as with
 max-pooling's floor mode. One difference: a NaN
 wins its window only in the window's first position (torch's max-pool returns any NaN);
-checking every position measured ~1 ms slower per pack step on an H100 (13.4-13.9 against
-12.4 ms), and NaN activations come from NaN weights or inputs, which the loss check and the
-loaders' finiteness checks already catch.
+checking every position measured slower per pack step, and NaN activations come from NaN
+weights or inputs, which the loss check and the loaders' finiteness checks already catch.
+Figures in docs/performance.md ("NT3 packs: the ReLUs fused").
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class _ReluMaxPool(torch.autograd.Function):
         if ctx.layout is not None:
             # Written into a buffer with the input's strides: left to itself a compiler may
             # give the size-1 dimension another stride, and cuDNN's backward then copies the
-            # whole gradient into a channels-last one (measured: 0.65 ms per step).
+            # whole gradient into a channels-last one, a pass over it every step.
             out = grad_x.new_empty_strided(grad_x.shape, ctx.layout)
             grad_x = out.copy_(grad_x)
         return grad_x, None, grad_bias

@@ -75,8 +75,8 @@ def _sgd_update_kernel(p, q, hi, lo, mom, lr, r_, c_, K,
     R, C = r_ * A, c_ * A
     p_g, p_k, q_g, q_k, w_g, w_r = p_g_ * A, p_k_ * A, q_g_ * A, q_k_ * A, w_g_ * A, w_r_ * A
     # Neighbouring programs take neighbouring column tiles, so the programs in flight sweep
-    # whole rows of the weights: long contiguous runs of memory (0.52 against 0.60 ms for a
-    # 9000 x 9000 layer on an H100 when they went down the columns).
+    # whole rows of the weights: long contiguous runs of memory, measured faster than going
+    # down the columns (docs/performance.md).
     n_c = tl.cdiv(C, BC)
     pid = tl.program_id(0)
     pid_r = pid // n_c

@@ -134,9 +134,9 @@ def build_networks(n_landmarks: int, n_targets: int, p: DGEXParams, seed: int,
                    device: str) -> list[DGEXNet]:
     """One initialised network per target block, each from its own seed stream.
 
-    The weights are drawn on ``device`` (a GPU draws D-GEX's 256 M weights in milliseconds, a
-    CPU in seconds): CPU runs are reproducible bit for bit, GPU runs per seed on one kind of
-    GPU, and a GPU's initial weights differ from the CPU draw of the same seed.
+    The weights are drawn on ``device`` (a GPU draws D-GEX's 256 M weights far faster than a
+    CPU; docs/performance.md): CPU runs are reproducible bit for bit, GPU runs per seed on one
+    kind of GPU, and a GPU's initial weights differ from the CPU draw of the same seed.
     """
     blocks = np.array_split(np.arange(n_targets), p.n_parts)
     nets = []

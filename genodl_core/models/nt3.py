@@ -247,8 +247,8 @@ def glorot_fans(module: nn.Module) -> tuple[int, int]:
 def init_glorot(model: nn.Module, generator: torch.Generator | None) -> None:
     """Glorot-uniform weights and zero biases, drawn from ``generator`` on its device.
 
-    The generator lives on the model's device: drawing 77 M weights on a CPU takes about a
-    second per trial, on a GPU a millisecond. CPU runs stay reproducible bit for bit; a GPU run
+    The generator lives on the model's device: a GPU draws NT3's 77 M weights far faster than
+    a CPU (docs/performance.md). CPU runs stay reproducible bit for bit; a GPU run
     is reproducible for a given seed on the same kind of GPU, but its initial weights differ
     from the CPU draw of the same seed. On the 'meta' device nothing is drawn.
     """

@@ -1,9 +1,9 @@
 """One full-batch training step (gather, forward, loss, backward) replayed as a CUDA graph.
 
-Why: a D-GEX step at batch 200 is about sixty kernel launches. On an H100 the GPU finishes them
-in ~2.6 ms, but the host needs ~3-4 ms to queue them (Python, autograd, launch calls), so the
-GPU waits. A captured step is queued with two calls: copy the batch's sample indices into a
-static buffer, replay.
+Why: a D-GEX step at batch 200 is about sixty kernel launches. On a fast GPU the host needs
+longer to queue them (Python, autograd, launch calls) than the GPU needs to run them, so the
+GPU waits (measured: docs/performance.md). A captured step is queued with two calls: copy the
+batch's sample indices into a static buffer, replay.
 
 What is captured: ``body(indices) -> loss``, which gathers its batch from tensors that live for
 the whole fit, runs forward and backward (gradients land in ``.grad`` buffers the graph owns;
