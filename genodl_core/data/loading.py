@@ -14,6 +14,8 @@ import os
 import threading
 from collections import OrderedDict
 
+import numpy as np
+
 from genodl_core.data.scaling import scale_dataset
 from genodl_core.data.types import Dataset
 from genodl_core.registry import DATASETS
@@ -50,11 +52,21 @@ def load_dataset(data: Component) -> tuple[Dataset, bool]:
         fit_on = getattr(data.params, "scale_fit", "train")
         dataset = scale_dataset(raw, scaling, fit_on)
         del raw
+        _freeze(dataset)
         with _cache_lock:
             _cache[key] = dataset
             while len(_cache) > CACHE_SIZE:
                 _cache.popitem(last=False)
         return dataset, False
+
+
+def _freeze(dataset: Dataset) -> None:
+    """Mark the cached arrays read-only: every trial of the process shares them (and their
+    device copies, see :mod:`genodl_core.training.device_data`); a write would be a bug."""
+    for field in dataclasses.fields(dataset):
+        value = getattr(dataset, field.name)
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
 
 
 def _file_versions(params: object) -> dict[str, list[int]]:

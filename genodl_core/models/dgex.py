@@ -28,6 +28,7 @@ from genodl_core.errors import SpecError
 from genodl_core.models.baselines import evaluate_predictor, fit_least_squares
 from genodl_core.registry import MODELS
 from genodl_core.spec import derive_seed
+from genodl_core.training.device_data import to_device
 from genodl_core.training.family import Family, FitOutcome, Member
 from genodl_core.training.objectives import SumSquaredErrorObjective
 from genodl_core.training.optim import TrialOptimizer
@@ -239,10 +240,8 @@ class DGEXStack:
         if hasattr(self, "xt"):
             return
         ds, device = self.member.dataset, self.plan.device
-        self.xt = torch.as_tensor(ds.x_train, dtype=torch.float32, device=device)
-        yt = torch.as_tensor(ds.y_train, dtype=torch.float32, device=device)
-        self.xv = torch.as_tensor(ds.x_val, dtype=torch.float32, device=device)
-        yv = torch.as_tensor(ds.y_val, dtype=torch.float32, device=device)
+        self.xt, yt, self.xv, yv = (to_device(a, device, torch.float32)
+                                    for a in (ds.x_train, ds.y_train, ds.x_val, ds.y_val))
         p: DGEXParams = self.member.spec.model.params
         monitor = np.random.default_rng(derive_seed(self.member.spec.seed, "monitor")).permutation(
             self.n_train)[:min(p.monitor_size, self.n_train)]

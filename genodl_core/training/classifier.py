@@ -10,7 +10,6 @@ when their training features are the same array (label noise only), one device c
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ from torch import nn
 
 from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
+from genodl_core.training.device_data import to_device
 from genodl_core.training.family import FitOutcome, Member, Objective, Schedule
 from genodl_core.training.metrics import rates_from_sums
 from genodl_core.training.optim import make_optimizer
@@ -59,13 +59,6 @@ def check_classification(member: Member, n_classes: int) -> None:
     if ds.x_val.shape[1] != ds.x_train.shape[1]:
         raise DataError(f"{source}: x_val has {ds.x_val.shape[1]} features but x_train has "
                         f"{ds.x_train.shape[1]}")
-
-
-def to_device(a: np.ndarray, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """``a`` as a tensor on ``device``; read-only inputs (memory maps) are not copied on CPU."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
 
 
 class ClassifierStack:
@@ -267,4 +260,4 @@ def _set_global_rng_state(device: str, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-__all__ = ["ClassifierStack", "Runner", "check_split", "check_classification", "to_device"]
+__all__ = ["ClassifierStack", "Runner", "check_split", "check_classification"]

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# --------------------------------------------------------------------------------------------
-# metrics
-# --------------------------------------------------------------------------------------------
-
 def per_gene_mae(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Mean absolute error of every target gene over samples, float64 ``[n_targets]``.
 
@@ -22,7 +18,8 @@ def per_gene_mae(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """
     if y_true.shape != y_pred.shape:
         raise ValueError(f"prediction shape {y_pred.shape} != target shape {y_true.shape}")
-    return np.mean(np.abs(np.asarray(y_true, np.float64) - np.asarray(y_pred, np.float64)), axis=0)
+    # Subtracting in float64 directly: the same values without two float64 copies of the inputs.
+    return np.mean(np.abs(np.subtract(y_true, y_pred, dtype=np.float64)), axis=0)
 
 
 def summarise_mae(per_gene: np.ndarray) -> tuple[float, float]:
