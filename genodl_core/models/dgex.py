@@ -29,7 +29,7 @@ from genodl_core.models.baselines import evaluate_predictor, fit_least_squares
 from genodl_core.registry import MODELS
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
-from genodl_core.training.family import Family, FitOutcome, Member
+from genodl_core.training.family import Family, FitOutcome, Member, training_scope
 from genodl_core.training.objectives import SumSquaredErrorObjective
 from genodl_core.training.optim import TrialOptimizer
 from genodl_core.training.plan import ExecutionPlan
@@ -227,14 +227,8 @@ class DGEXStack:
                         plan.label)
 
     def scope(self) -> contextlib.AbstractContextManager:
-        stack = contextlib.ExitStack()
-        stack.enter_context(matmul_precision(self.plan.device, self.plan.precision))
-        try:
-            self._build()
-        except BaseException:
-            stack.close()
-            raise
-        return stack
+        return training_scope([matmul_precision(self.plan.device, self.plan.precision)],
+                              self._build)
 
     def _build(self) -> None:
         if hasattr(self, "xt"):

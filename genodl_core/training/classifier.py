@@ -19,7 +19,8 @@ from torch import nn
 from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
-from genodl_core.training.family import FitOutcome, Member, Objective, Schedule
+from genodl_core.training.family import (FitOutcome, Member, Objective, Schedule,
+                                         training_scope)
 from genodl_core.training.metrics import rates_from_sums
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
@@ -114,19 +115,12 @@ class ClassifierStack:
         self.val_logits = torch.empty(0)
 
     def scope(self) -> contextlib.AbstractContextManager:
-        stack = contextlib.ExitStack()
         plan = self.plan
-        stack.enter_context(matmul_precision(plan.device, plan.precision))
-        stack.enter_context(cudnn_benchmark(plan.switches.cudnn_benchmark))
         # Dropout draws from the global generators: seeded per trial, restored afterwards.
-        try:
-            stack.enter_context(seeded_global_rng(
-                derive_seed(self.members[0].spec.seed, "dropout"), plan.device))
-            self._build()
-        except BaseException:
-            stack.close()
-            raise
-        return stack
+        dropout_seed = derive_seed(self.members[0].spec.seed, "dropout")
+        return training_scope([matmul_precision(plan.device, plan.precision),
+                               cudnn_benchmark(plan.switches.cudnn_benchmark),
+                               seeded_global_rng(dropout_seed, plan.device)], self._build)
 
     def _build(self) -> None:
         """Module, forward and optimizer (inside the scope: compilation sees its switches)."""

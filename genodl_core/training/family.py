@@ -19,10 +19,11 @@ metrics into the trial's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -171,6 +172,18 @@ class Family:
         raise NotImplementedError
 
 
+@contextlib.contextmanager
+def training_scope(scopes: Sequence[contextlib.AbstractContextManager],
+                   build: Callable[[], None]) -> Iterator[None]:
+    """Enter ``scopes`` (precision switches, RNG streams), build the stack's modules inside them
+    (compilation and kernel choices see the switches), and leave them all afterwards."""
+    with contextlib.ExitStack() as stack:
+        for scope in scopes:
+            stack.enter_context(scope)
+        build()
+        yield
+
+
 def stacking_key(spec: TrialSpec) -> str:
     """The resolved spec without seed and noise: trials equal in it may share a computation."""
     import json
@@ -181,4 +194,5 @@ def stacking_key(spec: TrialSpec) -> str:
     return json.dumps(plain, sort_keys=True)
 
 
-__all__ = ["Member", "FitOutcome", "Objective", "Schedule", "Stack", "Family", "stacking_key"]
+__all__ = ["Member", "FitOutcome", "Objective", "Schedule", "Stack", "Family", "stacking_key",
+           "training_scope"]

@@ -17,7 +17,23 @@ import torch.nn.functional as F
 from genodl_core.training.metrics import batch_sums, rates_from_sums
 
 
-class CrossEntropyObjective:
+class StatelessObjective:
+    """Defaults of an objective without per-epoch adaptation or state of its own."""
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def extra(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class CrossEntropyObjective(StatelessObjective):
     """Categorical cross-entropy over ``k`` softmax outputs; accuracy metrics."""
 
     abstain_class: int | None = None
@@ -35,20 +51,8 @@ class CrossEntropyObjective:
     def train_metrics(self, sums: torch.Tensor, n: int) -> dict[str, float]:
         return rates_from_sums(sums, n, self.abstain_class is not None)
 
-    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
-        return {}
 
-    def extra(self) -> dict[str, Any]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-class SumSquaredErrorObjective:
+class SumSquaredErrorObjective(StatelessObjective):
     """D-GEX's loss: the sum over target genes of the per-gene mean squared error.
 
     Per sample that is the sum of squared errors over genes; the step's loss is their mean.
@@ -70,17 +74,5 @@ class SumSquaredErrorObjective:
     def train_metrics(self, sums: torch.Tensor, n: int) -> dict[str, float]:
         return {"loss": float(sums[0]) / max(n, 1)}
 
-    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> dict[str, float]:
-        return {}
 
-    def extra(self) -> dict[str, Any]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-__all__ = ["CrossEntropyObjective", "SumSquaredErrorObjective"]
+__all__ = ["StatelessObjective", "CrossEntropyObjective", "SumSquaredErrorObjective"]
