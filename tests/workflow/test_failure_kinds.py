@@ -138,7 +138,8 @@ def test_driver_and_mpi_record_a_failure_around_a_trial_alike(tmp_path, monkeypa
 
             monkeypatch.setattr(apps, "execute_trial", raise_around)
             unit = ([trial.spec], [trial.trial_id], time.time())
-            message = mpi._attempt(unit[0], unit[1], str(run.path), None, unit[2])
+            # The worker settings do not matter: the patched runner raises before using them.
+            message = mpi._attempt(unit[0], unit[1], str(run.path), {}, unit[2])
             assert message["outcome"] == "error"
             mpi._settle(run, message, unit, mpi._Queue([]), 0, Progress(1))
         status = records.read_status(run.trial_dir(trial.trial_id))
