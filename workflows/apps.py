@@ -63,7 +63,8 @@ class RetryableTrialFailure(InfrastructureError):
 
 
 def execute_trial(spec: Mapping[str, Any], trial_id: str, run_dir: str | Path, *,
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = None,
+                  checkpoint_interval_s: float | None = None) -> dict[str, Any]:
     """Run one trial of a sweep in this process, unless its record is already complete.
 
     Parameters
@@ -89,7 +90,8 @@ def execute_trial(spec: Mapping[str, Any], trial_id: str, run_dir: str | Path, *
     RetryableTrialFailure
         When the trial failed and the runner says a retry could succeed.
     """
-    (result,) = _run_unit([spec], [trial_id], Path(run_dir), threads=threads)
+    (result,) = _run_unit([spec], [trial_id], Path(run_dir), threads=threads,
+                          checkpoint_interval_s=checkpoint_interval_s)
     if result["state"] == records.FAILED and result["deterministic"] is False:
         raise RetryableTrialFailure(trial_id, result["error_type"], result["error"])
     return result
@@ -97,7 +99,8 @@ def execute_trial(spec: Mapping[str, Any], trial_id: str, run_dir: str | Path, *
 
 def execute_pack(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str],
                  run_dir: str | Path, *, threads: int | None = None,
-                 submitted_at: float | None = None) -> list[dict[str, Any]]:
+                 submitted_at: float | None = None,
+                 checkpoint_interval_s: float | None = None) -> list[dict[str, Any]]:
     """Run several compatible trials as one batched computation, one record each.
 
     The trials (same architecture and training settings, differing in seed and noise; see
@@ -128,7 +131,7 @@ def execute_pack(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str],
         complete and deterministically failed members are skipped then).
     """
     results = _run_unit(specs, trial_ids, Path(run_dir), threads=threads,
-                        submitted_at=submitted_at)
+                        submitted_at=submitted_at, checkpoint_interval_s=checkpoint_interval_s)
     retryable = [r for r in results
                  if r["state"] == records.FAILED and r["deterministic"] is False]
     if retryable:
@@ -140,7 +143,8 @@ def execute_pack(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str],
 
 
 def _run_unit(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str], run_dir: Path, *,
-              threads: int | None, submitted_at: float | None = None) -> list[dict[str, Any]]:
+              threads: int | None, submitted_at: float | None = None,
+              checkpoint_interval_s: float | None = None) -> list[dict[str, Any]]:
     """Run the trials that still need it, holding every member's attempt lock meanwhile."""
     trials_dir = run_dir / TRIALS_DIR
     events = run_dir / LOGS_DIR / ATTEMPTS_LOG
@@ -173,7 +177,7 @@ def _run_unit(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str], run_
                 append_event(events, {"event": "start", "trial_id": trial_id, **where,
                                       "threads": used})
             t0 = time.monotonic()
-            outcomes = _run_trials([spec for spec, _ in todo], trials_dir)
+            outcomes = _run_trials([spec for spec, _ in todo], trials_dir, checkpoint_interval_s)
             for (_, trial_id), outcome in zip(todo, outcomes):
                 if outcome.trial_id != trial_id:
                     raise GenodlError(f"spec of trial {trial_id} resolves to {outcome.trial_id}: "
@@ -190,10 +194,16 @@ def _run_unit(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str], run_
     return [results[trial_id] for trial_id in trial_ids]
 
 
-def _run_trials(specs: list[Mapping[str, Any]], trials_dir: Path) -> list[Any]:
+def _run_trials(specs: list[Mapping[str, Any]], trials_dir: Path,
+                checkpoint_interval_s: float | None) -> list[Any]:
+    from genodl_core.training.plan import RunSettings
     from genodl_core.training.trial import run_trials
 
-    return run_trials([dict(s) for s in specs], trials_dir, pack_size=len(specs))
+    settings = RunSettings.from_env()
+    if checkpoint_interval_s is not None:  # the sweep's choice wins over the environment's
+        settings = settings.replace(checkpoint_interval_s=checkpoint_interval_s or None)
+    return run_trials([dict(s) for s in specs], trials_dir, pack_size=len(specs),
+                      settings=settings)
 
 
 def _result(trial_id: str, state: str, where: Mapping[str, Any], *, skipped: bool = False,
@@ -233,21 +243,24 @@ def _set_threads(threads: int | None) -> int:
 
 
 @python_app
-def trial_app(spec: dict[str, Any], trial_id: str, run_dir: str,
-              threads: int | None = None) -> dict[str, Any]:
+def trial_app(spec: dict[str, Any], trial_id: str, run_dir: str, threads: int | None = None,
+              checkpoint_interval_s: float | None = None) -> dict[str, Any]:
     """Parsl app around :func:`execute_trial` (imports inside: it runs on remote workers)."""
     from workflows.apps import execute_trial
 
-    return execute_trial(spec, trial_id, run_dir, threads=threads)
+    return execute_trial(spec, trial_id, run_dir, threads=threads,
+                         checkpoint_interval_s=checkpoint_interval_s)
 
 
 @python_app
 def pack_app(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
-             threads: int | None = None, submitted_at: float | None = None) -> list[dict[str, Any]]:
+             threads: int | None = None, submitted_at: float | None = None,
+             checkpoint_interval_s: float | None = None) -> list[dict[str, Any]]:
     """Parsl app around :func:`execute_pack`: several trials as one batched computation."""
     from workflows.apps import execute_pack
 
-    return execute_pack(specs, trial_ids, run_dir, threads=threads, submitted_at=submitted_at)
+    return execute_pack(specs, trial_ids, run_dir, threads=threads, submitted_at=submitted_at,
+                        checkpoint_interval_s=checkpoint_interval_s)
 
 
 __all__ = ["RetryableTrialFailure", "execute_trial", "execute_pack", "trial_app", "pack_app",

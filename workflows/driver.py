@@ -46,6 +46,8 @@ class RunSettings:
     pack_size: int | None = None
     gather: bool = True
     update_sweep: bool = False
+    #: Seconds between checkpoints (0: none; None: the workers' default).
+    checkpoint_interval_s: float | None = None
 
     def resolve(self, sweep: Sweep) -> "RunSettings":
         """Fill unset fields from the sweep; options given here override the sweep's."""
@@ -63,7 +65,14 @@ class RunSettings:
             pack_size=self.pack_size or sweep.run.pack_size,
             gather=self.gather,
             update_sweep=self.update_sweep,
+            checkpoint_interval_s=(sweep.run.checkpoint_interval_s
+                                   if self.checkpoint_interval_s is None
+                                   else self.checkpoint_interval_s),
         )
+
+    def worker_options(self, threads: int | None) -> dict[str, Any]:
+        """Keyword options of every unit's execution on a worker (see workflows.apps)."""
+        return {"threads": threads, "checkpoint_interval_s": self.checkpoint_interval_s}
 
 
 @dataclass
@@ -209,15 +218,16 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
                         interval_s=settings.progress_interval_s,
                         slots=trial_slots(slots, units))
     wanted = {t.trial_id for t in todo}
+    worker = settings.worker_options(threads)
     offset = _file_size(run.attempts_file)  # only this run's attempts count for progress
     with parsl.load(config):
         futures: dict[Future, list[str]] = {}
         for unit in units:
             ids = [t.trial_id for t in unit]
             if len(unit) == 1:
-                future = trial_app(unit[0].spec, ids[0], str(run.path), threads=threads)
+                future = trial_app(unit[0].spec, ids[0], str(run.path), **worker)
             else:
-                future = pack_app([t.spec for t in unit], ids, str(run.path), threads=threads,
+                future = pack_app([t.spec for t in unit], ids, str(run.path), **worker,
                                   submitted_at=time.time())
             futures[future] = ids
         pending = set(futures)

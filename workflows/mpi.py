@@ -91,7 +91,7 @@ def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = 
         if go["error"]:
             return None  # rank 0 reports the error
         with quiet_trial_logs():
-            _worker(comm, go["run_dir"], threads)
+            _worker(comm, go["run_dir"], settings.worker_options(threads))
         return None
 
     t0 = time.monotonic()
@@ -126,7 +126,7 @@ def _drive(comm: Any, run: RunDir, sweep: Sweep, settings: RunSettings,
             if settings.pack_size > 1:
                 log.info("%d trials in %d batched packs", len(todo), len(units))
             if size == 1:
-                _serial(run, units, settings.retries, threads, progress)
+                _serial(run, units, settings.retries, settings.worker_options(threads), progress)
             else:
                 _dispatch(comm, run, units, settings.retries, progress)
         except BaseException:
@@ -214,16 +214,15 @@ def _rank_threads(comm: Any, node: Any) -> int:
 
 
 def _attempt(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
-             threads: int | None, submitted_at: float) -> dict[str, Any]:
+             worker: dict[str, Any], submitted_at: float) -> dict[str, Any]:
     """One attempt of a unit (a trial or a batched pack) on this rank, as a message."""
     from workflows.apps import RetryableTrialFailure, execute_pack, execute_trial
 
     try:
         if len(trial_ids) == 1:
-            results = [execute_trial(specs[0], trial_ids[0], run_dir, threads=threads)]
+            results = [execute_trial(specs[0], trial_ids[0], run_dir, **worker)]
         else:
-            results = execute_pack(specs, trial_ids, run_dir, threads=threads,
-                                   submitted_at=submitted_at)
+            results = execute_pack(specs, trial_ids, run_dir, **worker, submitted_at=submitted_at)
         return {"outcome": "result", "trial_ids": trial_ids, "results": results}
     except RetryableTrialFailure as err:
         return {"outcome": "retry", "trial_ids": trial_ids, "error_type": err.error_type,
@@ -232,7 +231,7 @@ def _attempt(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
         return {"outcome": "error", "trial_ids": trial_ids, **failure_fields(err)}
 
 
-def _worker(comm: Any, run_dir: str, threads: int | None) -> None:
+def _worker(comm: Any, run_dir: str, worker: dict[str, Any]) -> None:
     MPI = _mpi()
     status = MPI.Status()
     comm.send(None, dest=0, tag=_TAG_READY)
@@ -241,7 +240,7 @@ def _worker(comm: Any, run_dir: str, threads: int | None) -> None:
         if status.Get_tag() == _TAG_STOP:
             return
         specs, trial_ids, submitted_at = message
-        comm.send(_attempt(specs, trial_ids, run_dir, threads, submitted_at), dest=0,
+        comm.send(_attempt(specs, trial_ids, run_dir, worker, submitted_at), dest=0,
                   tag=_TAG_RESULT)
 
 
@@ -300,7 +299,7 @@ def _dispatch(comm: Any, run: RunDir, units: list[list], retries: int,
         progress.tick()
 
 
-def _serial(run: RunDir, units: list[list], retries: int, threads: int | None,
+def _serial(run: RunDir, units: list[list], retries: int, worker: dict[str, Any],
             progress: Progress) -> None:
     queue = _Queue(units)
     progress.tick(force=True)
@@ -309,7 +308,7 @@ def _serial(run: RunDir, units: list[list], retries: int, threads: int | None,
         for trial_id in unit[1]:
             progress.started(trial_id)
         progress.tick()
-        message = _attempt(*unit[:2], str(run.path), threads, unit[2])
+        message = _attempt(*unit[:2], str(run.path), worker, unit[2])
         _settle(run, message, unit, queue, retries, progress)
         progress.tick()
 

@@ -55,7 +55,7 @@ FORMAT = 1
 
 _SWEEP_KEYS = {"name", "description", "axes", "zip", "trials_per_level"}
 _RUN_KEYS = {"site", "retries", "options", "threads_per_trial", "progress_interval_s",
-             "pack_size"}
+             "pack_size", "checkpoint_interval_s"}
 _TOP_KEYS = {"sweep", "run", "trial"}
 _PATH_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 #: Significant digits kept for float ranges, so that 0.1 + 0.2 is written 0.3 (and hashes so).
@@ -97,6 +97,9 @@ class RunDefaults:
     progress_interval_s: float = 30.0
     #: Trials per batched computation (NT3 trials differing only in seed and noise); 1 = off.
     pack_size: int = 1
+    #: Seconds of training between checkpoints of a trial or pack; 0 = none; None = the
+    #: worker's default (GENODL_CHECKPOINT_INTERVAL_S, else 300 s).
+    checkpoint_interval_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,8 @@ class Sweep:
                     "options": dict(self.run.options),
                     "threads_per_trial": self.run.threads_per_trial,
                     "progress_interval_s": self.run.progress_interval_s,
-                    "pack_size": self.run.pack_size},
+                    "pack_size": self.run.pack_size,
+                    "checkpoint_interval_s": self.run.checkpoint_interval_s},
             "base": self.base,
             "trials": [{"index": t.index, "trial_id": t.trial_id, "point": t.point,
                         "spec": t.spec} for t in self.trials],
@@ -490,9 +494,15 @@ def _parse_run(raw: Any) -> RunDefaults:
     pack = raw.get("pack_size", defaults.pack_size)
     if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
         raise SpecError("run.pack_size", pack, "an integer >= 1", reason="out of range")
+    checkpoint = raw.get("checkpoint_interval_s")
+    if checkpoint is not None and (isinstance(checkpoint, bool)
+                                   or not isinstance(checkpoint, (int, float)) or checkpoint < 0):
+        raise SpecError("run.checkpoint_interval_s", checkpoint,
+                        "seconds >= 0 (0: no checkpoints)", reason="out of range")
     return RunDefaults(site=site, retries=retries, options=dict(options),
                        threads_per_trial=threads, progress_interval_s=float(interval),
-                       pack_size=pack)
+                       pack_size=pack,
+                       checkpoint_interval_s=None if checkpoint is None else float(checkpoint))
 
 
 def plan_table(sweep: Sweep, limit: int | None = None) -> str:

@@ -21,7 +21,8 @@ from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import (FitOutcome, Member, Objective, Schedule,
                                          training_scope)
-from genodl_core.training.metrics import rates_from_sums
+from genodl_core.training.metrics import rates_from_sums, row_batch_sums
+from genodl_core.training.objectives import CrossEntropyObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
 from genodl_core.training.precision import (autocast, cudnn_benchmark, matmul_precision,
@@ -102,6 +103,9 @@ class ClassifierStack:
         self.eval_batch_size = (eval_bs or train.batch_size) if self.single else max(
             train.batch_size, eval_bs // k)
         self.objectives = list(objectives)
+        #: A pack of plain cross-entropy trials computes its losses and sums for all rows in one
+        #: operation each (the same values per row) rather than in a few kernels per trial.
+        self.rows_at_once = k > 1 and all(type(o) is CrossEntropyObjective for o in objectives)
         self.schedules = list(schedules)
         self.trial_rows = [[t] for t in range(k)]
         self.step_groups = [list(range(k))]
@@ -164,6 +168,12 @@ class ClassifierStack:
         with self.amp():
             logits = self.forward(xb)
         # Each trial's loss is its own batch mean, so the sum's gradient is each trial's.
+        if self.rows_at_once:
+            stacked = self.objectives[0].per_sample_loss(logits.flatten(0, 1), yb.flatten())
+            stacked = stacked.view(yb.shape)
+            stacked.mean(dim=1).sum().backward()
+            self.optimizer.step()
+            return row_batch_sums(stacked, logits.detach(), yb)
         losses = [obj.per_sample_loss(logits[t], yb[t]) for t, obj in enumerate(self.objectives)]
         means = [loss.mean() for loss in losses]
         torch.stack(means).sum().backward()
@@ -186,9 +196,14 @@ class ClassifierStack:
                 logits = self.forward(xb).float()
             if self.single:
                 logits = logits.unsqueeze(0)
-            sums += torch.stack([obj.batch_sums(obj.per_sample_loss(logits[t], yb), None,
-                                                logits[t], yb)
-                                 for t, obj in enumerate(self.objectives)])
+            if self.rows_at_once:
+                ys = yb.expand(k, -1)
+                losses = self.objectives[0].per_sample_loss(logits.flatten(0, 1), ys.flatten())
+                sums += row_batch_sums(losses.view(ys.shape), logits, ys)
+            else:
+                sums += torch.stack([obj.batch_sums(obj.per_sample_loss(logits[t], yb), None,
+                                                    logits[t], yb)
+                                     for t, obj in enumerate(self.objectives)])
             outputs.append(logits)
         self.val_logits = torch.cat(outputs, dim=1)
         return [{f"val_{key}": v for key, v in
