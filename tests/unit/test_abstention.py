@@ -160,7 +160,7 @@ def test_controller_rejects_bad_settings():
 
 def test_objective_reports_alpha_in_effect():
     objective = AbstentionObjective(2, AlphaController(alpha=0.3, init_abs_epoch=0))
-    extra = objective.end_epoch(1, {"abstention_accuracy": 0.5, "abstention": 0.0})
+    extra = objective.end_epoch(1, {"val_abstention_accuracy": 0.5, "val_abstention": 0.0})
     assert extra == {"alpha": 0.3}
     assert objective.controller.alpha == pytest.approx(0.285)
     assert objective.abstain_class == 2

@@ -183,3 +183,25 @@ def test_plan_rejects_an_invalid_sweep_with_exit_2(tmp_path, capsys):
     assert genodl(["plan", str(path)]) == 2
     err = capsys.readouterr().err
     assert "train.epochs" in err and "sweep point 1" in err
+
+
+def test_checkpoint_interval_is_a_run_setting_that_reaches_the_workers(monkeypatch, tmp_path):
+    assert sweep_from_dict(tiny_sweep()).run.checkpoint_interval_s is None
+    sweep = sweep_from_dict(tiny_sweep(run={"checkpoint_interval_s": 0}))
+    assert sweep.run.checkpoint_interval_s == 0.0
+    assert sweep.to_dict()["run"]["checkpoint_interval_s"] == 0.0
+    for bad in (-1, "often", True):
+        with pytest.raises(SpecError, match="run.checkpoint_interval_s"):
+            sweep_from_dict(tiny_sweep(run={"checkpoint_interval_s": bad}))
+
+    from genodl_core.training import trial
+    from workflows import apps
+
+    seen = []
+    monkeypatch.setattr(trial, "run_trials",
+                        lambda specs, out, pack_size, settings: seen.append(settings) or [])
+    monkeypatch.setenv("GENODL_CHECKPOINT_INTERVAL_S", "120")
+    apps._run_trials([], tmp_path, None)
+    apps._run_trials([], tmp_path, 0.0)
+    apps._run_trials([], tmp_path, 30.0)
+    assert [s.checkpoint_interval_s for s in seen] == [120.0, None, 30.0]
