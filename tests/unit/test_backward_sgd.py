@@ -295,8 +295,9 @@ def test_pack_dense_layers_updated_in_backward_follow_the_pack_optimizer(momentu
             # The engine's pack step (ClassifierStack.step) on this batch: per-trial features
             # [K, n, F] and labels [K, n], indexed by each trial's batch order.
             pack = types.SimpleNamespace(module=model, forward=model, optimizer=opt,
-                                         single=False, x_train=xb, y_train=yb, rows=rows,
-                                         objectives=objectives, amp=autocast)
+                                         single=False, rows_at_once=True, x_train=xb,
+                                         y_train=yb, rows=rows, objectives=objectives,
+                                         amp=autocast)
             sums = ClassifierStack.step(pack, list(range(k)), idx)
             assert sums.shape == (k, 3) and model.training
     ref, fused = models
