@@ -101,5 +101,7 @@ class Registry(Generic[F]):
 DATASETS: Registry = Registry("data source")
 #: Noise steps: ``fn(arrays, params, rng) -> (TrainArrays, record)``.
 NOISES: Registry = Registry("noise kind")
-#: Models: ``fn(context) -> FitOutcome``; meta ``task`` is 'classification' or 'regression'.
+#: Models: a :class:`~genodl_core.training.family.Family` that the engine trains, or, for the
+#: closed-form baselines, ``fn(member) -> FitOutcome``; meta ``task`` is 'classification' or
+#: 'regression'.
 MODELS: Registry = Registry("model")

@@ -186,9 +186,10 @@ class _Part:
         self.columns = columns
         self.shuffle = torch.Generator().manual_seed(shuffle_seed)
         self.optimizer: TrialOptimizer | None = None
+        #: The block's columns of the training, monitor and validation targets (on the device).
+        self.y_train = self.y_mon = self.y_val = None
         #: Full training batches replayed as a CUDA graph (plan switch step_graphs), or None.
         self.graph: StepGraph | None = None
-        self.y_train: torch.Tensor | None = None
 
 
 class DGEXStack:

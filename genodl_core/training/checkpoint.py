@@ -59,7 +59,8 @@ class Checkpoint:
         """
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        # Tensors, numbers, strings and containers only: loading runs no pickled code.
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
         if (state.get("format") != FORMAT or state.get("members") != self.members
                 or state.get("plan") != self.plan):
             return None

@@ -132,6 +132,7 @@ class ClassifierStack:
             return
         nets = [net.to(self.plan.device) for net in self._nets]
         self.module, self.forward = self._run(nets, self.plan)
+        self._nets = ()  # a stacked module holds copies: the trials' own nets can go
         self.optimizer = make_optimizer(self.module, self.members[0].spec.train, self.plan,
                                         self.k)
         for m in self.members:

@@ -1,7 +1,7 @@
 """What a model family tells the engine, and what the engine hands a family.
 
-A model family is one module plus its registry entry (``MODELS.register(name, params=...,
-task=..., family=MyFamily())``). It declares:
+A model family is one module plus its registry entry
+(``MODELS.register(name, params=MyParams, task="classification")(MyFamily())``). It declares:
 
 - :meth:`Family.pack_key`: which specs may train stacked together (None: never);
 - :meth:`Family.switches`: which fast-path switches it can apply;

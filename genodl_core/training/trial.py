@@ -145,7 +145,8 @@ def run_pack(specs: Sequence[TrialSpec | Mapping[str, Any] | str | Path], out_di
     from genodl_core.training.plan import RunSettings
 
     resolved = [resolve_spec(s) for s in specs]
-    if len(resolved) > 1 and len({pack_key(s) for s in resolved} | {None}) != 2:
+    keys = {pack_key(s) for s in resolved}
+    if len(resolved) > 1 and (len(keys) != 1 or None in keys):
         raise GenodlError("run_pack: the specs cannot train together (their pack keys differ "
                           "or one is not packable); group them with group_packs")
     settings = RunSettings.from_env() if settings is None else settings

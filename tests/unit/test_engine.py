@@ -268,3 +268,16 @@ def test_member_failing_during_training_leaves_the_others(tmp_path):
     assert [r.ok for r in out] == [True, False]
     assert out[1].error_type == "FloatingPointError"
     assert result(out[0].path)["extra"]["batched_trials"] == 2
+
+
+def test_run_pack_refuses_specs_that_cannot_train_together(tmp_path):
+    from genodl_core.errors import GenodlError
+    from genodl_core.training.trial import run_pack
+
+    dgex = spec_from_dict({"seed": 1, "device": "cpu", "model": {"name": "dgex", "width": 8},
+                           "data": {"source": "synthetic_dgex", "n_landmarks": 6,
+                                    "n_targets": 8, "n_train": 40, "n_val": 20, "n_test": 10},
+                           "train": {"epochs": 1, "batch_size": 20}})
+    for specs in ([mlp_spec(1), dgex], [mlp_spec(1), mlp_spec(2, epochs=3)]):
+        with pytest.raises(GenodlError, match="cannot train together"):
+            run_pack(specs, tmp_path)
