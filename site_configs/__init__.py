@@ -21,8 +21,9 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from genodl_core.errors import SpecError
 from genodl_core.typed import convert
+from site_configs.script_values import reject_control_characters
 
-OptionKind = Literal["int", "float", "bool", "str", "walltime"]
+OptionKind = Literal["int", "float", "bool", "str", "walltime", "list"]
 Scheduler = Literal["local", "slurm", "lsf"]
 
 def usable_cores() -> int:
@@ -51,7 +52,10 @@ class SiteOption:
         Option name as written after ``-o`` (``-o account=abc``).
     kind
         Value type; ``walltime`` accepts ``H:MM:SS``, ``H:MM`` (hours:minutes) or minutes and
-        is normalised to ``HH:MM:SS``.
+        is normalised to ``HH:MM:SS``; ``list`` takes a list of strings or one string
+        separated by ``;`` and leaves its normalisation to ``check``. A ``str`` value never
+        holds a control character (newline, carriage return, NUL): every string option is
+        written on one line of some script or command.
     default
         Value when the option is not given; ``None`` means "not set" (left to the scheduler).
     help
@@ -93,9 +97,13 @@ class SiteOption:
             raise SpecError(where, value, self.describe_type(), reason="a value is needed")
         if self.kind == "walltime":
             converted = format_walltime(parse_walltime(value, where))
+        elif self.kind == "list":
+            converted = value  # the option's check splits and validates the items
         else:
             # Converted as spec fields are, also from command-line text.
             converted = convert(_TYPES[self.kind], value, where, text=True)
+            if isinstance(converted, str):
+                reject_control_characters(converted, where)
         if self.choices and converted not in self.choices:
             raise SpecError(where, value, list(self.choices), reason="unknown choice")
         if self.minimum is not None and converted < self.minimum:
@@ -108,7 +116,8 @@ class SiteOption:
         if self.choices:
             return "one of " + "|".join(self.choices)
         return {"int": "an integer", "float": "a number", "bool": "true or false",
-                "str": "a string", "walltime": "H:MM:SS, H:MM or minutes"}[self.kind]
+                "str": "a string", "walltime": "H:MM:SS, H:MM or minutes",
+                "list": "a list, or one string split at ';'"}[self.kind]
 
 
 def parse_walltime(value: Any, where: str = "walltime") -> int:
@@ -276,6 +285,36 @@ def get_site(name: str) -> Site:
         raise SpecError("site", name, sorted(SITES), reason="unknown site") from None
 
 
+def check_run_options(site: str, options: Mapping[str, Any]) -> list[str]:
+    """Validate a sweep's ``[run] site`` and ``options`` as building its config would.
+
+    ``genodl plan`` calls it so that a typo in the sweep file fails when the sweep is planned,
+    not when it is run (possibly after waiting in a queue). Required options (an account)
+    may still come from the command line of ``genodl run``, so they are returned, not raised.
+
+    Returns
+    -------
+    list[str]
+        Names of required options the sweep leaves unset.
+
+    Raises
+    ------
+    SpecError
+        Naming ``run.site`` (unknown site, listing the known ones) or ``run.options.<name>``
+        (unknown option, listing the site's options, or a bad value).
+    """
+    if site not in SITES:
+        raise SpecError("run.site", site, sorted(SITES), reason="unknown site")
+    entry = SITES[site]
+    try:
+        resolved = entry.resolve(options)
+    except SpecError as err:
+        option = err.field.split(".", 1)[1] if err.field.startswith(f"{site}.") else err.field
+        raise SpecError(f"run.options.{option}", err.value, err.allowed,
+                        reason=err.reason) from None
+    return entry.missing_required(resolved)
+
+
 def load_site(name: str, run_dir: str | Path, *, retries: int = 0,
               retry_handler: Callable[..., float] | None = None,
               options: Mapping[str, Any] | None = None):
@@ -361,7 +400,7 @@ def describe_sites() -> str:
         for opt in site.options:
             if opt.required:
                 default = PLACEHOLDER
-            elif opt.default is None:
+            elif opt.default is None or opt.default == ():
                 default = "unset"
             else:
                 default = str(opt.default).lower() if opt.kind == "bool" else repr(opt.default)

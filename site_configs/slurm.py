@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from site_configs import SiteOption, register_site
+from site_configs.script_values import (interchange_address, launcher_arguments,
+                                        sbatch_option_list, scheduler_name, script_path,
+                                        slurm_constraint, slurm_partition)
 from site_configs.local_htex import (accelerator_entries, cpu_only_init, htex_executor,
                                      make_config, resolve_address, worker_path_init)
 
@@ -39,10 +42,12 @@ def slurm_options(*, partition: str | None = None, constraint: str | None = None
                    "pilot: driver outside, workers in pilot jobs; inside: driver in the allocation",
                    choices=("pilot", "inside")),
         SiteOption("account", "str", None, "allocation to charge (--account)",
-                   required=account_required),
-        SiteOption("partition", "str", partition, "partition (--partition)"),
-        SiteOption("qos", "str", qos, "quality of service (--qos)"),
-        SiteOption("constraint", "str", constraint, "node features (--constraint)"),
+                   required=account_required, check=scheduler_name),
+        SiteOption("partition", "str", partition, "partition(s) (--partition)",
+                   check=slurm_partition),
+        SiteOption("qos", "str", qos, "quality of service (--qos)", check=scheduler_name),
+        SiteOption("constraint", "str", constraint, "node features (--constraint)",
+                   check=slurm_constraint),
         SiteOption("nodes", "int", 1, "nodes per pilot job (or used inside the allocation)",
                    minimum=1),
         SiteOption("walltime", "walltime", "00:30:00", "walltime of each pilot job"),
@@ -60,10 +65,13 @@ def slurm_options(*, partition: str | None = None, constraint: str | None = None
                    "shell line run before the workers start (module load, venv activation)"),
         SiteOption("interface", "str", interface,
                    "network interface the workers reach the driver on (ib0, hsn0)"),
-        SiteOption("address", "str", None, "explicit interchange address (wins over interface)"),
-        SiteOption("srun_overrides", "str", "", "extra srun arguments for the worker step"),
-        SiteOption("sbatch_options", "str", "",
-                   "extra #SBATCH lines, separated by ';' (e.g. --mem=0;--mail-type=END)"),
+        SiteOption("address", "str", None, "explicit interchange address (wins over interface)",
+                   check=interchange_address),
+        SiteOption("srun_overrides", "str", "", "extra srun arguments for the worker step",
+                   check=launcher_arguments),
+        SiteOption("sbatch_options", "list", (),
+                   "extra #SBATCH options, one --name=value each: a list, or separated by ';' "
+                   "(e.g. --mem=0;--mail-type=END)", check=sbatch_option_list),
         SiteOption("encrypted", "bool", True,
                    "encrypt driver-worker traffic (the run dir must be on a shared file system)"),
     )
@@ -90,10 +98,7 @@ def sbatch_lines(o: Mapping[str, Any]) -> list[str]:
     lines = []
     if o["gpus_per_node"] > 0:
         lines.append(f"#SBATCH --gpus-per-node={o['gpus_per_node']}")
-    for extra in str(o.get("sbatch_options") or "").split(";"):
-        extra = extra.strip()
-        if extra:
-            lines.append(extra if extra.startswith("#SBATCH") else f"#SBATCH {extra}")
+    lines += [f"#SBATCH {option}" for option in o.get("sbatch_options") or ()]
     return lines
 
 
@@ -153,6 +158,7 @@ def build_slurm_config(site: str, run_dir: Path, *, retries: int,
     from site_configs import SITES
 
     inside = o["mode"] == "inside"
+    script_path(str(run_dir), "--out")  # written unquoted into the workers' launch command
     if not inside:
         SITES[site].check_required(o)
         warn_small_cpu_request(site, o)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from site_configs import SITES, SiteOption, register_site
+from site_configs.script_values import (interchange_address, launcher_arguments,
+                                        scheduler_name, script_path)
 from site_configs.local_htex import (accelerator_entries, htex_executor, make_config,
                                      resolve_address, worker_path_init)
 
@@ -28,8 +30,9 @@ OPTIONS = (
     SiteOption("mode", "str", "pilot",
                "pilot: driver on a login node, LSF pilot jobs; inside: driver in the allocation",
                choices=("pilot", "inside")),
-    SiteOption("project", "str", None, "LSF project to charge (#BSUB -P)", required=True),
-    SiteOption("queue", "str", "batch", "LSF queue (#BSUB -q)"),
+    SiteOption("project", "str", None, "LSF project to charge (#BSUB -P)", required=True,
+               check=scheduler_name),
+    SiteOption("queue", "str", "batch", "LSF queue (#BSUB -q)", check=scheduler_name),
     SiteOption("nodes", "int", 1, "nodes per pilot job (or used inside the allocation)",
                minimum=1),
     SiteOption("walltime", "walltime", "00:30:00", "walltime of each pilot job"),
@@ -38,8 +41,10 @@ OPTIONS = (
     SiteOption("worker_init", "str", "",
                "shell line run before the workers start (module load, conda activate)"),
     SiteOption("interface", "str", "ib0", "network interface the workers reach the driver on"),
-    SiteOption("address", "str", None, "explicit interchange address (wins over interface)"),
-    SiteOption("jsrun_overrides", "str", "", "extra jsrun arguments for the worker step"),
+    SiteOption("address", "str", None, "explicit interchange address (wins over interface)",
+               check=interchange_address),
+    SiteOption("jsrun_overrides", "str", "", "extra jsrun arguments for the worker step",
+               check=launcher_arguments),
     SiteOption("encrypted", "bool", True,
                "encrypt driver-worker traffic (the run dir must be on GPFS, shared)"),
 )
@@ -73,6 +78,7 @@ def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., floa
     from parsl.launchers import JsrunLauncher
     from parsl.providers import LocalProvider, LSFProvider
 
+    script_path(str(run_dir), "--out")  # written unquoted into the workers' launch command
     launcher = JsrunLauncher(overrides=jsrun_overrides(o))
     if o["mode"] == "inside":
         provider = LocalProvider(nodes_per_block=o["nodes"], init_blocks=1, min_blocks=0,

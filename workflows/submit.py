@@ -9,6 +9,12 @@ the driver skips finished trials.
 
 Script text is produced by pure functions (:func:`render_batch_script`), so that the LSF path,
 which cannot run outside an LSF cluster, is still checked line by line in the tests.
+
+Nothing the user gives reaches the script unchecked (:func:`check_request`): site options are
+checked against their scheduler's character set when they are read (see
+:mod:`site_configs.script_values`), the job name and run directory here, and every argument of
+the ``genodl run`` line is quoted with :func:`shlex.quote`. Only ``--env`` is shell code, and it
+is meant to be.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 from genodl_core.errors import InfrastructureError, SpecError
 from site_configs import get_site, parse_walltime
+from site_configs import script_values
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +142,7 @@ def _slurm_header(o: Mapping[str, Any], request: BatchRequest) -> list[str]:
         lines.append(f"#SBATCH --gpus-per-node={o['gpus_per_node']}")
     if o["exclusive"]:
         lines.append("#SBATCH --exclusive")
-    for extra in str(o.get("sbatch_options") or "").split(";"):
-        extra = extra.strip()
-        if extra:
-            lines.append(extra if extra.startswith("#SBATCH") else f"#SBATCH {extra}")
+    lines += [f"#SBATCH {option}" for option in o.get("sbatch_options") or ()]
     lines += [f"#SBATCH --output={logs}/batch-%j.out", f"#SBATCH --error={logs}/batch-%j.err"]
     return lines
 
@@ -178,16 +182,41 @@ def run_command(request: BatchRequest, resolved: Mapping[str, Any]) -> str:
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 
+def check_request(request: BatchRequest) -> None:
+    """Refuse values of ``request`` that would change the script's meaning.
+
+    The job name and the run directory are written into directives, where a newline would start
+    a shell command and a space another directive, so they must fit the scheduler's character
+    set; the run directory also reaches the workers' launch command unquoted. The sweep path
+    and the ``genodl run`` arguments are quoted on the run line, so they only must be single
+    lines. ``--env`` is shell code by design; it must hold no NUL or carriage return.
+
+    Raises
+    ------
+    SpecError
+        Naming the option (``--job-name``, ``--out``, ``--env``, ``spec``), the value and the
+        allowed form.
+    """
+    script_values.scheduler_name(request.job_name, "--job-name")
+    script_values.script_path(request.out_dir, "--out")
+    script_values.reject_control_characters(request.spec, "spec")
+    for arg in request.run_args:
+        script_values.reject_control_characters(arg, "genodl run arguments")
+    script_values.shell_code(request.env, "--env")
+
+
 def render_batch_script(request: BatchRequest) -> str:
     """The full text of the batch script for ``request``.
 
     Raises
     ------
     SpecError
-        For a site without batch system, unknown or bad options, or a required option
-        (``account``, ``project``) left unset.
+        For a site without batch system, unknown or bad options, a required option
+        (``account``, ``project``) left unset, or a value that does not fit its place in
+        the script (:func:`check_request`).
     """
     scheduler = scheduler_of(request.site)
+    check_request(request)
     resolved = _batch_options(request)
     if scheduler == "slurm":
         header = _slurm_header(resolved, request)

@@ -21,12 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="sweep file (.toml or .json)")
     add_site_arguments(p, default_site=None)
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="run directory (default: runs/<sweep name>)")
+                   help="run directory (default: runs/<sweep name>); it is written into the "
+                        "script's directives, so letters, digits and . _ / + , : @ = ~ - only")
     p.add_argument("--env", metavar="LINE", default=None,
                    help="shell line that makes `genodl` available in the job, e.g. 'module load "
                         "python; source venv/bin/activate' (default: activate this Python's "
                         "virtual environment)")
-    p.add_argument("--job-name", default=None, help="scheduler job name (default: genodl-<sweep>)")
+    p.add_argument("--job-name", default=None,
+                   help="scheduler job name: letters, digits, '.', '_', '-' "
+                        "(default: genodl-<sweep>)")
     p.add_argument("--dry-run", action="store_true",
                    help="write the script and print it, but do not submit")
     add_run_arguments(p)
@@ -41,8 +44,8 @@ def main(args: argparse.Namespace) -> int:
     from site_configs import site_options_from_args
     from workflows.commands.run import settings_from_args
     from workflows.rundir import RunDir
-    from workflows.submit import (BatchRequest, default_env_line, scheduler_of, submit_script,
-                                  write_batch_script)
+    from workflows.submit import (BatchRequest, check_request, default_env_line, scheduler_of,
+                                  submit_script, write_batch_script)
     from workflows.sweep import load_sweep
 
     if not args.site:
@@ -52,14 +55,15 @@ def main(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.spec)  # an invalid sweep fails here, before anything is queued
     settings_from_args(args)  # out-of-range --retries, --pack-size, ... fail here too
     out_dir = Path(args.out) if args.out else Path("runs") / sweep.name
-    # A directory holding another sweep would refuse the job's driver: say so before queueing.
-    RunDir(out_dir).check_sweep(sweep, update=args.update_sweep)
     # The job may start in another directory than this one: give it absolute paths.
     request = BatchRequest(
         spec=os.path.abspath(args.spec), out_dir=os.path.abspath(out_dir), site=args.site,
         options=_options(sweep, args.site, site_options_from_args(args)),
         env=default_env_line() if args.env is None else args.env,
         job_name=args.job_name or f"genodl-{sweep.name}", run_args=_run_args(args))
+    check_request(request)  # a value that would change the script fails before any file exists
+    # A directory holding another sweep would refuse the job's driver: say so before queueing.
+    RunDir(out_dir).check_sweep(sweep, update=args.update_sweep)
     path = write_batch_script(request)
     print(f"{len(sweep.trials)} trials; batch script: {path}", file=sys.stderr)
     if args.dry_run:
