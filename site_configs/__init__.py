@@ -102,14 +102,14 @@ class SiteOption:
         else:
             # Converted as spec fields are, also from command-line text.
             converted = convert(_TYPES[self.kind], value, where, text=True)
-            if isinstance(converted, str):
-                reject_control_characters(converted, where)
         if self.choices and converted not in self.choices:
             raise SpecError(where, value, list(self.choices), reason="unknown choice")
         if self.minimum is not None and converted < self.minimum:
             raise SpecError(where, value, f">= {self.minimum}", reason="out of range")
         if self.check is not None:
-            converted = self.check(converted, where)
+            converted = self.check(converted, where)  # names the option's own allowed form
+        if isinstance(converted, str):
+            reject_control_characters(converted, where)
         return converted
 
     def describe_type(self) -> str:

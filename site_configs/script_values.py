@@ -74,17 +74,18 @@ SCRIPT_PATH_FORM = ("a path of letters, digits and . _ / + , : @ = ~ - (no space
 _SCRIPT_PATH = re.compile(r"[\w./+,:@=~-]+")
 
 
-def reject_control_characters(value: str, where: str) -> str:
+def reject_control_characters(value: str, where: str,
+                              allowed: str = "a single line of printable characters") -> str:
     """Refuse newlines, carriage returns, NUL and other control characters in ``value``.
 
     Raises
     ------
     SpecError
-        Naming ``where`` and the value (its repr shows the hidden character).
+        Naming ``where``, the value (its repr shows the hidden character) and ``allowed``.
     """
     found = _CONTROL.search(value)
     if found:
-        raise SpecError(where, value, "a single line of printable characters",
+        raise SpecError(where, value, allowed,
                         reason=f"holds the control character {found.group()!r}")
     return value
 
@@ -92,7 +93,7 @@ def reject_control_characters(value: str, where: str) -> str:
 def _fullmatch(pattern: re.Pattern[str], value: Any, where: str, form: str) -> str:
     if not isinstance(value, str):
         raise SpecError(where, value, form, reason="expected a string")
-    reject_control_characters(value, where)
+    reject_control_characters(value, where, form)
     if not pattern.fullmatch(value):
         raise SpecError(where, value, form, reason="characters not allowed here")
     return value
@@ -130,7 +131,7 @@ def launcher_arguments(value: Any, where: str) -> str:
     """
     if not isinstance(value, str):
         raise SpecError(where, value, LAUNCHER_WORD_FORM, reason="expected a string")
-    reject_control_characters(value, where)
+    reject_control_characters(value, where, LAUNCHER_WORD_FORM)
     words = value.split()
     for word in words:
         if not _LAUNCHER_WORD.fullmatch(word):
@@ -152,7 +153,7 @@ def sbatch_option_list(value: Any, where: str) -> tuple[str, ...]:
         Naming the item (``slurm.sbatch_options[1]``) and :data:`SBATCH_OPTION_FORM`.
     """
     if isinstance(value, str):
-        reject_control_characters(value, where)
+        reject_control_characters(value, where, SBATCH_OPTION_FORM)
         items: list[Any] = [part.strip() for part in value.split(";") if part.strip()]
     elif isinstance(value, (list, tuple)):
         items = list(value)
