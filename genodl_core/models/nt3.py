@@ -26,7 +26,8 @@ from torch import nn
 from genodl_core.errors import DataError, SpecError
 from genodl_core.registry import MODELS
 from genodl_core.spec import TrialSpec, derive_seed
-from genodl_core.training.abstention import AbstentionObjective, AlphaController
+from genodl_core.training.abstention import (AlphaController, DacSchedule,
+                                             abstention_objective)
 from genodl_core.training.classifier import ClassifierStack, check_classification
 from genodl_core.training.family import Family, Member, stacking_key
 from genodl_core.training.objectives import CrossEntropyObjective
@@ -44,9 +45,11 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 class NT3Params:
     """Parameters of the NT3 model (defaults: the noise-study paper, Table I).
 
-    The abstention parameters apply only when ``variant='abstaining'`` (paper-era values;
-    CANDLE's later configs use alpha_scale_factor 0.8, max_abs 0.30, acc_gain 1.5,
-    init_abs_epoch 5).
+    The abstention parameters apply only when ``variant='abstaining'``. ``controller`` picks
+    how alpha evolves (:mod:`genodl_core.training.abstention`): ``"genodl"`` and ``"candle"``
+    use ``alpha`` .. ``init_abs_epoch`` (paper-era values; CANDLE's later configs use
+    alpha_scale_factor 0.8, max_abs 0.30, acc_gain 1.5, init_abs_epoch 5); ``"dac"`` uses
+    ``warmup_epochs``, ``alpha_final`` and ``alpha_init_factor`` (the DAC authors' defaults).
     """
 
     #: (filters, kernel, stride) of each convolution, applied in order.
@@ -69,6 +72,10 @@ class NT3Params:
     acc_gain: float = AlphaController.acc_gain
     abs_gain: float = AlphaController.abs_gain
     init_abs_epoch: int = AlphaController.init_abs_epoch
+    controller: Literal["genodl", "candle", "dac"] = "genodl"
+    warmup_epochs: int = DacSchedule.warmup_epochs
+    alpha_final: float = DacSchedule.alpha_final
+    alpha_init_factor: float = DacSchedule.alpha_init_factor
 
     def validate(self, where: str) -> None:
         """Range checks across fields; every error names the field.
@@ -104,17 +111,25 @@ class NT3Params:
         check_range(where, "acc_gain", self.acc_gain, 0)
         check_range(where, "abs_gain", self.abs_gain, 0)
         check_range(where, "init_abs_epoch", self.init_abs_epoch, 0)
+        check_range(where, "warmup_epochs", self.warmup_epochs, 0)
+        check_range(where, "alpha_final", self.alpha_final, 0, lo_open=True)
+        check_range(where, "alpha_init_factor", self.alpha_init_factor, 0, lo_open=True)
 
     def n_outputs(self, n_classes: int) -> int:
         """Logit count: ``k`` for the base model, ``k + 1`` for the abstaining one."""
         return n_classes + (1 if self.variant == "abstaining" else 0)
 
-    def controller(self) -> AlphaController:
-        """A fresh alpha controller with this model's abstention parameters."""
+    def alpha_controller(self) -> AlphaController:
+        """A fresh CANDLE-rule alpha controller (``"genodl"`` and ``"candle"``)."""
         return AlphaController(alpha=self.alpha, scale_factor=self.alpha_scale_factor,
                                min_acc=self.min_acc, max_abs=self.max_abs,
                                acc_gain=self.acc_gain, abs_gain=self.abs_gain,
                                init_abs_epoch=self.init_abs_epoch)
+
+    def dac_schedule(self) -> DacSchedule:
+        """The DAC authors' schedule settings (``"dac"``)."""
+        return DacSchedule(warmup_epochs=self.warmup_epochs, alpha_final=self.alpha_final,
+                           alpha_init_factor=self.alpha_init_factor)
 
 
 def nt3_widths(params: NT3Params, n_features: int, where: str = "model") -> list[tuple[int, int]]:
@@ -337,15 +352,24 @@ class NT3Family(Family):
         n_classes, n_features = int(dataset.n_classes), dataset.n_features
         nets = [build_nt3(params, n_features, n_classes, device=plan.device,
                           seed=derive_seed(m.spec.seed, "init")) for m in members]
-        objectives = [AbstentionObjective(n_classes, params.controller())
-                      if params.variant == "abstaining" else CrossEntropyObjective()
-                      for _ in members]
+        objectives = [_objective(params, m, n_classes) for m in members]
         flatten = params.conv[-1][0] * nt3_widths(params, n_features)[-1][1]
         return ClassifierStack(
             members, plan, n_classes=n_classes, nets=nets, run=_run_nt3,
             objectives=objectives, schedules=[schedule_of(m.spec.train) for m in members],
             extra=lambda t: {"variant": params.variant, "n_outputs": params.n_outputs(n_classes),
                              "flatten_width": flatten})
+
+
+def _objective(params: NT3Params, member: Member, n_classes: int) -> CrossEntropyObjective:
+    """A trial's objective: cross-entropy, or the abstention loss under its controller."""
+    if params.variant != "abstaining":
+        return CrossEntropyObjective()
+    train = member.spec.train
+    return abstention_objective(params.controller, n_classes,
+                                alpha_controller=params.alpha_controller(),
+                                dac=params.dac_schedule(), epochs=train.epochs,
+                                batch_size=train.batch_size, n_val=len(member.dataset.x_val))
 
 
 def _run_nt3(nets: Sequence[NT3Net], plan: ExecutionPlan) -> tuple[nn.Module, Callable]:

@@ -7,11 +7,15 @@ synchronisation per step) and turns them into rates once per epoch with
 - ``accuracy``: share of samples whose argmax is the true class. For an abstaining model an
   abstention is never the true class, so abstentions count as wrong.
 - ``abstention``: share of samples whose argmax is the abstention class (index ``k``).
-- ``abstention_accuracy``: accuracy over the samples NOT abstained on; 1.0 when every sample
-  was abstained on (nothing attempted, nothing wrong), as in CANDLE.
+- ``abstention_accuracy``: accuracy over the samples NOT abstained on; NaN when every sample
+  was abstained on (an accuracy over no samples is undefined; CANDLE reports 1.0 there).
+- ``kept``: how many samples were NOT abstained on, so that a NaN accuracy (and an accuracy
+  over a handful of samples) can be told apart from a measured one.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -59,8 +63,8 @@ def rates_from_sums(sums: torch.Tensor | np.ndarray, n_samples: int,
                     abstaining: bool) -> dict[str, float]:
     """Turn accumulated :func:`batch_sums` into the per-epoch metrics.
 
-    Returns ``loss`` and ``accuracy``; for an abstaining model also ``abstention`` and
-    ``abstention_accuracy``.
+    Returns ``loss`` and ``accuracy``; for an abstaining model also ``abstention``,
+    ``abstention_accuracy`` (NaN when nothing was kept) and ``kept`` (a count).
 
     Raises
     ------
@@ -75,13 +79,42 @@ def rates_from_sums(sums: torch.Tensor | np.ndarray, n_samples: int,
     if abstaining:
         out["abstention"] = abstained / n_samples
         out["abstention_accuracy"] = abstention_accuracy(correct, abstained, n_samples)
+        out["kept"] = float(n_samples - abstained)
     return out
 
 
 def abstention_accuracy(correct: float, abstained: float, n_samples: int) -> float:
-    """Accuracy over the non-abstained samples; 1.0 when all were abstained on."""
+    """Accuracy over the non-abstained samples; NaN when all were abstained on.
+
+    Nothing attempted is not the same as nothing wrong: reporting 1.0 there (as CANDLE does)
+    would make a model that abstains on everything look perfect in every average.
+    """
     attempted = n_samples - abstained
-    return 1.0 if attempted <= 0 else correct / attempted
+    return math.nan if attempted <= 0 else correct / attempted
+
+
+def predicted_classes(logits: torch.Tensor, abstain_class: int | None) -> torch.Tensor:
+    """The distinct real classes that ``logits``' argmax predicts (abstentions left out)."""
+    pred = logits.argmax(dim=-1).flatten()
+    if abstain_class is not None:
+        pred = pred[pred != abstain_class]
+    return torch.unique(pred)
+
+
+def collapsed_class(logits: torch.Tensor, abstain_class: int | None) -> int | None:
+    """The one real class predicted for EVERY sample, or None.
+
+    A classifier that answers one class whatever the input (a failure mode of training on
+    noisy or unlearnable data) can still reach the majority-class accuracy, which is easy to
+    mistake for learning. A model that abstains on some samples has not collapsed.
+    """
+    pred = logits.argmax(dim=-1).flatten()
+    if pred.numel() == 0:
+        return None
+    first = int(pred[0])
+    if first == abstain_class or not bool((pred == first).all()):
+        return None
+    return first
 
 
 def classification_metrics(logits: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
@@ -99,4 +132,4 @@ def classification_metrics(logits: torch.Tensor | np.ndarray, y: torch.Tensor | 
 
 
 __all__ = ["SUM_FIELDS", "batch_sums", "row_batch_sums", "rates_from_sums", "abstention_accuracy",
-           "classification_metrics"]
+           "predicted_classes", "collapsed_class", "classification_metrics"]

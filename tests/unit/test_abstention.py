@@ -146,9 +146,18 @@ def test_errors_combine_and_targets_met_means_no_change():
     assert ctl.scale(0.95, 0.16) == pytest.approx(1.01)
 
 
-def test_non_finite_metrics_keep_alpha():
+def test_non_finite_abstention_keeps_alpha():
     ctl = AlphaController(alpha=0.3, init_abs_epoch=0)
-    assert ctl.end_epoch(1, float("nan"), 0.5) == 0.3
+    assert ctl.end_epoch(1, 0.5, float("nan")) == 0.3
+
+
+def test_nothing_kept_means_no_accuracy_error():
+    # Accuracy over no kept samples is NaN; the rule then acts as it did when that accuracy
+    # was reported as 1.0: only the abstention error counts (here clipped at 1/0.95).
+    undefined = AlphaController(alpha=0.3, init_abs_epoch=0)
+    as_before = AlphaController(alpha=0.3, init_abs_epoch=0)
+    assert undefined.end_epoch(1, float("nan"), 1.0) == as_before.end_epoch(1, 1.0, 1.0)
+    assert undefined.alpha == pytest.approx(0.3 / 0.95)
 
 
 def test_controller_rejects_bad_settings():
@@ -164,6 +173,7 @@ def test_objective_reports_alpha_in_effect():
     assert extra == {"alpha": 0.3}
     assert objective.controller.alpha == pytest.approx(0.285)
     assert objective.abstain_class == 2
+    assert objective.extra()["controller"] == "genodl"
 
 
 # -------------------------------------------------------------------------- metrics
@@ -179,11 +189,19 @@ def test_abstention_metrics():
     assert m["abstention_accuracy"] == pytest.approx(2 / 3)
 
 
-def test_all_abstained_gives_accuracy_one():
+def test_all_abstained_gives_undefined_accuracy_and_zero_kept():
     logits = torch.tensor([[0, 0, 5.0]] * 4)
     m = classification_metrics(logits, torch.tensor([0, 1, 0, 1]), abstain_class=2)
-    assert m == {"accuracy": 0.0, "abstention": 1.0, "abstention_accuracy": 1.0}
-    assert abstention_accuracy(0, 4, 4) == 1.0
+    assert math.isnan(m.pop("abstention_accuracy"))
+    assert m == {"accuracy": 0.0, "abstention": 1.0, "kept": 0.0}
+    assert math.isnan(abstention_accuracy(0, 4, 4))
+
+
+def test_kept_counts_the_samples_not_abstained_on():
+    logits = torch.tensor([[3.0, 0, 0], [0, 0, 3.0], [0, 3.0, 0]])
+    m = classification_metrics(logits, torch.tensor([0, 0, 0]), abstain_class=2)
+    assert m["kept"] == 2.0 and m["abstention_accuracy"] == pytest.approx(0.5)
+    assert "kept" not in classification_metrics(logits[:, :2], torch.tensor([0, 0, 0]))
 
 
 def test_sums_accumulate_to_sample_means():

@@ -172,7 +172,7 @@ def test_params_from_plain_data():
                           "activation": "elu", "variant": "abstaining", "alpha": 0.5}, "model")
     assert p.conv == ((128, 20, 1), (128, 10, 1)) and p.alpha == 0.5
     assert p.n_outputs(2) == 3
-    ctl = p.controller()
+    ctl = p.alpha_controller()
     assert (ctl.alpha, ctl.scale_factor, ctl.init_abs_epoch) == (0.5, 0.95, 2)
 
 
