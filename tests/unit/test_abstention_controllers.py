@@ -221,3 +221,42 @@ def test_predicted_and_collapsed_classes():
     assert collapsed_class(torch.tensor([[0.0, 0.0, 3.0]] * 2), 2) is None  # abstains on all
     assert predicted_classes(torch.tensor([[0.0, 0.0, 3.0]] * 2), 2).numel() == 0
     assert collapsed_class(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), None) is None
+
+
+# ------------------------------------------------------------------------------ in a trial
+
+
+def abstaining_spec(seed: int, controller: str):
+    from genodl_core.spec import spec_from_dict
+    return spec_from_dict({
+        "seed": seed, "device": "cpu",
+        "model": {"name": "nt3", "conv": [[4, 5, 1], [4, 5, 1]], "pool": [1, 4], "dense": [16],
+                  "variant": "abstaining", "alpha": 0.7, "init_abs_epoch": 1,
+                  "warmup_epochs": 1, "controller": controller},
+        "data": {"source": "synthetic_nt3", "n_train": 64, "n_test": 30, "n_features": 120},
+        "noise": [{"kind": "label_flip", "fraction": 0.3}],
+        "train": {"epochs": 4, "batch_size": 16, "learning_rate": 0.01, "momentum": 0.9}})
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+@pytest.mark.parametrize("controller", ["candle", "dac"])
+def test_controllers_train_alone_and_packed_alike(tmp_path, controller):
+    from genodl_core import records
+    from genodl_core.training.trial import run_trial, run_trials
+    specs = [abstaining_spec(1, controller), abstaining_spec(2, controller)]
+    alone = [records.load_record(run_trial(s, tmp_path / "alone", raise_errors=True).path).result
+             for s in specs]
+    packed = [records.load_record(r.path).result for r in
+              run_trials(specs, tmp_path / "packed", pack_size=2, raise_errors=True)]
+    for a, b in zip(alone, packed):
+        assert b["engine"]["mode"] == "packed" and a["extra"]["controller"] == controller
+        assert len(a["curves"]["alpha"]) == 4 and "val_kept" in a["curves"]
+        for key in a["curves"]:
+            if key != "epoch_seconds":
+                np.testing.assert_allclose(b["curves"][key], a["curves"][key], rtol=1e-4,
+                                           atol=1e-6, err_msg=key)
+    if controller == "dac":
+        assert math.isnan(alone[0]["curves"]["alpha"][0])
+        assert alone[0]["curves"]["alpha"][-1] == pytest.approx(1.0, rel=1e-6)
+    else:
+        assert "keras_val_abstention_accuracy" in alone[0]["curves"]
