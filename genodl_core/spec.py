@@ -7,8 +7,9 @@ A trial spec is written in TOML or JSON::
     name = "nt3"               # any key besides `name` is a model parameter
     dense = [200, 20]
     [data]
-    source = "synthetic_nt3"   # any key besides `source` is a data parameter
+    source = "synthetic_nt3"   # any key besides `source` (and `validation`) is a data parameter
     n_train = 200
+    validation = 0.2           # the validation rule (ValidationSpec); "auto" by default
     [[noise]]                  # an ordered LIST of steps, applied in turn
     kind = "label_flip"
     fraction = 0.2
@@ -87,6 +88,76 @@ class TrialSpec:
 
     model: Component
     data: Component
+#: The names a ``data.validation`` rule may take besides a fraction.
+VALIDATION_RULES = ("auto", "test")
+#: The share of the training split ``"auto"`` carves when a source has no separate test split.
+AUTO_VALIDATION_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class ValidationSpec:
+    """Which rows a trial validates on: the ``validation`` and ``validation_seed`` keys of
+    ``[data]``, the same for every data source.
+
+    Controllers, schedules and epoch selection tune on the validation split, so the numbers
+    reported on it are not on untouched data. ``rule`` is
+
+    - ``"auto"`` (default): carve :data:`AUTO_VALIDATION_FRACTION` of the training split when
+      the source has no test split separate from its validation split (the NT3 sources, whose
+      validation split is their test file, which then becomes the test split); otherwise keep
+      the source's own validation split (the D-GEX sources);
+    - ``"test"``: CANDLE's arrangement, validating on the test file with no separate test
+      split (to reproduce the paper's numbers);
+    - a fraction in (0, 0.5]: carve that share of the training split (stratified by class for
+      classification) as the validation split; the source's held-out split becomes the test.
+
+    ``seed`` seeds the carve. It is not the trial seed, so every trial of a sweep (every seed
+    and noise level) sees the same split. The carve itself is :mod:`genodl_core.data.validation`.
+    """
+
+    rule: Literal["auto", "test"] | float = "auto"
+    seed: int = 0
+
+    @property
+    def carves(self) -> bool:
+        """Whether the rule may take rows from the training split (the seed matters)."""
+        return self.rule != "test"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys this rule adds to the resolved ``[data]`` table (part of the trial id).
+
+        ``"test"`` never carves, so its seed is left out: two such specs are the same trial.
+        """
+        return ({"validation": self.rule, "validation_seed": self.seed} if self.carves
+                else {"validation": self.rule})
+
+
+def validation_from_table(table: dict[str, Any], where: str = "data") -> ValidationSpec:
+    """Pop ``validation`` and ``validation_seed`` from a ``[data]`` table (modified in place,
+    so the source's own parameters are built from what is left) and check them.
+
+    Raises
+    ------
+    SpecError
+        Naming the key, the bad value and what is allowed.
+    """
+    rule = table.pop("validation", "auto")
+    seed = table.pop("validation_seed", 0)
+    allowed = '"auto", "test" or a fraction 0 < f <= 0.5 of the training split'
+    if isinstance(rule, str):
+        if rule not in VALIDATION_RULES:
+            raise SpecError(f"{where}.validation", rule, allowed, reason="unknown rule")
+    elif isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        rule = float(rule)
+        if not 0.0 < rule <= 0.5:  # also rejects NaN
+            raise SpecError(f"{where}.validation", rule, allowed, reason="out of range")
+    else:
+        raise SpecError(f"{where}.validation", rule, allowed, reason="expected a name or number")
+    seed = convert(int, seed, f"{where}.validation_seed")
+    check_range(where, "validation_seed", seed, 0, 2**63 - 1)
+    return ValidationSpec(rule=rule, seed=seed if rule != "test" else 0)
+
+
     noise: tuple[Component, ...] = ()
     train: TrainSpec = field(default_factory=TrainSpec)
     seed: int = 0
@@ -98,6 +169,8 @@ class TrialSpec:
         """16 hex digits of the SHA-256 of the canonical resolved spec."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    #: Written into the ``data`` table by :meth:`to_dict`: part of the trial id.
+    validation: ValidationSpec = field(default_factory=ValidationSpec)
 
     @property
     def task(self) -> str:
@@ -110,7 +183,7 @@ class TrialSpec:
             "device": self.device,
             "precision": self.precision,
             "model": self.model.to_dict("name"),
-            "data": self.data.to_dict("source"),
+            "data": {**self.data.to_dict("source"), **self.validation.to_dict()},
             "noise": [step.to_dict("kind") for step in self.noise],
             "train": to_plain(self.train),
         }
@@ -163,7 +236,11 @@ def spec_from_dict(data: Mapping[str, Any]) -> TrialSpec:
         raise SpecError("data", None, "a [data] table naming one of " + repr(DATASETS.names()),
                         reason="missing required key")
     model = _component(MODELS, data["model"], "name", "model")
-    dataset = _component(DATASETS, data["data"], "source", "data")
+    data_table = dict(data["data"]) if isinstance(data["data"], Mapping) else data["data"]
+    # The validation rule applies to every source; it is no parameter of the source itself.
+    validation = (validation_from_table(data_table) if isinstance(data_table, dict)
+                  else ValidationSpec())
+    dataset = _component(DATASETS, data_table, "source", "data")
     steps = data.get("noise", [])
     if isinstance(steps, Mapping):
         steps = [steps]
@@ -184,6 +261,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> TrialSpec:
     # Sources declare their width as a field or a method (None when only the files know it).
     n_features = getattr(dataset.params, "n_features", None)
     spec.check_data(n_features() if callable(n_features) else n_features)
+        validation=validation,
     return spec
 
 
@@ -234,5 +312,6 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-__all__ = ["Component", "TrainSpec", "TrialSpec", "spec_from_dict", "load_spec", "read_table",
-           "derive_seed"]
+__all__ = ["Component", "TrainSpec", "TrialSpec", "ValidationSpec", "VALIDATION_RULES",
+           "AUTO_VALIDATION_FRACTION", "validation_from_table", "spec_from_dict", "load_spec",
+           "read_table", "derive_seed"]

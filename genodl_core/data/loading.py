@@ -19,7 +19,8 @@ import numpy as np
 from genodl_core.data.scaling import scale_dataset
 from genodl_core.data.types import Dataset
 from genodl_core.registry import DATASETS
-from genodl_core.spec import Component
+from genodl_core.data.validation import apply_validation
+from genodl_core.spec import Component, ValidationSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,18 @@ _cache_lock = threading.Lock()
 _key_locks: dict[str, threading.Lock] = {}
 
 
-def load_dataset(data: Component) -> tuple[Dataset, bool]:
+def load_dataset(data: Component, validation: ValidationSpec = ValidationSpec()
+                 ) -> tuple[Dataset, bool]:
     """Return the scaled dataset for a data component and whether it came from the cache.
 
     Concurrent callers in one process (thread executor) asking for the same data wait for a
+    ``validation`` (the trial's ``data.validation`` rule) chooses the validation split before
+    scaling, so scalers fitted on the training split never see the carved validation rows.
+
     single load instead of each parsing the files.
     """
-    key = json.dumps({"spec": data.to_dict("source"), "files": _file_versions(data.params)},
+    key = json.dumps({"spec": {**data.to_dict("source"), **validation.to_dict()},
+                      "files": _file_versions(data.params)},
                      sort_keys=True)
     with _cache_lock:
         lock = _key_locks.setdefault(key, threading.Lock())
@@ -47,7 +53,7 @@ def load_dataset(data: Component) -> tuple[Dataset, bool]:
                 _cache.move_to_end(key)
                 return _cache[key], True
         entry = DATASETS.get(data.name, "data.source")
-        raw = entry.fn(data.params)
+        raw = apply_validation(entry.fn(data.params), validation, data.name)
         scaling = getattr(data.params, "scaling", "none")
         fit_on = getattr(data.params, "scale_fit", "train")
         dataset = scale_dataset(raw, scaling, fit_on)

@@ -29,6 +29,7 @@ from genodl_core.data.types import Dataset
 from genodl_core.errors import SpecError
 from genodl_core.registry import MODELS
 from genodl_core.training.family import FitOutcome, Member
+from genodl_core.training.null_baselines import mean_pearson, per_gene_pearson, regression_nulls
 from genodl_core.training.regression import mae_metrics
 from genodl_core.typed import check_range
 
@@ -260,13 +261,22 @@ def _check_grid(where: str, name: str, grid: tuple[float, ...]) -> None:
 
 def evaluate_predictor(ds: Dataset, predict: Callable[[np.ndarray], np.ndarray]
                        ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Validation (and test) MAE metrics and per-gene arrays of a fitted predictor."""
-    final, val_per_gene = mae_metrics("val", ds.y_val, predict(ds.x_val))
-    arrays = {"val_mae_per_gene": val_per_gene}
+    """Validation (and test) MAE and Pearson r metrics and per-gene arrays of a fitted
+    predictor: ``{split}_mae``, ``{split}_mae_std``, ``{split}_pearson_r`` (mean r over the
+    genes where it is defined), and ``{split}_mae_per_gene``, ``{split}_pearson_r_per_gene``."""
+    final: dict[str, float] = {}
+    arrays: dict[str, np.ndarray] = {}
+    splits = [("val", ds.x_val, ds.y_val)]
     if ds.x_test is not None and ds.y_test is not None and len(ds.x_test):
-        test_final, test_per_gene = mae_metrics("test", ds.y_test, predict(ds.x_test))
-        final.update(test_final)
-        arrays["test_mae_per_gene"] = test_per_gene
+        splits.append(("test", ds.x_test, ds.y_test))
+    for split, x, y in splits:
+        pred = predict(x)
+        split_final, per_gene = mae_metrics(split, y, pred)
+        pearson = per_gene_pearson(y, pred)
+        final.update(split_final)
+        final[f"{split}_pearson_r"] = mean_pearson(pearson)
+        arrays[f"{split}_mae_per_gene"] = per_gene
+        arrays[f"{split}_pearson_r_per_gene"] = pearson
     if ds.target_ids is not None:
         arrays["target_ids"] = np.asarray(ds.target_ids).astype(str)
     return final, arrays
@@ -284,6 +294,9 @@ def _outcome(ds: Dataset, predict: Callable[[np.ndarray], np.ndarray], n_paramet
              started: float, extra_final: dict[str, float] | None = None,
              extra: dict | None = None) -> FitOutcome:
     final, arrays = evaluate_predictor(ds, predict)
+    nulls, null_arrays = regression_nulls(ds.y_train, ds.y_val, ds.y_test, arrays)
+    final.update(nulls)
+    arrays.update(null_arrays)
     final.update(extra_final or {})
     final["n_parameters"] = float(n_parameters)
     final["train_seconds"] = time.perf_counter() - started

@@ -30,6 +30,7 @@ from genodl_core.registry import MODELS
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import Family, FitOutcome, Member, training_scope
+from genodl_core.training.null_baselines import regression_nulls
 from genodl_core.training.objectives import SumSquaredErrorObjective
 from genodl_core.training.optim import TrialOptimizer
 from genodl_core.training.plan import ExecutionPlan
@@ -341,6 +342,9 @@ class DGEXStack:
         ds = self.member.dataset
         best_epochs = [0 if epoch is None else epoch + 1 for epoch in selected]
         final, arrays = evaluate_predictor(ds, self.predict)
+        nulls, null_arrays = regression_nulls(ds.y_train, ds.y_val, ds.y_test, arrays)
+        final.update(nulls)
+        arrays.update(null_arrays)
         final.update({"best_epoch": float(max(best_epochs)),
                       "epochs_run": float(len(curves.get("loss", []))),
                       "n_parameters": float(self.n_parameters)})

@@ -22,6 +22,7 @@ from genodl_core.training.device_data import to_device
 from genodl_core.training.family import (FitOutcome, Member, Objective, Schedule,
                                          training_scope)
 from genodl_core.training.metrics import rates_from_sums, row_batch_sums
+from genodl_core.training.null_baselines import classification_nulls
 from genodl_core.training.objectives import CrossEntropyObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
@@ -117,6 +118,7 @@ class ClassifierStack:
         self.n_parameters = sum(p.numel() for p in nets[0].parameters())
         self.module: nn.Module | None = None
         self.val_logits = torch.empty(0)
+        self._test_rows: list[dict[str, float]] | None = None
 
     def scope(self) -> contextlib.AbstractContextManager:
         plan = self.plan
@@ -185,18 +187,41 @@ class ClassifierStack:
     @torch.no_grad()
     def validate(self) -> list[dict[str, Any]]:
         """Metrics of the (shared) validation split per trial, in eval mode, without grad."""
+        sums, self.val_logits = self._evaluate(self.x_val, self.y_val)
+        return self._rates("val", sums, len(self.y_val))
+
+    def _rates(self, prefix: str, sums: torch.Tensor, n: int) -> list[dict[str, float]]:
+        return [{f"{prefix}_{key}": v for key, v in
+                 rates_from_sums(sums[t], n, obj.abstain_class is not None).items()}
+                for t, obj in enumerate(self.objectives)]
+
+    @torch.no_grad()
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Metric sums ``[K, 3]`` and logits ``[K, n, outputs]`` of every trial on one split
+        shared by the trials (eval mode, no gradients, in batches).
+
+        With ``batch``, every batch has exactly that many rows (a short last one is padded
+        with zeros, whose outputs are dropped): a forward compiled for fixed shapes then runs
+        a new split without compiling again. Rows are independent in eval mode.
+        """
         self.module.eval()
-        k, x, y = self.k, self.x_val, self.y_val
+        k = self.k
+        size = batch or self.eval_batch_size
         sums = torch.zeros(k, 3, dtype=torch.float64, device=x.device)
         outputs = []
-        for start in range(0, len(x), self.eval_batch_size):
-            xb, yb = x[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size]
+        for start in range(0, len(x), size):
+            xb, yb = x[start:start + size], y[start:start + size]
+            n = len(xb)
+            if batch is not None and n < batch:
+                xb = torch.cat([xb, xb.new_zeros(batch - n, xb.shape[1])])
             if not self.single:
                 xb = xb.unsqueeze(0).expand(k, -1, -1)
             with self.amp():
                 logits = self.forward(xb).float()
             if self.single:
                 logits = logits.unsqueeze(0)
+            logits = logits[:, :n]
             if self.rows_at_once:
                 ys = yb.expand(k, -1)
                 losses = self.objectives[0].per_sample_loss(logits.flatten(0, 1), ys.flatten())
@@ -206,10 +231,27 @@ class ClassifierStack:
                                                     logits[t], yb)
                                      for t, obj in enumerate(self.objectives)])
             outputs.append(logits)
-        self.val_logits = torch.cat(outputs, dim=1)
-        return [{f"val_{key}": v for key, v in
-                 rates_from_sums(sums[t], len(y), obj.abstain_class is not None).items()}
-                for t, obj in enumerate(self.objectives)]
+        return sums, torch.cat(outputs, dim=1)
+
+    def _test_metrics(self) -> list[dict[str, float]]:
+        """Every trial's metrics on the untouched test split, evaluated once, after training,
+        with the kept model (none when the validation split is the test file, as CANDLE).
+
+        Nothing tunes on these: the controller, schedules and selection see only the
+        validation split. An abstaining model's ``test_loss`` is its loss at the final alpha.
+        """
+        if self._test_rows is None:
+            ds = self.members[0].dataset
+            if ds.x_test is None or ds.y_test is None or not len(ds.x_test):
+                self._test_rows = [{} for _ in range(self.k)]
+            else:
+                device = self.plan.device
+                x = to_device(ds.x_test, device, self.x_val.dtype)
+                y = to_device(ds.y_test, device, torch.int64)
+                # Batches of the validation split's first batch: shapes the forward has seen.
+                sums, _ = self._evaluate(x, y, min(self.eval_batch_size, len(self.x_val)))
+                self._test_rows = self._rates("test", sums, len(y))
+        return self._test_rows
 
     def combine(self, trial: int, rows: list[dict[str, Any]]) -> dict[str, float]:
         return dict(rows[0])
@@ -225,6 +267,10 @@ class ClassifierStack:
         final = {key: values[-1] for key, values in curves.items()}
         final.update(epochs_run=float(len(curves.get("loss", []))),
                      n_parameters=float(self.n_parameters))
+        final.update(self._test_metrics()[trial])
+        ds = self.members[trial].dataset
+        n_classes = ds.n_classes or int(max(ds.y_train.max(), ds.y_val.max())) + 1
+        final.update(classification_nulls(ds.y_train, n_classes, ds.y_val, ds.y_test))
         probabilities = torch.softmax(self.val_logits[trial], dim=1).cpu().numpy()
         extra = {**self.objectives[trial].extra(), "n_parameters": int(self.n_parameters)}
         if self.k > 1:

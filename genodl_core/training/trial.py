@@ -287,7 +287,7 @@ class _Trial:
         spec, log = self.spec, self.log
         try:
             t_load = time.monotonic()
-            dataset, cached = load_dataset(spec.data)
+            dataset, cached = load_dataset(spec.data, spec.validation)
             self.load_s = time.monotonic() - t_load
             self.cached = cached
             log.info("data %s: train %s, val %s (%s, %.2f s)", spec.data.name,

@@ -32,7 +32,7 @@ FAST = TrainSpec(epochs=8, batch_size=16, optimizer="adam", learning_rate=1e-3)
 
 BASE_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"}
 ABSTAIN_KEYS = BASE_KEYS | {"abstention", "abstention_accuracy", "val_abstention",
-                            "val_abstention_accuracy", "alpha"}
+                            "val_abstention_accuracy", "alpha", "kept", "val_kept"}
 
 
 def make_dataset(seed: int = 0, n_train: int = 160, n_val: int = 80,
@@ -105,7 +105,8 @@ def test_base_model_learns_separable_problem(base_run):
 def test_curves_and_final_metrics(base_run):
     assert set(base_run.curves) == BASE_KEYS
     assert all(len(v) == FAST.epochs for v in base_run.curves.values())
-    assert set(base_run.final) == BASE_KEYS | {"epochs_run", "train_seconds", "n_parameters"}
+    assert set(base_run.final) == BASE_KEYS | {"epochs_run", "train_seconds", "n_parameters",
+                                               "null_accuracy", "predicted_classes"}
     for key in BASE_KEYS:
         assert base_run.final[key] == base_run.curves[key][-1]
     assert base_run.final["epochs_run"] == FAST.epochs
@@ -279,7 +280,11 @@ def test_runs_inside_a_trial_from_a_spec(tmp_path):
             "train": {"epochs": 2, "optimizer": "adam", "learning_rate": 1e-3}}
     result = run_trial(spec, tmp_path, raise_errors=True)
     assert result.ok
-    assert set(result.final) == ABSTAIN_KEYS | {"epochs_run", "train_seconds", "n_parameters"}
+    # data.validation = "auto": the source's test file is the untouched test split.
+    test_keys = {"test_loss", "test_accuracy", "test_abstention", "test_abstention_accuracy",
+                 "test_kept", "null_accuracy", "test_null_accuracy"}
+    assert set(result.final) == ABSTAIN_KEYS | test_keys | {"epochs_run", "train_seconds",
+                                                            "n_parameters", "predicted_classes"}
     assert result.final["epochs_run"] == 2
 
 

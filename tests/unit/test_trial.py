@@ -55,9 +55,11 @@ def test_record_holds_spec_provenance_curves_and_noise(tmp_path):
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"):
         assert len(curves[key]) == 2, key
     noise = rec.result["noise"][0]
-    assert noise["kind"] == "label_flip" and noise["n_flipped"] == 16
+    # data.validation = "auto" carves 6 + 6 of the 64 training rows: noise sees 52.
+    assert rec.result["data"]["validation"]["n_train"] == 52
+    assert noise["kind"] == "label_flip" and noise["n_flipped"] == 13
     mask = rec.arrays()[noise["flip_mask"]["array"]]
-    assert mask.sum() == 16 and mask.shape == (64,)
+    assert mask.sum() == 13 and mask.shape == (52,)
     assert "epoch 2/2" in (result.path / records.LOG_FILE).read_text()
 
 
@@ -153,10 +155,11 @@ def test_worker_reloads_a_data_file_that_changed(tmp_path):
     train.write_text("\n".join(rows) + "\n")
     test.write_text("\n".join(rows) + "\n")
     spec = spec_from_dict({"model": {"name": "nt3"}, "data": {
-        "source": "nt3_csv", "train_path": str(train), "test_path": str(test)}})
-    first, cached = load_dataset(spec.data)
-    assert not cached and load_dataset(spec.data)[1]
+        "source": "nt3_csv", "train_path": str(train), "test_path": str(test),
+        "validation": "test"}})  # 4 rows are too few to carve a validation split from
+    first, cached = load_dataset(spec.data, spec.validation)
+    assert not cached and load_dataset(spec.data, spec.validation)[1]
     train.write_text("\n".join(rows[:4]) + "\n")          # replaced: 4 samples instead of 8
     os.utime(train, ns=(time.time_ns(), time.time_ns() + 10**9))
-    second, cached = load_dataset(spec.data)
+    second, cached = load_dataset(spec.data, spec.validation)
     assert not cached and second.x_train.shape[0] == 4 and first.x_train.shape[0] == 8
