@@ -3,8 +3,9 @@
 A sweep is a TOML (or JSON) file with three tables::
 
     [sweep]
-    name = "nt3-label-noise"
+    name = "nt3-label-noise"          # the run directory is runs/<name>: see SWEEP_NAME_FORM
     trials_per_level = 2             # shorthand for a `seed` axis: base seed, base seed + 1
+    max_trials = 100000              # optional: the most trials the axes may expand to
     zip = [["noise[0].kind", "noise[0].feature_col"]]   # optional: axes varied together
 
     [sweep.axes]                      # cartesian product, in the order written
@@ -28,6 +29,11 @@ Axis paths address the trial spec: ``model.variant``, ``data.n_samples``, ``nois
 whole noise list (``noise``); such values replace what the base trial had there, and are applied
 before the fields inside them, whatever the order of the axes. Every expanded trial is validated
 before anything is submitted, so an invalid sweep fails with the point that broke it.
+
+The number of trials is computed from the axis lengths before any value list is built, and a
+sweep of more than ``max_trials`` trials (default :data:`DEFAULT_MAX_TRIALS`) is refused: a
+range to ``inf`` or to 2**63 would otherwise exhaust the memory before saying anything. Ranges
+take finite numbers only.
 
 Trial ids are the hashes of the resolved trial specs (see :class:`genodl_core.spec.TrialSpec`):
 they do not depend on the order of the axes or on which defaults were written out, so a sweep
@@ -53,7 +59,7 @@ log = logging.getLogger(__name__)
 #: Version of the resolved-sweep format written to ``sweep.json``.
 FORMAT = 1
 
-_SWEEP_KEYS = {"name", "description", "axes", "zip", "trials_per_level"}
+_SWEEP_KEYS = {"name", "description", "axes", "zip", "trials_per_level", "max_trials"}
 _RUN_KEYS = {"site", "retries", "options", "threads_per_trial", "progress_interval_s",
              "pack_size", "checkpoint_interval_s"}
 _TOP_KEYS = {"sweep", "run", "trial"}
@@ -62,6 +68,12 @@ _PATH_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 _RANGE_DIGITS = 12
 #: Widest rendering of one table value in `genodl plan` output.
 _MAX_CELL = 40
+#: The most trials a sweep may expand to unless its ``[sweep] max_trials`` says otherwise.
+DEFAULT_MAX_TRIALS = 100_000
+#: Sweep names: they become the run directory ``runs/<name>`` and part of the batch job name.
+SWEEP_NAME_FORM = ("a letter or digit, then letters, digits, '.', '_' and '-' "
+                   "(no '..', no '/'; e.g. nt3-label-noise_v2)")
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,8 @@ class Sweep:
     trials: tuple[SweepTrial, ...]
     run: RunDefaults
     source: str | None = None
+    #: The cap the sweep was expanded under (``[sweep] max_trials``).
+    max_trials: int = DEFAULT_MAX_TRIALS
 
     @property
     def trial_ids(self) -> list[str]:
@@ -129,6 +143,7 @@ class Sweep:
             "name": self.name,
             "description": self.description,
             "source": self.source,
+            "max_trials": self.max_trials,
             "axes": {a.path: list(a.values) for a in self.axes},
             "zip": [list(group) for group in self.zipped],
             "run": {"site": self.run.site, "retries": self.run.retries,
@@ -178,21 +193,73 @@ def sweep_from_dict(table: Mapping[str, Any], source: str | None = None) -> Swee
     if not isinstance(meta, Mapping):
         raise SpecError("sweep", meta, "a table", reason="not a table")
     _check_keys(meta, _SWEEP_KEYS, "sweep")
-    name = meta.get("name", Path(source).stem if source else "sweep")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise SpecError("sweep.name", name, "letters, digits, '_', '.', '-'", reason="invalid name")
+    name = check_sweep_name(meta.get("name"), source)
     description = meta.get("description", "")
     if not isinstance(description, str):
         raise SpecError("sweep.description", description, "a string", reason="expected a string")
 
-    axes = _parse_axes(meta.get("axes", {}))
-    axes = _add_trials_per_level(axes, meta.get("trials_per_level"), base)
+    max_trials = _parse_max_trials(meta.get("max_trials", DEFAULT_MAX_TRIALS))
+    axes = _parse_axes(meta.get("axes", {}), max_trials)
+    axes = _add_trials_per_level(axes, meta.get("trials_per_level"), base, max_trials)
     zipped = _parse_zip(meta.get("zip", []), axes)
+    check_trial_count(axes, zipped, max_trials)
     run = _parse_run(table.get("run", {}))
     trials = expand(dict(base), axes, zipped)
     log.debug("sweep %s: %d axes, %d trials", name, len(axes), len(trials))
     return Sweep(name=name, description=description, axes=tuple(axes), zipped=zipped,
-                 base=copy.deepcopy(dict(base)), trials=tuple(trials), run=run, source=source)
+                 base=copy.deepcopy(dict(base)), trials=tuple(trials), run=run, source=source,
+                 max_trials=max_trials)
+
+
+def check_sweep_name(name: Any, source: str | None) -> str:
+    """The sweep's name, checked: it names the run directory ``runs/<name>``.
+
+    A name like ``..`` or ``a/../../x`` would put the run directory (and everything a run
+    writes) outside ``runs/``, so only :data:`SWEEP_NAME_FORM` is accepted. Without ``[sweep]
+    name`` the file's stem is used, and must fit the same form.
+
+    Raises
+    ------
+    SpecError
+        Naming the name, where it came from and :data:`SWEEP_NAME_FORM`.
+    """
+    from_file = name is None
+    if from_file:
+        name = Path(source).stem if source else "sweep"
+    if isinstance(name, str) and _SWEEP_NAME.fullmatch(name) and ".." not in name:
+        return name
+    reason = ("the sweep file's name gives no valid sweep name: set [sweep] name"
+              if from_file else "invalid name")
+    raise SpecError("sweep.name", name, SWEEP_NAME_FORM, reason=reason)
+
+
+def check_trial_count(axes: list[Axis], zipped: tuple[tuple[str, ...], ...],
+                      max_trials: int) -> int:
+    """The number of trials the axes expand to, refused above ``max_trials``.
+
+    Counted from the axis lengths (a zipped group counts once), before any trial is built.
+
+    Raises
+    ------
+    SpecError
+        Naming the count and the cap, and how to raise it.
+    """
+    grouped = {p for group in zipped for p in group}
+    count = math.prod(len(axis.values) for axis in axes if axis.path not in grouped)
+    by_path = {a.path: a for a in axes}
+    count *= math.prod(len(by_path[group[0]].values) for group in zipped)
+    if count > max_trials:
+        raise SpecError("sweep.axes", f"{count} trials",
+                        f"at most {max_trials} trials (raise [sweep] max_trials to allow more)",
+                        reason=f"the axes expand to {count} trials, more than the cap of "
+                               f"{max_trials}")
+    return count
+
+
+def _parse_max_trials(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError("sweep.max_trials", value, "an integer >= 1", reason="out of range")
+    return value
 
 
 def sweep_from_resolved(data: Mapping[str, Any]) -> Sweep:
@@ -211,7 +278,8 @@ def sweep_from_resolved(data: Mapping[str, Any]) -> Sweep:
                         reason="unknown resolved-sweep format")
     table: dict[str, Any] = {
         "sweep": {"name": data["name"], "description": data.get("description", ""),
-                  "axes": data["axes"], "zip": data.get("zip", [])},
+                  "axes": data["axes"], "zip": data.get("zip", []),
+                  "max_trials": data.get("max_trials", DEFAULT_MAX_TRIALS)},
         "run": {k: v for k, v in data.get("run", {}).items() if v is not None},
         "trial": data["base"],
     }
@@ -375,13 +443,13 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
                             reason="unknown key")
 
 
-def _parse_axes(raw: Any) -> list[Axis]:
+def _parse_axes(raw: Any, max_trials: int = DEFAULT_MAX_TRIALS) -> list[Axis]:
     if not isinstance(raw, Mapping):
         raise SpecError("sweep.axes", raw, "a table of path = values", reason="not a table")
     axes = []
     for path, spec in raw.items():
         parse_path(path)
-        values = _axis_values(path, spec)
+        values = _axis_values(path, spec, max_trials)
         if not values:
             raise SpecError(f"sweep.axes.{path!r}", spec, "at least one value",
                             reason="empty axis")
@@ -389,13 +457,13 @@ def _parse_axes(raw: Any) -> list[Axis]:
     return axes
 
 
-def _axis_values(path: str, spec: Any) -> list[Any]:
+def _axis_values(path: str, spec: Any, max_trials: int = DEFAULT_MAX_TRIALS) -> list[Any]:
     where = f"sweep.axes.{path!r}"
     if isinstance(spec, list):
-        return list(spec)
+        return _within_cap(where, list(spec), len(spec), max_trials)
     if isinstance(spec, Mapping):
         if set(spec) == {"values"} and isinstance(spec["values"], list):
-            return list(spec["values"])
+            return _within_cap(where, list(spec["values"]), len(spec["values"]), max_trials)
         keys = set(spec)
         if keys not in ({"start", "stop", "step"}, {"start", "stop", "num"}):
             raise SpecError(where, dict(spec),
@@ -405,10 +473,14 @@ def _axis_values(path: str, spec: Any) -> list[Any]:
         for key in keys:
             if isinstance(spec[key], bool) or not isinstance(spec[key], (int, float)):
                 raise SpecError(f"{where}.{key}", spec[key], "a number", reason="expected a number")
+            if not math.isfinite(spec[key]):
+                raise SpecError(f"{where}.{key}", spec[key], "a finite number",
+                                reason="a range needs finite bounds and step")
         if "num" in spec:
             num = spec["num"]
             if not isinstance(num, int) or num < 1:
                 raise SpecError(f"{where}.num", num, "an integer >= 1", reason="out of range")
+            _within_cap(where, None, num, max_trials)
             if num == 1:
                 return [start]
             return [_tidy(start + (stop - start) * i / (num - 1)) for i in range(num)]
@@ -416,8 +488,8 @@ def _axis_values(path: str, spec: Any) -> list[Any]:
         if step == 0 or (stop - start) * step < 0:
             raise SpecError(f"{where}.step", step, f"a step that moves from {start} towards {stop}",
                             reason="range never reaches stop")
-        # The stop value is included when the steps land on it (up to rounding).
-        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        count = _range_count(where, start, stop, step)
+        _within_cap(where, None, count, max_trials)
         if all(isinstance(v, int) for v in (start, stop, step)):
             return [start + i * step for i in range(count)]
         return [_tidy(start + i * step) for i in range(count)]
@@ -425,15 +497,43 @@ def _axis_values(path: str, spec: Any) -> list[Any]:
                     reason="not an axis")
 
 
+def _range_count(where: str, start: float, stop: float, step: float) -> int:
+    """Points of ``start, start + step, ...`` up to ``stop`` (included when landed on).
+
+    Integer ranges are counted exactly, whatever their size; float ranges whose span
+    overflows (``-1e308`` to ``1e308``) are refused rather than counted as infinite.
+    """
+    if all(isinstance(v, int) for v in (start, stop, step)):
+        return (stop - start) // step + 1
+    steps = (stop - start) / step
+    if not math.isfinite(steps):
+        raise SpecError(where, {"start": start, "stop": stop, "step": step},
+                        "a range of finitely many points", reason="the range is too long to count")
+    # The stop value is included when the steps land on it (up to rounding).
+    return int(math.floor(steps + 1e-9)) + 1
+
+
+def _within_cap(where: str, values: list[Any] | None, count: int, max_trials: int) -> Any:
+    """``values`` when one axis of ``count`` points fits in the sweep's cap; else an error."""
+    if count > max_trials:
+        raise SpecError(where, f"{count} points",
+                        f"at most {max_trials} (raise [sweep] max_trials to allow more)",
+                        reason=f"the axis has {count} points, more than the cap of "
+                               f"{max_trials} trials")
+    return values
+
+
 def _tidy(x: float) -> float:
     return float(f"{x:.{_RANGE_DIGITS}g}")
 
 
-def _add_trials_per_level(axes: list[Axis], n: Any, base: Mapping[str, Any]) -> list[Axis]:
+def _add_trials_per_level(axes: list[Axis], n: Any, base: Mapping[str, Any],
+                          max_trials: int = DEFAULT_MAX_TRIALS) -> list[Axis]:
     if n is None:
         return axes
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SpecError("sweep.trials_per_level", n, "an integer >= 1", reason="out of range")
+    _within_cap("sweep.trials_per_level", None, n, max_trials)
     if any(a.path == "seed" for a in axes):
         raise SpecError("sweep.trials_per_level", n, "either trials_per_level or a 'seed' axis",
                         reason="both given")
@@ -489,16 +589,19 @@ def _parse_run(raw: Any) -> RunDefaults:
                                 or threads < 1):
         raise SpecError("run.threads_per_trial", threads, "an integer >= 1", reason="out of range")
     interval = raw.get("progress_interval_s", defaults.progress_interval_s)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
-        raise SpecError("run.progress_interval_s", interval, "a number > 0", reason="out of range")
+    if (isinstance(interval, bool) or not isinstance(interval, (int, float))
+            or not (interval > 0 and math.isfinite(interval))):
+        raise SpecError("run.progress_interval_s", interval, "a finite number > 0",
+                        reason="out of range")
     pack = raw.get("pack_size", defaults.pack_size)
     if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
         raise SpecError("run.pack_size", pack, "an integer >= 1", reason="out of range")
     checkpoint = raw.get("checkpoint_interval_s")
     if checkpoint is not None and (isinstance(checkpoint, bool)
-                                   or not isinstance(checkpoint, (int, float)) or checkpoint < 0):
+                                   or not isinstance(checkpoint, (int, float))
+                                   or not (checkpoint >= 0 and math.isfinite(checkpoint))):
         raise SpecError("run.checkpoint_interval_s", checkpoint,
-                        "seconds >= 0 (0: no checkpoints)", reason="out of range")
+                        "finite seconds >= 0 (0: no checkpoints)", reason="out of range")
     return RunDefaults(site=site, retries=retries, options=dict(options),
                        threads_per_trial=threads, progress_interval_s=float(interval),
                        pack_size=pack,
@@ -506,7 +609,13 @@ def _parse_run(raw: Any) -> RunDefaults:
 
 
 def plan_table(sweep: Sweep, limit: int | None = None) -> str:
-    """A compact text table: one row per trial with its id and axis values."""
+    """A compact text table: one row per trial with its id and axis values.
+
+    ``limit`` rows at most (``None``: all); a negative limit is refused, since slicing with it
+    would silently drop rows from the end.
+    """
+    if limit is not None and limit < 0:
+        raise SpecError("--limit", limit, "an integer >= 0 (0: every row)", reason="out of range")
     headers = ["#", "trial_id"] + [short_path(a.path) for a in sweep.axes]
     # Disambiguate equal short names (e.g. two noise steps' `fraction`).
     if len(set(headers)) != len(headers):
@@ -523,5 +632,6 @@ def plan_table(sweep: Sweep, limit: int | None = None) -> str:
 
 
 __all__ = ["Axis", "SweepTrial", "RunDefaults", "Sweep", "load_sweep", "sweep_from_dict",
+           "check_sweep_name", "check_trial_count", "DEFAULT_MAX_TRIALS", "SWEEP_NAME_FORM",
            "sweep_from_resolved", "expand", "parse_path", "set_path", "plan_table",
            "format_value", "short_path"]

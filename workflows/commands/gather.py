@@ -68,6 +68,17 @@ def gather_main(args: argparse.Namespace) -> int:
     from genodl_core.results.plans import mixed_plans_warning
     from genodl_core.results.summary import gather
 
+    # A folder with no sweep and no trial record is no run directory (a typo, a parent
+    # folder): say so and fail, rather than write an empty summary into it.
+    run_dir = Path(args.run_dir)
+    if run_dir.is_dir() and not ((run_dir / "sweep.json").is_file()
+                                 or (run_dir / "trials").is_dir()
+                                 or any((d / "status.json").is_file() or (d / "spec.json").is_file()
+                                        for d in run_dir.iterdir() if d.is_dir())):
+        from genodl_core.errors import DataError
+
+        raise DataError(f"{run_dir}: not a run directory (no sweep.json, no trials/ folder and "
+                        f"no trial records): nothing to gather")
     path = gather(args.run_dir, output=args.out, incremental=not args.full)
     attrs = load.attributes(path)
     print(f"{path}: {attrs['n_trials']} trials ({attrs['n_done']} done, {attrs['n_failed']} "

@@ -61,8 +61,9 @@ def settings_from_args(args: argparse.Namespace):
         if value is not None and value < least:
             raise SpecError(f"--{name.replace('_', '-')}", value, f">= {least}",
                             reason="out of range")
-    if args.progress_interval is not None and args.progress_interval <= 0:
-        raise SpecError("--progress-interval", args.progress_interval, "> 0",
+    interval = args.progress_interval
+    if interval is not None and not (interval > 0 and interval != float("inf")):  # nan fails too
+        raise SpecError("--progress-interval", interval, "a finite number of seconds > 0",
                         reason="out of range")
     return RunSettings(site=args.site, options=site_options_from_args(args),
                        retries=args.retries, threads_per_trial=args.threads_per_trial,
