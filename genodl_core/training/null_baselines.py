@@ -78,11 +78,13 @@ def per_gene_pearson(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         cols = slice(start, start + GENE_CHUNK)
         t = y_true[:, cols].astype(np.float64)
         p = y_pred[:, cols].astype(np.float64)
+        # Exactly constant columns first: centring leaves rounding noise, not zeros.
+        constant = (np.ptp(t, axis=0) == 0) | (np.ptp(p, axis=0) == 0)
         t -= t.mean(axis=0)
         p -= p.mean(axis=0)
         denom = np.sqrt((t * t).sum(axis=0) * (p * p).sum(axis=0))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[cols] = np.where(denom > 0, (t * p).sum(axis=0) / denom, np.nan)
+            out[cols] = np.where(constant | (denom == 0), np.nan, (t * p).sum(axis=0) / denom)
     return out
 
 
