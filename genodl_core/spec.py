@@ -50,6 +50,10 @@ class Component:
         return {key: self.name, **to_plain(self.params)}
 
 
+#: Largest ``train.learning_rate`` accepted (any larger rate diverges at once).
+MAX_LEARNING_RATE = 100.0
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """Optimisation settings shared by the neural models (defaults: NT3 paper, Table I)."""
@@ -72,13 +76,15 @@ class TrainSpec:
     def validate(self, where: str) -> None:
         check_range(where, "epochs", self.epochs, 1)
         check_range(where, "batch_size", self.batch_size, 1)
-        check_range(where, "learning_rate", self.learning_rate, 0, lo_open=True)
+        # Rates far above 1 only make the weights overflow; 100 leaves room for any schedule.
+        check_range(where, "learning_rate", self.learning_rate, 0, MAX_LEARNING_RATE,
+                    lo_open=True)
         check_range(where, "momentum", self.momentum, 0, 1, hi_open=True)
         check_range(where, "weight_decay", self.weight_decay, 0)
         check_range(where, "plateau_factor", self.plateau_factor, 0, 1, lo_open=True, hi_open=True)
         check_range(where, "plateau_patience", self.plateau_patience, 0)
         check_range(where, "plateau_min_delta", self.plateau_min_delta, 0)
-        check_range(where, "min_learning_rate", self.min_learning_rate, 0)
+        check_range(where, "min_learning_rate", self.min_learning_rate, 0, MAX_LEARNING_RATE)
         check_range(where, "timeout_s", self.timeout_s, 0, lo_open=True)
 
 

@@ -278,19 +278,44 @@ def settle_unit(run: RunDir, trial_ids: list[str],
 
 
 def _settle_failure(run: RunDir, trial_id: str, err: Exception) -> tuple[str, str, float | None]:
+    """Record a trial whose attempts Parsl gave up on; stop the run when storage is exhausted.
+
+    A full, over-quota or read-only file system fails every later trial the same way, and the
+    failure itself cannot be recorded: the run stops with an OSError naming the path (the
+    command prints it as one line). Records stay consistent, since each is written atomically:
+    a trial left 'running' or without a record reads as interrupted or missing, and `genodl
+    run` runs it again once space is freed.
+
+    Raises
+    ------
+    OSError
+        When the failure, or writing its record, says that the storage takes no more writes.
+    """
+    from genodl_core.failures import storage_error
+
     trial_dir = run.trial_dir(trial_id)
     if records.is_complete(trial_dir, trial_id):
         return trial_id, records.DONE, None  # a pack member that finished before the failure
     status = records.read_status(trial_dir) or {}
+    full = storage_error(err, status.get("error") if status.get("state") == records.FAILED
+                         else None)
+    if full is not None:
+        raise OSError(full.errno, f"{full.strerror} (trial {trial_id})",
+                      full.filename or str(trial_dir)) from err
     if status.get("state") == records.FAILED and type(err).__name__ == "RetryableTrialFailure":
         # The trial's own failure, recorded by the runner on the last attempt.
         log.warning("trial %s failed after retries: %s: %s", trial_id,
                     status.get("error_type"), status.get("error"))
         return trial_id, records.FAILED, status.get("wall_s")
     failure = failure_fields(err)
-    record_driver_failure(trial_dir, trial_id, previous=status, **failure)
-    run.append_event({"event": "lost", "trial_id": trial_id,
-                      "error_type": failure["error_type"], "error": failure["error"]})
+    try:
+        record_driver_failure(trial_dir, trial_id, previous=status, **failure)
+        run.append_event({"event": "lost", "trial_id": trial_id,
+                          "error_type": failure["error_type"], "error": failure["error"]})
+    except OSError as write_err:
+        raise OSError(write_err.errno,
+                      f"{write_err.strerror} (recording the failure of trial {trial_id})",
+                      write_err.filename or str(trial_dir)) from write_err
     log.warning("trial %s failed: %s: %s", trial_id, failure["error_type"], failure["error"])
     return trial_id, records.FAILED, None
 

@@ -113,7 +113,8 @@ def _drive(comm: Any, run: RunDir, sweep: Sweep, settings: RunSettings,
     """Rank 0's part of :func:`run_sweep_mpi`, under the driver lock."""
     size = comm.Get_size()
     with workflow_logging(run):
-        todo, already_done = select_todo(run, sweep, only)
+        todo, already_done = select_todo(run, sweep, only,
+                                         rerun_changed_data=settings.rerun_changed_data)
         comm.bcast({"error": None, "run_dir": str(run.path)}, root=0)
         log.info("sweep %s over %d MPI ranks: %d trials, %d complete, %d to run; %d torch "
                  "threads per trial", sweep.name, size, len(sweep.trials), already_done,

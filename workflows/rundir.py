@@ -18,6 +18,7 @@ makes a killed driver safe to start again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -364,11 +365,30 @@ class RunDir:
 def append_event(path: Path, event: dict[str, Any]) -> None:
     line = (json.dumps({"time": time.time(), **event}, default=str) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        _write_whole_line(fd, line, path)
     finally:
         os.close(fd)
+
+
+def _write_whole_line(fd: int, line: bytes, path: Path) -> None:
+    """Append ``line`` whole or not at all, so that a full disk never leaves a torn line.
+
+    A write into a nearly full file system can store only the first bytes of the line; they
+    are cut off again (unless another writer appended meanwhile) and the write fails. A line
+    left torn all the same is ended first by the next append, so that it never swallows it.
+    """
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        line = b"\n" + line
+    written = os.write(fd, line)
+    if written == len(line):
+        return
+    end = os.lseek(fd, 0, os.SEEK_CUR)
+    if os.fstat(fd).st_size == end:
+        os.ftruncate(fd, end - written)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:

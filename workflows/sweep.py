@@ -483,7 +483,11 @@ def _axis_values(path: str, spec: Any, max_trials: int = DEFAULT_MAX_TRIALS) -> 
             _within_cap(where, None, num, max_trials)
             if num == 1:
                 return [start]
-            return [_tidy(start + (stop - start) * i / (num - 1)) for i in range(num)]
+            points = [_tidy(start + (stop - start) * i / (num - 1)) for i in range(num)]
+            if isinstance(start, int) and isinstance(stop, int) and all(
+                    p.is_integer() for p in points):
+                return [int(p) for p in points]  # whole points between whole bounds: counts
+            return points
         step = spec["step"]
         if step == 0 or (stop - start) * step < 0:
             raise SpecError(f"{where}.step", step, f"a step that moves from {start} towards {stop}",

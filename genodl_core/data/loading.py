@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from genodl_core.data.fingerprint import data_files
 from genodl_core.data.scaling import scale_dataset
 from genodl_core.data.types import Dataset
 from genodl_core.registry import DATASETS
@@ -80,13 +81,13 @@ def _file_versions(params: object) -> dict[str, list[int]]:
 
     A worker keeps its cached arrays only while the files behind them are unchanged (the same
     rule as the on-disk binary cache), and relative paths are told apart by where they resolve.
+    The files are those :func:`~genodl_core.data.fingerprint.data_files` finds, which a trial
+    also records content fingerprints of.
     """
     versions = {}
-    for field in dataclasses.fields(params):
-        value = getattr(params, field.name)
-        if isinstance(value, str) and value and os.path.isfile(value):
-            stat = os.stat(value)
-            versions[os.path.realpath(value)] = [stat.st_size, stat.st_mtime_ns]
+    for path in data_files(params):
+        stat = os.stat(path)
+        versions[path] = [stat.st_size, stat.st_mtime_ns]
     return versions
 
 

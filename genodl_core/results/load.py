@@ -71,8 +71,9 @@ def attributes(path: str | Path) -> dict[str, Any]:
     """The root attributes (schema and genodl versions, git revision, sweep spec, counts, plans).
 
     ``sweep_spec`` is returned parsed (a dict, or None when the run had no ``sweep.json``), and
-    so is ``engine_plans`` (a list of dicts, empty in summaries gathered before plans were
-    stored).
+    so are ``engine_plans`` (a list of dicts, empty in summaries gathered before plans were
+    stored) and ``data_versions`` (one dict per version of each data file the done trials read:
+    path, sha256, size, n_trials, examples).
     """
     with _open(path) as h5:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5.attrs.items()}
@@ -81,7 +82,15 @@ def attributes(path: str | Path) -> dict[str, Any]:
             spec = h5["sweep_spec"].asstr()[()]
     attrs["sweep_spec"] = json.loads(spec) if spec else None
     attrs["engine_plans"] = json.loads(attrs.get("engine_plans") or "[]")
+    attrs["data_versions"] = json.loads(attrs.get("data_versions") or "[]")
+    attrs.setdefault("n_outside_sweep", 0)
     return attrs
+
+
+def outside_sweep(path: str | Path) -> list[str]:
+    """Ids of trial records the gather left out because the sweep does not list them."""
+    with _open(path) as h5:
+        return list(_column(h5["outside_sweep"])) if "outside_sweep" in h5 else []
 
 
 def execution_plans(path: str | Path) -> list[PlanGroup]:
@@ -215,5 +224,5 @@ def problems(path: str | Path) -> list[str]:
         return list(_column(h5["problems"]))
 
 
-__all__ = ["summary_path", "attributes", "execution_plans", "trials", "finals", "final_metrics",
+__all__ = ["summary_path", "attributes", "outside_sweep", "execution_plans", "trials", "finals", "final_metrics",
            "curve_metrics", "curves", "groups", "gene_errors", "gene_arrays", "problems"]

@@ -17,8 +17,15 @@ Design
 * **Atomic.** The summary is written to a temporary file in the run directory and moved into
   place with :func:`os.replace`, so readers (and a crash) only ever see a complete file.
 * **Failures are data.** Failed, running and corrupt records appear in the trials table with
-  their state and error and are left out of the statistics; a corrupt record is logged and
-  listed in ``/problems``, never fatal.
+  their state and error and are left out of the statistics; a corrupt record is logged (one
+  line naming the trial and why) and listed in ``/problems``, never fatal. Every record's state
+  is :func:`genodl_core.records.record_state`'s, the same that ``genodl status`` shows.
+* **The current sweep only.** With a ``sweep.json``, only the trials it lists are gathered;
+  records of trials it no longer lists (a sweep replaced with ``--update-sweep``) are left out,
+  counted in ``n_outside_sweep`` and named in ``/outside_sweep``.
+* **One version of the data.** Each trial's data fingerprints (``data_fingerprint`` columns)
+  are stored; done trials that read different versions of one data file are refused unless
+  ``allow_mixed_data``, and files that changed since are reported.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ import logging
 import math
 import os
 import pkgutil
-import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +48,8 @@ import h5py
 import numpy as np
 
 from genodl_core import records
+from genodl_core.data.fingerprint import (DATA_COLUMNS, data_columns, data_versions, find_changes,
+                                          mixed_versions, recorded_fingerprints)
 from genodl_core.results.plans import (PLAN_COLUMNS, PlanGroup, engine_of, plan_columns,
                                        plan_groups)
 
@@ -77,6 +86,7 @@ FIXED_COLUMNS: dict[str, str] = {
     "device": "str",
     "precision": "str",
     **PLAN_COLUMNS,
+    **DATA_COLUMNS,
     "git_revision": "str",
     "error_type": "str",
     "error": "str",
@@ -142,6 +152,8 @@ class GatherStats:
     n_parsed: int = 0
     states: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: Ids of records the sweep does not list (left out of the summary).
+    outside_sweep: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,7 +161,7 @@ class GatherStats:
 # --------------------------------------------------------------------------------------------
 
 def gather(run_dir: str | Path, *, output: str | Path | None = None,
-           incremental: bool = True) -> Path:
+           incremental: bool = True, allow_mixed_data: bool = False) -> Path:
     """Build (or update) ``run_dir/summary.h5`` from the trial records of a run directory.
 
     Parameters
@@ -162,6 +174,9 @@ def gather(run_dir: str | Path, *, output: str | Path | None = None,
     incremental
         Reuse the rows of unchanged records from the existing summary (same result, less
         parsing). ``False`` re-reads every record.
+    allow_mixed_data
+        Gather even when done trials read different versions of one data file (their numbers
+        are then averaged together; each trial's ``data_fingerprint`` tells them apart).
 
     Returns
     -------
@@ -171,7 +186,9 @@ def gather(run_dir: str | Path, *, output: str | Path | None = None,
     Raises
     ------
     DataError
-        If ``run_dir`` is not a directory. Corrupt trial records are reported, not raised.
+        If ``run_dir`` is not a directory, or done trials read different versions of a data
+        file and ``allow_mixed_data`` is false (the previous summary is left as it was).
+        Corrupt trial records are reported, not raised.
     OSError
         If the summary cannot be written (full disk, permissions); the previous summary, if
         any, is left intact.
@@ -189,6 +206,7 @@ def gather(run_dir: str | Path, *, output: str | Path | None = None,
     try:
         sweep_text, sweep = _read_sweep(run_dir, stats)
         rows = _collect_rows(run_dir, previous, stats, sweep)
+        check_data_versions(rows, stats, allow_mixed=allow_mixed_data)
         _write_atomically(output, run_dir, rows, previous, stats, sweep_text)
     finally:
         if previous is not None:
@@ -200,7 +218,49 @@ def gather(run_dir: str | Path, *, output: str | Path | None = None,
              stats.n_trials, states, stats.n_parsed, stats.n_reused, output, elapsed)
     for problem in stats.problems:
         log.warning("gather: %s", problem)
+    if stats.outside_sweep:
+        log.warning("gather: %s", outside_sweep_line(stats.outside_sweep))
     return output
+
+
+def outside_sweep_line(trial_ids: list[str]) -> str:
+    """One line saying which records are not part of the current sweep."""
+    shown = ", ".join(trial_ids[:5]) + (", ..." if len(trial_ids) > 5 else "")
+    return (f"{len(trial_ids)} trial record(s) are not part of the current sweep (sweep.json "
+            f"does not list them) and are left out: {shown}")
+
+
+def check_data_versions(rows: list[TrialRow], stats: GatherStats, *,
+                        allow_mixed: bool = False) -> None:
+    """Refuse done trials that read different versions of one data file; report changed files.
+
+    Raises
+    ------
+    DataError
+        When the done trials read more than one version of a file and ``allow_mixed`` is false;
+        the message names each file, its versions and their trials.
+    """
+    from genodl_core.data.fingerprint import describe_mixed
+    from genodl_core.errors import DataError
+
+    recorded = [(r.trial_id, row_fingerprints(r)) for r in rows if r.state == "done"]
+    mixed = mixed_versions(data_versions(recorded))
+    lines = [describe_mixed(path, versions) for path, versions in sorted(mixed.items())]
+    if lines and not allow_mixed:
+        raise DataError("; ".join(lines) + "; refusing to average trials of different data: "
+                        "rerun the trials of the old version (`genodl rerun DIR "
+                        "--rerun-changed-data`), or gather with --allow-mixed-data")
+    stats.problems.extend(f"{line} (averaged together: --allow-mixed-data)" for line in lines)
+    stats.problems.extend(change.describe() for change in find_changes(recorded))
+
+
+def row_fingerprints(row: TrialRow) -> dict[str, dict[str, Any]]:
+    """The data fingerprints a row recorded (from its ``data_fingerprints_json`` column)."""
+    try:
+        value = json.loads(row.columns.get("data_fingerprints_json") or "{}")
+    except ValueError:
+        return {}
+    return recorded_fingerprints({"data_fingerprints": value})
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,8 +303,12 @@ def _collect_rows(run_dir: Path, previous: "_PreviousSummary | None", stats: Gat
                   sweep: dict[str, Any] | None = None) -> list[TrialRow]:
     rows: dict[str, TrialRow] = {}
     reused: list[tuple[TrialRow, int]] = []
+    listed = _sweep_ids(sweep)
     for trial_dir in find_record_dirs(run_dir):
         trial_id = trial_dir.name
+        if listed is not None and trial_id not in listed:
+            stats.outside_sweep.append(trial_id)
+            continue
         if trial_id in rows:
             stats.problems.append(f"trial {trial_id}: a second record at {trial_dir} is ignored")
             continue
@@ -268,9 +332,23 @@ def _collect_rows(run_dir: Path, previous: "_PreviousSummary | None", stats: Gat
     ordered = sorted(rows.values(), key=_row_order)
     for row in ordered:
         stats.states[row.state] = stats.states.get(row.state, 0) + 1
-        stats.problems.extend(f"trial {row.trial_id}: {p}" for p in row.problems)
+        if row.problems:
+            stats.problems.append(problem_line(row))
     stats.n_trials = len(ordered)
     return ordered
+
+
+def problem_line(row: TrialRow) -> str:
+    """One line per trial with problems: a corrupt record is left out, and why."""
+    what = "corrupt record, left out" if row.state == "corrupt" else row.state
+    return f"trial {row.trial_id}: {what}: {'; '.join(row.problems)}"
+
+
+def _sweep_ids(sweep: dict[str, Any] | None) -> set[str] | None:
+    """Trial ids the sweep lists, or None without a sweep (then every record is gathered)."""
+    if not sweep or not isinstance(sweep.get("trials"), list):
+        return None
+    return {tid for tid, _ in _sweep_trials(sweep)}
 
 
 def _row_order(row: TrialRow) -> tuple:
@@ -285,9 +363,11 @@ def _row_order(row: TrialRow) -> tuple:
 def read_trial_row(trial_dir: str | Path, record_path: str | None = None) -> TrialRow:
     """Read one record into a :class:`TrialRow`; unreadable parts become ``problems``.
 
-    Never raises for a bad record: a trial whose files do not parse is returned with state
-    ``corrupt`` and the reasons in its ``error`` column, so that one broken folder cannot stop
-    the gather of a thousand good ones.
+    Never raises for a bad record: the state is :func:`genodl_core.records.record_state`'s (as
+    ``genodl status`` shows it), and a corrupt record is returned with the reason in its
+    ``error`` column, so that one broken folder cannot stop the gather of a thousand good ones.
+    Problems only the gather meets (per-gene arrays without gene ids) are listed without
+    changing the state.
     """
     trial_dir = Path(trial_dir)
     rec = records.load_record(trial_dir)
@@ -296,11 +376,9 @@ def read_trial_row(trial_dir: str | Path, record_path: str | None = None) -> Tri
     status = rec.status if isinstance(rec.status, dict) else {}
     result = rec.result if isinstance(rec.result, dict) else {}
     prov = rec.provenance if isinstance(rec.provenance, dict) else {}
-    if rec.spec is not None and not isinstance(rec.spec, dict):
-        problems.append(f"{records.SPEC_FILE} is not a JSON object")
 
-    state = rec.state if not problems else "corrupt"
-    if state == "missing":
+    state = rec.state
+    if state == records.MISSING:
         state = "pending"
     columns: dict[str, Any] = {name: _empty(kind) for name, kind in FIXED_COLUMNS.items()}
     columns.update(trial_id=rec.trial_id, state=state,
@@ -322,6 +400,7 @@ def read_trial_row(trial_dir: str | Path, record_path: str | None = None) -> Tri
     columns["device"] = _as_str(status.get("device") or device_info.get("device"))
     columns["precision"] = _as_str(result.get("precision"))
     columns.update(plan_columns(engine_of(prov)))
+    columns.update(data_columns(recorded_fingerprints(result if state == "done" else prov)))
     columns["git_revision"] = _as_str(prov.get("git_revision"))
     columns["error_type"] = _as_str(status.get("error_type"))
     columns["error"] = _as_str(status.get("error"))
@@ -343,11 +422,10 @@ def read_trial_row(trial_dir: str | Path, record_path: str | None = None) -> Tri
             try:
                 ids = read_gene_ids(trial_dir)
                 gene_sha = gene_ids_sha(ids)
-            except (OSError, ValueError, KeyError) as err:
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
                 problems.append(f"per-gene arrays unusable: {err}")
                 gene_arrays = []
-    if problems:
-        columns["state"] = "corrupt"
+    if state == "corrupt":
         columns["error_type"] = columns["error_type"] or "CorruptRecord"
         columns["error"] = "; ".join(problems)
         finals, curves, gene_arrays, gene_sha = {}, {}, [], None
@@ -361,6 +439,7 @@ def pending_row(trial_id: str, spec: dict[str, Any]) -> TrialRow:
     columns: dict[str, Any] = {name: _empty(kind) for name, kind in FIXED_COLUMNS.items()}
     columns.update(trial_id=trial_id, state="pending", n_epochs=0)
     columns.update(plan_columns(None))
+    columns.update(data_columns(None))
     problems: list[str] = []
     _spec_columns(spec, columns, problems)
     return TrialRow(trial_id, columns, fingerprint="pending", problems=problems)
@@ -669,9 +748,8 @@ def _write_atomically(output: Path, run_dir: Path, rows: list[TrialRow],
                       sweep_text: str = "") -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(output)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    fd, tmp = records.create_temp_file(output)  # mode 0666 less the umask, as for records
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         with h5py.File(tmp, "w") as h5:
             _write_summary(h5, run_dir, rows, previous, stats, sweep_text)
@@ -709,6 +787,10 @@ def _write_summary(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
         h5.attrs[f"n_{state}"] = sum(1 for r in rows if r.state == state)
     _write_sweep_spec(h5, sweep_text)
     h5.attrs["engine_plans"] = json.dumps([g.to_dict() for g in execution_plans(rows)])
+    h5.attrs["data_versions"] = json.dumps([v.to_dict() for v in data_versions(
+        (r.trial_id, row_fingerprints(r)) for r in rows if r.state == "done")])
+    h5.attrs["n_outside_sweep"] = len(stats.outside_sweep)
+    _str_dataset(h5, "outside_sweep", stats.outside_sweep)
 
     _write_trials(h5.create_group("trials"), rows)
     _write_curves(h5.create_group("curves"), rows)
@@ -908,7 +990,7 @@ def _write_genes(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
                         stats.problems.append(
                             f"trial {row.trial_id}: {len(ids) - len(cols)} genes of {name} are "
                             f"not among the summary's gene ids and are left out")
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
             stats.problems.append(f"trial {row.trial_id}: per-gene arrays unreadable: {err}")
 
 

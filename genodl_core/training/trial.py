@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from genodl_core import records
+from genodl_core.data.fingerprint import FINGERPRINTS_KEY
 from genodl_core.data.types import TrainArrays
 from genodl_core.errors import GenodlError
 from genodl_core.failures import is_deterministic
@@ -265,6 +266,7 @@ class _Trial:
         self.fit_s = 0.0
         self.resumed_from: int | None = None
         self.log, self._handler = _trial_logger(spec.trial_id, self.dir)
+        self.data_fingerprints: dict[str, Any] = {}
         records.atomic_write_json(self.dir / records.SPEC_FILE,
                                   {"trial_id": spec.trial_id, **spec.to_dict()})
         self._status(records.RUNNING, pid=os.getpid())
@@ -282,12 +284,16 @@ class _Trial:
     def prepare(self, family: Any) -> bool:
         """Load the data, apply the noise, check them; False (recorded failed) on any error."""
         from genodl_core.data.loading import load_dataset
+        from genodl_core.data.fingerprint import data_fingerprints
         from genodl_core.training.family import Member
 
         spec, log = self.spec, self.log
         try:
             t_load = time.monotonic()
             dataset, cached = load_dataset(spec.data, spec.validation)
+            # Before the load: a file replaced meanwhile then reads as changed, never as the
+            # version the trial did not train on.
+            self.data_fingerprints = data_fingerprints(spec.data.params)
             self.load_s = time.monotonic() - t_load
             self.cached = cached
             log.info("data %s: train %s, val %s (%s, %.2f s)", spec.data.name,
@@ -325,6 +331,7 @@ class _Trial:
         self.plan = None if plan is None else plan.to_dict()
         provenance = records.provenance(info)
         if self.plan is not None:
+        provenance[FINGERPRINTS_KEY] = self.data_fingerprints
             provenance["engine"] = self.plan
         records.atomic_write_json(self.dir / records.PROVENANCE_FILE, provenance)
         self.log.info("device %s (%s), precision %s, plan %s", info.get("device"),
@@ -344,6 +351,7 @@ class _Trial:
             "noise": self.noise_records,
             "data": self.data_info,
             "extra": outcome.extra,
+            FINGERPRINTS_KEY: self.data_fingerprints,
             "timings": {"load_s": self.load_s, "data_cached": self.cached,
                         "noise_s": self.noise_s, "fit_s": self.fit_s,
                         "total_s": time.monotonic() - self.t0},
@@ -353,9 +361,9 @@ class _Trial:
             "resumed_from_epoch": self.resumed_from,
         }
         wall = time.monotonic() - self.t0
-        records.write_result(self.dir, result, dict(outcome.arrays))
+        checksums = records.write_result(self.dir, result, dict(outcome.arrays))
         self._status(records.DONE, wall_s=wall, device=self.info.get("device"),
-                     gpu=self.info.get("cuda_visible_devices"))
+                     gpu=self.info.get("cuda_visible_devices"), checksums=checksums)
         self.log.info("trial %s done in %.1f s: %s", self.spec.trial_id, wall,
                       _brief(result["final"]))
         self.result = TrialResult(self.spec.trial_id, records.DONE, self.dir, result["final"],

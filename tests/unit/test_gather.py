@@ -537,8 +537,9 @@ def test_execution_plans_are_stored_per_trial_and_listed_in_an_attribute(tmp_pat
     _set_engine(run, old, None)
     _set_engine(run, failed, _engine("packed", "tf32", "nhwc", pack_size=8, device="cuda"))
     waiting = SyntheticTrial(_spec(seed=6), "done")
+    listed = [*fast, plain, old, failed, waiting.trial_id]  # a sweep gathers only its own trials
     records.atomic_write_json(run / "sweep.json", {"name": "s", "trials": [
-        {"index": 0, "trial_id": waiting.trial_id, "spec": waiting.spec}]})
+        {"index": i, "trial_id": tid, "spec": waiting.spec} for i, tid in enumerate(listed)]})
 
     path = gather(run)
     with h5py.File(path, "r") as h5:

@@ -15,12 +15,18 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gather", help="collect the trial records of a run into DIR/summary.h5",
                        description="Build or update DIR/summary.h5 from the trial records in "
-                                   "DIR/trials/ (or DIR/). Only new or changed records are "
-                                   "read again; the file is replaced atomically.")
+                                   "DIR/trials/ (or DIR/) of the sweep in DIR/sweep.json. Only "
+                                   "new or changed records are read again; the file is "
+                                   "replaced atomically. Corrupt records are left out with one "
+                                   "warning line each; records the sweep does not list are left "
+                                   "out and counted.")
     p.add_argument("run_dir", metavar="DIR", help="run directory")
     p.add_argument("--full", action="store_true",
                    help="re-read every record instead of reusing unchanged ones")
     p.add_argument("--out", default=None, help="summary file (default: DIR/summary.h5)")
+    p.add_argument("--allow-mixed-data", action="store_true",
+                   help="gather even when done trials read different versions of a data file "
+                        "(default: refuse, naming the file and its versions)")
     p.set_defaults(func=gather_main)
 
     p = sub.add_parser("plot", help="write the sweep's figures (PNG) from its summary",
@@ -63,7 +69,8 @@ def _summary_of(target: str, regather: bool) -> Path:
 
 
 def gather_main(args: argparse.Namespace) -> int:
-    """Exit status 0 (corrupt records and mixed execution plans are reported on stderr)."""
+    """Exit status 0 (corrupt records and mixed execution plans are reported on stderr); 2 when
+    done trials read different versions of a data file, unless --allow-mixed-data."""
     from genodl_core.results import load
     from genodl_core.results.plans import mixed_plans_warning
     from genodl_core.results.summary import gather
@@ -79,11 +86,14 @@ def gather_main(args: argparse.Namespace) -> int:
 
         raise DataError(f"{run_dir}: not a run directory (no sweep.json, no trials/ folder and "
                         f"no trial records): nothing to gather")
-    path = gather(args.run_dir, output=args.out, incremental=not args.full)
+    path = gather(args.run_dir, output=args.out, incremental=not args.full,
+                  allow_mixed_data=args.allow_mixed_data)
     attrs = load.attributes(path)
+    outside = attrs.get("n_outside_sweep", 0)
     print(f"{path}: {attrs['n_trials']} trials ({attrs['n_done']} done, {attrs['n_failed']} "
           f"failed, {attrs['n_running']} running, {attrs['n_pending']} pending, "
-          f"{attrs['n_corrupt']} corrupt)")
+          f"{attrs['n_corrupt']} corrupt)"
+          + (f"; {outside} record(s) not part of the sweep left out" if outside else ""))
     warning = mixed_plans_warning(load.execution_plans(path))
     if warning:
         print(warning, file=sys.stderr)

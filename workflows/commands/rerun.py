@@ -1,10 +1,14 @@
-"""``genodl rerun DIR``: run the failed and missing trials of a run directory again."""
+"""``genodl rerun DIR``: run the failed, interrupted, missing and corrupt trials of a run
+directory again (a corrupt record is one whose files do not match the checksums its status
+recorded, see :func:`genodl_core.records.record_state`); with ``--rerun-changed-data`` also the
+done trials whose data files changed since they read them."""
 
 from __future__ import annotations
 
 import argparse
 
-from workflows.commands.run import add_run_arguments, describe_site_default, settings_from_args
+from workflows.commands.run import (add_rerun_changed_data, add_run_arguments,
+                                   describe_site_default, settings_from_args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_site_arguments(p, default_site=None)
     describe_site_default(p)
     add_run_arguments(p)
+    add_rerun_changed_data(p)
     p.add_argument("--only", action="append", default=None, metavar="STATE",
                    help="rerun only trials in this state (repeatable; failed, interrupted, "
                         "missing, corrupt; default: all four)")
@@ -40,4 +45,6 @@ def main(args: argparse.Namespace) -> int:
         report = rerun_mpi(args.run_dir, settings, states=states, trial_ids=args.trial)
         return 0 if report is None or report.ok else 1
     report = rerun(args.run_dir, settings, states=states, trial_ids=args.trial)
-    return 0 if report.ok else 1
+    from workflows.commands.run import exit_status
+
+    return exit_status(report)

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--update-sweep", action="store_true",
                    help="allow DIR to hold a different version of this sweep (e.g. more seeds); "
                         "records of shared trials are kept")
+    add_rerun_changed_data(p)
     p.set_defaults(func=main)
 
 
@@ -32,6 +33,13 @@ def describe_site_default(p: argparse.ArgumentParser) -> None:
         if action.dest == "site":
             action.help = ("site configuration (see `genodl sites`), or `mpi` under mpiexec; "
                            "default: the sweep's [run] site, else local_threads")
+
+
+def add_rerun_changed_data(p: argparse.ArgumentParser) -> None:
+    """The option of `genodl run` and `genodl rerun` that reruns trials of changed data."""
+    p.add_argument("--rerun-changed-data", action="store_true",
+                   help="rerun the done trials whose data files changed since they read them "
+                        "(default: refuse to resume, naming the file and both fingerprints)")
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +77,8 @@ def settings_from_args(args: argparse.Namespace):
                        retries=args.retries, threads_per_trial=args.threads_per_trial,
                        progress_interval_s=args.progress_interval, pack_size=args.pack_size,
                        gather=not args.no_gather,
-                       update_sweep=getattr(args, "update_sweep", False))
+                       update_sweep=getattr(args, "update_sweep", False),
+                       rerun_changed_data=getattr(args, "rerun_changed_data", False))
 
 
 def main(args: argparse.Namespace) -> int:

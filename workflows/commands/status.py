@@ -1,7 +1,10 @@
 """``genodl status DIR``: counts of a run directory's trials by state, and each failure.
 
-It also warns when the done trials were trained under more than one execution plan
-(:func:`genodl_core.results.plans.plan_groups`).
+States are :func:`genodl_core.records.record_state`'s, the same the gather stores (a corrupt
+record is listed with what is wrong with it). Records the current sweep does not list are
+counted apart, as not part of it. It also warns when the done trials were trained under more
+than one execution plan (:func:`genodl_core.results.plans.plan_groups`), and when a data file
+changed since done trials read it.
 """
 
 from __future__ import annotations
@@ -32,15 +35,39 @@ def main(args: argparse.Namespace) -> int:
     run = RunDir(report.run_dir)
     plans = plan_groups((tid, read_engine(run.trial_dir(tid)))
                         for tid, s in report.states.items() if s.state == "done")
-    warning = mixed_plans_warning(plans)
+    outside = run.records_outside_sweep()
+    warnings = [w for w in (mixed_plans_warning(plans),) if w]
+    warnings += [f"warning: {c.describe()}; `genodl run` and `genodl rerun` refuse to resume "
+                 f"until it is restored or --rerun-changed-data is given"
+                 for c in run.changed_data(report.states)]
     if args.json:
-        print(json.dumps({**report.to_dict(), "execution_plans": [g.to_dict() for g in plans]},
-                         indent=1))
-        if warning:
+        data = report.to_dict()
+        for trial in data["trials"]:
+            trial["reason"] = report.states[trial["trial_id"]].reason
+        print(json.dumps({**data, "outside_sweep": outside,
+                          "execution_plans": [g.to_dict() for g in plans]}, indent=1))
+        for warning in warnings:
             print(warning, file=sys.stderr)
     else:
         print(format_status(report, show_all=args.all))
-        if warning:
+        for line in corrupt_lines(report):
+            print(line)
+        if outside:
+            print(outside_line(outside))
+        for warning in warnings:
             print(warning)
     counts = report.counts()
     return 0 if counts["done"] == sum(counts.values()) else 1
+
+
+def corrupt_lines(report) -> list[str]:
+    """One line per corrupt record saying what is wrong (`genodl rerun` reruns them)."""
+    return [f"  {s.trial_id} corrupt     {s.reason} (rerun by `genodl rerun`)"
+            for s in report.states.values() if s.state == "corrupt"]
+
+
+def outside_line(trial_ids: list[str]) -> str:
+    """Records in trials/ that the current sweep does not list."""
+    shown = ", ".join(trial_ids[:5]) + (", ..." if len(trial_ids) > 5 else "")
+    return (f"{len(trial_ids)} record(s) not part of the current sweep (not counted, left out "
+            f"of the summary): {shown}")
