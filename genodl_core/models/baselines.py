@@ -294,9 +294,9 @@ def _outcome(ds: Dataset, predict: Callable[[np.ndarray], np.ndarray], n_paramet
              started: float, extra_final: dict[str, float] | None = None,
              extra: dict | None = None) -> FitOutcome:
     final, arrays = evaluate_predictor(ds, predict)
-    nulls, null_arrays = regression_nulls(ds.y_train, ds.y_val, ds.y_test, arrays)
-    final.update(nulls)
-    arrays.update(null_arrays)
+    # Finals only: the nulls' per-gene arrays are cheap to recompute and would double the
+    # per-gene arrays every summary carries.
+    final.update(regression_nulls(ds.y_train, ds.y_val, ds.y_test, arrays)[0])
     final.update(extra_final or {})
     final["n_parameters"] = float(n_parameters)
     final["train_seconds"] = time.perf_counter() - started

@@ -342,9 +342,9 @@ class DGEXStack:
         ds = self.member.dataset
         best_epochs = [0 if epoch is None else epoch + 1 for epoch in selected]
         final, arrays = evaluate_predictor(ds, self.predict)
-        nulls, null_arrays = regression_nulls(ds.y_train, ds.y_val, ds.y_test, arrays)
-        final.update(nulls)
-        arrays.update(null_arrays)
+        # Finals only: the nulls' per-gene arrays are cheap to recompute and would double the
+        # per-gene arrays every summary carries.
+        final.update(regression_nulls(ds.y_train, ds.y_val, ds.y_test, arrays)[0])
         final.update({"best_epoch": float(max(best_epochs)),
                       "epochs_run": float(len(curves.get("loss", []))),
                       "n_parameters": float(self.n_parameters)})

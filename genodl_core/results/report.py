@@ -3,6 +3,11 @@
 A group is one model, variant, data source, noise kind and level; its statistics are over the
 group's finished trials (seeds). The text form shows ``mean ± std`` per headline metric; the CSV
 holds every statistic (mean, std, min, max, count) of every chosen metric.
+
+Beside a model's accuracy or MAE the text shows the null baselines of the same trials (what
+predicting the majority class, or each gene's training mean or median, scores: see
+:mod:`genodl_core.training.null_baselines`), and says when a null does better than the model:
+on sparse expression data a per-gene median can beat every model.
 """
 
 from __future__ import annotations
@@ -17,9 +22,19 @@ from genodl_core.records import atomic_write_bytes
 from genodl_core.results import load
 
 #: Metrics shown by default when present (the others only with ``--metrics`` or in the CSV).
-HEADLINE_METRICS = ("val_accuracy", "val_abstention", "val_abstention_accuracy", "val_loss",
-                    "val_mae", "lr_val_mae", "relative_improvement",
-                    "share_genes_better_than_lr")
+HEADLINE_METRICS = ("val_accuracy", "test_accuracy", "val_abstention",
+                    "val_abstention_accuracy", "val_loss", "val_mae", "test_mae", "val_pearson_r",
+                    "lr_val_mae", "relative_improvement", "share_genes_better_than_lr",
+                    "share_genes_better_than_median")
+#: The null baselines shown beside a metric's figure: ``metric -> ((label, null metric), ...)``.
+NULL_BASELINES = {
+    "val_accuracy": (("null", "null_accuracy"),),
+    "test_accuracy": (("null", "test_null_accuracy"),),
+    "val_mae": (("mean", "null_mean_val_mae"), ("median", "null_median_val_mae")),
+    "test_mae": (("mean", "null_mean_test_mae"), ("median", "null_median_test_mae")),
+}
+#: Metrics where more is better (the others are errors: less is better).
+HIGHER_IS_BETTER = frozenset({"val_accuracy", "test_accuracy"})
 KEY_COLUMNS = ("model", "variant", "data_source", "noise_kind", "noise_levels")
 COUNT_COLUMNS = ("n_done", "n_failed", "n_running", "n_pending", "n_corrupt")
 
@@ -44,11 +59,21 @@ def headline_metrics(path: str | Path) -> list[str]:
     return chosen or available
 
 
+def null_columns(metrics: Iterable[str], available: Iterable[str]) -> list[str]:
+    """The null-baseline metrics to load beside ``metrics`` (those the summary holds)."""
+    available = set(available)
+    chosen = list(metrics)
+    return [null for m in chosen for _, null in NULL_BASELINES.get(m, ())
+            if null in available and null not in chosen]
+
+
 def format_table(table: pd.DataFrame, metrics: Iterable[str], digits: int = 4) -> str:
     """Text table: group keys, trial counts, and ``mean ± std (n)`` per metric.
 
     Data source is shown only when the sweep uses more than one, and counts of running or
-    corrupt trials only when there are any, so the usual table stays narrow.
+    corrupt trials only when there are any, so the usual table stays narrow. A metric with
+    null baselines in ``table`` (:data:`NULL_BASELINES`) shows their means after its own, and
+    which of them does better than the model.
     """
     if table.empty:
         return "no trials gathered"
@@ -58,9 +83,54 @@ def format_table(table: pd.DataFrame, metrics: Iterable[str], digits: int = 4) -
         if col in ("n_done", "n_failed") or table[col].any():
             out[col.removeprefix("n_")] = table[col]
     for metric in metrics:
-        out[metric] = [_cell(m, s, n, digits) for m, s, n in zip(
+        cells = [_cell(m, s, n, digits) for m, s, n in zip(
             table[f"{metric}.mean"], table[f"{metric}.std"], table[f"{metric}.count"])]
+        nulls = [(label, f"{null}.mean") for label, null in NULL_BASELINES.get(metric, ())
+                 if f"{null}.mean" in table]
+        if nulls:
+            cells = [cell + _null_note(metric, table[f"{metric}.mean"].iloc[i],
+                                       [(label, table[col].iloc[i]) for label, col in nulls],
+                                       digits)
+                     for i, cell in enumerate(cells)]
+        out[metric] = cells
     return out.to_string(index=False)
+
+
+def _beaten_by(metric: str, model: float, nulls: list[tuple[str, float]]) -> list[str]:
+    """Labels of the nulls whose mean does strictly better than the model's mean."""
+    higher = metric in HIGHER_IS_BETTER
+    return [label for label, value in nulls if not (math.isnan(model) or math.isnan(value))
+            and (value > model if higher else value < model)]
+
+
+def _null_note(metric: str, model: float, nulls: list[tuple[str, float]], digits: int) -> str:
+    """`` [null 0.5000]`` or `` [null mean 0.80, median 0.58: median better]``."""
+    shown = [(label, v) for label, v in nulls if not math.isnan(v)]
+    if not shown:
+        return ""
+    named = len(shown) > 1
+    values = ", ".join(f"{label} {v:.{digits}f}" if named else f"{v:.{digits}f}"
+                       for label, v in shown)
+    beaten = _beaten_by(metric, model, shown)
+    better = f": {' and '.join(beaten) if named else 'null'} better" if beaten else ""
+    return f" [null {values}{better}]"
+
+
+def null_warnings(table: pd.DataFrame, metrics: Iterable[str]) -> list[str]:
+    """One line per metric on which a null baseline beats the model in some group."""
+    lines = []
+    for metric in metrics:
+        nulls = [(label, null) for label, null in NULL_BASELINES.get(metric, ())
+                 if f"{null}.mean" in table]
+        for label, null in nulls:
+            beaten = sum(bool(_beaten_by(metric, m, [(label, v)])) for m, v in zip(
+                table[f"{metric}.mean"], table[f"{null}.mean"]))
+            if beaten:
+                what = ("always predicting the majority class" if label == "null"
+                        else f"each gene's training {label}")
+                lines.append(f"  note: {what} ({null}) beats the model's {metric} in {beaten} "
+                             f"of {len(table)} group(s)")
+    return lines
 
 
 def _cell(mean: float, std: float, count: int, digits: int) -> str:
@@ -96,7 +166,7 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
         If there is no readable summary.
     """
     shown = list(metrics) if metrics is not None else headline_metrics(path)
-    table = group_table(path, shown)
+    table = group_table(path, shown + null_columns(shown, load.final_metrics(path)))
     if csv is not None:
         every = table if metrics is not None else group_table(path, None)
         atomic_write_bytes(csv, every.to_csv(index=False).encode())
@@ -112,6 +182,7 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
         rows = table[table.model == model].reset_index(drop=True)
         recorded = [m for m in shown if rows[f"{m}.count"].sum() > 0] or shown
         parts.append(f"\n[{model}]\n{format_table(rows, recorded)}")
+        parts += null_warnings(rows, recorded)
     problems = load.problems(path)
     if problems:
         parts.append(f"\n{len(problems)} problem(s) while gathering:")
@@ -121,4 +192,5 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
     return "\n".join(parts)
 
 
-__all__ = ["HEADLINE_METRICS", "group_table", "headline_metrics", "format_table", "report"]
+__all__ = ["HEADLINE_METRICS", "NULL_BASELINES", "group_table", "headline_metrics",
+           "null_columns", "format_table", "null_warnings", "report"]

@@ -88,7 +88,7 @@ def test_on_sparse_targets_the_median_beats_least_squares_and_the_outcome_says_s
     assert final["share_genes_better_than_median"] < 0.2
     assert abs(final["val_pearson_r"]) < 0.2
     assert out.arrays["val_pearson_r_per_gene"].shape == (20,)
-    assert out.arrays["null_median_test_mae_per_gene"].shape == (20,)
+    assert not any(name.startswith("null_") for name in out.arrays)  # finals only
 
 
 def test_dgex_trial_records_null_baselines_and_pearson(tmp_path):
@@ -115,3 +115,27 @@ def test_classifier_trial_records_majority_accuracy(tmp_path):
     # Balanced classes: always guessing the majority is right on half the samples.
     assert final["null_accuracy"] == pytest.approx(0.5)
     assert final["test_null_accuracy"] == pytest.approx(0.5)
+
+
+def test_report_shows_nulls_beside_the_figures_and_when_they_win(tmp_path):
+    from genodl_core.results.report import report
+    from genodl_core.results.summary import gather
+    from tests.unit.test_gather import _write_done
+
+    for seed in (0, 1):
+        _write_done(tmp_path, {"seed": seed, "model": {"name": "lr"},
+                               "data": {"source": "synthetic_dgex"}},
+                    {"val_mae": 0.70, "null_mean_val_mae": 0.80, "null_median_val_mae": 0.58,
+                     "share_genes_better_than_median": 0.1}, {})
+        _write_done(tmp_path, {"seed": seed, "model": {"name": "nt3", "dense": [4]},
+                               "data": {"source": "synthetic_nt3", "n_features": 300}},
+                    {"val_accuracy": 0.9, "null_accuracy": 0.5, "test_accuracy": 0.45,
+                     "test_null_accuracy": 0.5}, {})
+    text = report(gather(tmp_path))
+    assert "0.7000 ± 0.0000 (n=2) [null mean 0.8000, median 0.5800: median better]" in text
+    assert "0.9000 ± 0.0000 (n=2) [null 0.5000]" in text
+    assert "0.4500 ± 0.0000 (n=2) [null 0.5000: null better]" in text
+    assert ("note: each gene's training median (null_median_val_mae) beats the model's val_mae "
+            "in 1 of 1 group(s)") in text
+    assert "note: always predicting the majority class (test_null_accuracy)" in text
+    assert "null_accuracy " not in text.split("[nt3]")[1].splitlines()[1]  # no extra columns
