@@ -46,6 +46,8 @@ class RunSettings:
     pack_size: int | None = None
     gather: bool = True
     update_sweep: bool = False
+    #: Rerun done trials whose data files changed since they read them (else refuse to resume).
+    rerun_changed_data: bool = False
     #: Seconds between checkpoints (0: none; None: the workers' default).
     checkpoint_interval_s: float | None = None
 
@@ -65,6 +67,7 @@ class RunSettings:
             pack_size=self.pack_size or sweep.run.pack_size,
             gather=self.gather,
             update_sweep=self.update_sweep,
+            rerun_changed_data=self.rerun_changed_data,
             checkpoint_interval_s=(sweep.run.checkpoint_interval_s
                                    if self.checkpoint_interval_s is None
                                    else self.checkpoint_interval_s),
@@ -142,7 +145,8 @@ def run_sweep(sweep: Sweep, out: str | Path, settings: RunSettings | None = None
 def _drive(run: RunDir, sweep: Sweep, settings: RunSettings, only: Iterable[str] | None,
            t0: float) -> RunReport:
     """The part of :func:`run_sweep` that runs under the driver lock."""
-    todo, already_done = select_todo(run, sweep, only)
+    todo, already_done = select_todo(run, sweep, only,
+                                     rerun_changed_data=settings.rerun_changed_data)
     log.info("sweep %s: %d trials, %d complete, %d to run; run directory %s",
              sweep.name, len(sweep.trials), already_done, len(todo), run.path)
     if todo:
@@ -155,14 +159,18 @@ def _drive(run: RunDir, sweep: Sweep, settings: RunSettings, only: Iterable[str]
     return report
 
 
-def select_todo(run: RunDir, sweep: Sweep,
-                only: Iterable[str] | None = None) -> tuple[list[SweepTrial], int]:
+def select_todo(run: RunDir, sweep: Sweep, only: Iterable[str] | None = None, *,
+                rerun_changed_data: bool = False) -> tuple[list[SweepTrial], int]:
     """Trials to submit (not complete, and in ``only`` if given) and how many are complete.
+
+    Done trials whose data files changed since they read them stop the run
+    (:meth:`RunDir.check_data`), or with ``rerun_changed_data`` are selected too.
 
     Raises
     ------
     SpecError
-        When ``only`` names a trial id the sweep does not have.
+        When ``only`` names a trial id the sweep does not have, or a data file changed and
+        ``rerun_changed_data`` is false.
     """
     wanted = None
     if only is not None:
@@ -172,6 +180,10 @@ def select_todo(run: RunDir, sweep: Sweep,
             raise SpecError("trial id", sorted(unknown)[0], "ids listed by `genodl status`",
                             reason="not a trial of this sweep")
     states = run.scan(sweep.trial_ids)
+    changed = run.check_data(states, rerun_changed=rerun_changed_data)
+    if changed:
+        states = run.scan(sweep.trial_ids)
+        wanted = None if wanted is None else wanted | set(changed)
     done = sum(1 for s in states.values() if s.complete)
     todo = [t for t in sweep.trials
             if not states[t.trial_id].complete and (wanted is None or t.trial_id in wanted)]

@@ -10,9 +10,12 @@ Layout::
     DIR/runinfo/              Parsl's own logs and submit scripts
     DIR/summary.h5            the gathered results
 
-The trial records are the only source of truth about what is finished: a trial is done when its
-record is complete (``genodl_core.records.is_complete``), whatever any log says. That is what
-makes a killed driver safe to start again.
+The trial records are the only source of truth about what is finished: a trial's state is what
+``genodl_core.records.record_state`` says (done only when its result files match the checksums
+its status recorded), whatever any log says. That is what makes a killed driver safe to start
+again. Records in ``trials/`` whose ids the stored sweep does not list (left by a sweep
+replaced with ``--update-sweep``) are not part of the sweep: status reports them apart and the
+gather leaves them out.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from genodl_core import records
-from genodl_core.errors import SpecError
+from genodl_core.data.fingerprint import DataChange, find_changes, recorded_fingerprints
+from genodl_core.errors import GenodlError, SpecError
 
 from workflows.sweep import Sweep, sweep_from_resolved
 
@@ -57,6 +61,8 @@ class TrialState:
 
     trial_id: str
     state: str
+    #: Why the state is what it is, when that needs saying (a corrupt record's damage).
+    reason: str = ""
     attempt: int = 0
     error_type: str | None = None
     error: str | None = None
@@ -271,24 +277,22 @@ class RunDir:
 
     # Trial states --------------------------------------------------------------------------
     def trial_state(self, trial_id: str) -> TrialState:
-        """Read one trial's status (and check completeness when it says done).
+        """One trial's state as :func:`genodl_core.records.record_state` decides it.
 
         A record that says 'running' is only believed while some process holds the trial's
         attempt lock; otherwise the attempt died with its driver or node ('interrupted').
         """
         trial_dir = self.trial_dir(trial_id)
-        status = records.read_status(trial_dir)
-        if status is None:
-            state = "corrupt" if (trial_dir / records.STATUS_FILE).exists() else "missing"
-            return TrialState(trial_id, state)
-        state = status.get("state")
-        if state == records.DONE and not records.is_complete(trial_dir, trial_id):
-            state = "corrupt"
-        elif state == records.RUNNING and not self._attempt_lock_held(trial_id):
+        verdict = records.record_state(trial_dir, trial_id)
+        state = verdict.state
+        if state == records.RUNNING and not self._attempt_lock_held(trial_id):
             state = "interrupted"
-        elif state not in (records.DONE, records.FAILED, records.RUNNING):
-            state = "corrupt"
-        return TrialState(trial_id, state, attempt=int(status.get("attempt", 0) or 0),
+        status = records.read_status(trial_dir) if state != records.MISSING else None
+        if not isinstance(status, dict):
+            return TrialState(trial_id, state, verdict.reason)
+        attempt = status.get("attempt", 0)
+        return TrialState(trial_id, state, verdict.reason,
+                          attempt=attempt if isinstance(attempt, int) else 0,
                           error_type=status.get("error_type"), error=status.get("error"),
                           deterministic=status.get("deterministic"), host=status.get("host"),
                           gpu=status.get("gpu"), wall_s=status.get("wall_s"))
@@ -297,6 +301,80 @@ class RunDir:
         """States of the given trials (default: every trial of the stored sweep)."""
         ids = trial_ids if trial_ids is not None else self.stored_trial_ids()
         return {tid: self.trial_state(tid) for tid in ids}
+
+    # Data files ----------------------------------------------------------------------------
+    def changed_data(self, states: dict[str, TrialState]) -> list[DataChange]:
+        """Data files that differ now from what done trials recorded (see
+        :func:`genodl_core.data.fingerprint.find_changes`); records without fingerprints
+        (synthetic data, older records) have nothing to compare."""
+        return find_changes((tid, self.recorded_fingerprints(tid))
+                            for tid, s in states.items() if s.complete)
+
+    def recorded_fingerprints(self, trial_id: str) -> dict[str, dict[str, Any]]:
+        """The data fingerprints a trial's result recorded ({} when none or unreadable)."""
+        try:
+            result = records.read_json(self.trial_dir(trial_id) / records.RESULT_FILE)
+        except (OSError, ValueError):
+            return {}
+        return recorded_fingerprints(result)
+
+    def check_data(self, states: dict[str, TrialState], *, rerun_changed: bool) -> list[str]:
+        """Refuse to resume on changed data files, or mark the affected trials for a rerun.
+
+        Parameters
+        ----------
+        states
+            The trials' states (only done ones are compared).
+        rerun_changed
+            Instead of refusing, record every affected done trial as failed
+            (``DataChanged``, retryable), so that this run and any later one train it again on
+            the data as it is now.
+
+        Returns
+        -------
+        list of str
+            Ids of the trials marked for a rerun (empty when nothing changed).
+
+        Raises
+        ------
+        SpecError
+            When a file changed and ``rerun_changed`` is false: it names each file, the recorded
+            and the current fingerprint, and the option that reruns the trials (a SpecError, so
+            that every path that checks a run before it starts reports it the same way).
+        """
+        changes = self.changed_data(states)
+        if not changes:
+            return []
+        affected = sorted({tid for change in changes for tid in change.trial_ids})
+        if not rerun_changed:
+            raise SpecError(
+                "data file", changes[0].path,
+                f"the version those trials read (restore it), or --rerun-changed-data to rerun "
+                f"the {len(affected)} affected trial(s) on the data as it is now",
+                reason="; ".join(change.describe() for change in changes)
+                + "; resuming would mix trials of two versions of the data")
+        for change in changes:
+            log.warning("%s: rerunning those trials", change.describe())
+        for trial_id in affected:
+            trial_dir = self.trial_dir(trial_id)
+            previous = records.read_status(trial_dir) or {}
+            paths = [c.path for c in changes if trial_id in c.trial_ids]
+            records.write_status(trial_dir, records.FAILED, trial_id=trial_id,
+                                 attempt=int(previous.get("attempt", 0) or 0),
+                                 error_type="DataChanged",
+                                 error=f"data file(s) changed since the trial read them: "
+                                       f"{', '.join(paths)}",
+                                 deterministic=False, recorded_by="driver")
+        return affected
+
+    def records_outside_sweep(self) -> list[str]:
+        """Ids of the trial records in ``trials/`` that the stored sweep does not list."""
+        if not self.trials_dir.is_dir():
+            return []
+        listed = set(self.stored_trial_ids())
+        return sorted(entry.name for entry in os.scandir(self.trials_dir)
+                      if entry.is_dir() and not entry.name.startswith(".")
+                      and entry.name not in listed)
 
     def _attempt_lock_held(self, trial_id: str) -> bool:
         """Whether some process holds the trial's attempt lock (only meaningful on this host
@@ -424,14 +502,24 @@ def _lock_is_held(path: Path) -> bool:
         os.close(fd)
 
 
+class TrialBusy(GenodlError):
+    """Another process is running an attempt of the trial (``genodl trial`` does not wait)."""
+
+
 @contextlib.contextmanager
-def trial_attempt_lock(trials_dir: Path, trial_id: str) -> Iterator[None]:
+def trial_attempt_lock(trials_dir: Path, trial_id: str, *, wait: bool = True) -> Iterator[None]:
     """Hold the trial's attempt lock, waiting while another attempt of it runs.
 
     Two attempts of one trial can overlap when a driver was killed while its workers kept
     running (an orphaned pilot job), or when a retried task races its lost predecessor. Waiting
     here, then checking whether the record is already complete, means a trial is never run to
-    completion twice.
+    completion twice. The holder's pid, host and start time are written into the lock file for
+    the message of one that does not wait.
+
+    Raises
+    ------
+    TrialBusy
+        With ``wait=False``, when another process holds the lock (names its pid and host).
     """
     path = trials_dir / LOCKS_DIR / f"{trial_id}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -440,11 +528,40 @@ def trial_attempt_lock(trials_dir: Path, trial_id: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                holder = trial_lock_holder(trials_dir, trial_id) or {}
+                raise TrialBusy(
+                    f"trial {trial_id} is being run by another process (pid "
+                    f"{holder.get('pid', 'unknown')} on {holder.get('host', 'unknown host')}, "
+                    f"lock {path}); wait for it to finish, or stop that process") from None
             log.warning("trial %s: another attempt holds its lock; waiting for it", trial_id)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        _write_holder(fd)
         yield
     finally:
-        os.close(fd)
+        os.close(fd)  # closing releases the flock
 
 
-__all__ = ["RunDir", "TrialState", "STATES", "trial_attempt_lock", "append_event", "read_events"]
+def _write_holder(fd: int) -> None:
+    """Say in the lock file who holds it (best effort: the flock is what counts)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": time.time()}).encode(), 0)
+    except OSError:
+        pass
+
+
+def trial_lock_holder(trials_dir: Path, trial_id: str) -> dict[str, Any] | None:
+    """Who holds a trial's attempt lock (pid, host, since), or None when nobody does."""
+    path = trials_dir / LOCKS_DIR / f"{trial_id}.lock"
+    if not _lock_is_held(path):
+        return None
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+__all__ = ["RunDir", "TrialState", "TrialBusy", "STATES", "trial_attempt_lock", "trial_lock_holder",
+           "append_event", "read_events"]
