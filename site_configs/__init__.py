@@ -117,7 +117,7 @@ class SiteOption:
             return "one of " + "|".join(self.choices)
         return {"int": "an integer", "float": "a number", "bool": "true or false",
                 "str": "a string", "walltime": "H:MM:SS, H:MM or minutes",
-                "list": "a list, or one string split at ';'"}[self.kind]
+                "list": "a list or ';'-separated"}[self.kind]
 
 
 def parse_walltime(value: Any, where: str = "walltime") -> int:

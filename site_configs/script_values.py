@@ -56,6 +56,7 @@ RESERVED_SBATCH = {
     "constraint": "-o constraint", "cpus-per-task": "-o cores_per_node",
     "gpus-per-node": "-o gpus_per_node", "exclusive": "-o exclusive",
     "output": "nothing (logs go to DIR/logs)", "error": "nothing (logs go to DIR/logs)",
+    "signal": "nothing (batch scripts ask for their own warning signal before the walltime)",
 }
 
 #: One word of extra launcher arguments (``srun_overrides``, ``jsrun_overrides``).
