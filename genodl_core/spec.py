@@ -88,12 +88,6 @@ class TrainSpec:
         check_range(where, "timeout_s", self.timeout_s, 0, lo_open=True)
 
 
-@dataclass(frozen=True)
-class TrialSpec:
-    """Everything that defines one trial; the resolved form is hashed into the trial id."""
-
-    model: Component
-    data: Component
 #: The names a ``data.validation`` rule may take besides a fraction.
 VALIDATION_RULES = ("auto", "test")
 #: The share of the training split ``"auto"`` carves when a source has no separate test split.
@@ -164,19 +158,25 @@ def validation_from_table(table: dict[str, Any], where: str = "data") -> Validat
     return ValidationSpec(rule=rule, seed=seed if rule != "test" else 0)
 
 
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything that defines one trial; the resolved form is hashed into the trial id."""
+
+    model: Component
+    data: Component
     noise: tuple[Component, ...] = ()
     train: TrainSpec = field(default_factory=TrainSpec)
     seed: int = 0
     device: Device = "auto"
     precision: Precision = "auto"
+    #: Written into the ``data`` table by :meth:`to_dict`: part of the trial id.
+    validation: ValidationSpec = field(default_factory=ValidationSpec)
 
     @property
     def trial_id(self) -> str:
         """16 hex digits of the SHA-256 of the canonical resolved spec."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    #: Written into the ``data`` table by :meth:`to_dict`: part of the trial id.
-    validation: ValidationSpec = field(default_factory=ValidationSpec)
 
     @property
     def task(self) -> str:
@@ -261,13 +261,13 @@ def spec_from_dict(data: Mapping[str, Any]) -> TrialSpec:
         seed=convert(int, data.get("seed", 0), "seed"),
         device=convert(Device, data.get("device", "auto"), "device"),
         precision=convert(Precision, data.get("precision", "auto"), "precision"),
+        validation=validation,
     )
     check_range("", "seed", spec.seed, 0, 2**63 - 1)
     _check_compatibility(spec)
     # Sources declare their width as a field or a method (None when only the files know it).
     n_features = getattr(dataset.params, "n_features", None)
     spec.check_data(n_features() if callable(n_features) else n_features)
-        validation=validation,
     return spec
 
 
