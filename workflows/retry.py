@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from genodl_core import records
-from genodl_core.failures import Kind, classify
+from genodl_core.failures import Kind, classify, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,12 @@ def retry_handler(exception: BaseException, task_record: dict[str, Any]) -> floa
     kind = classify(exception)
     task = task_record.get("id") if isinstance(task_record, dict) else None
     attempt = (task_record.get("try_id", 0) + 1) if isinstance(task_record, dict) else None
+    if storage_error(exception) is not None:
+        # Full or read-only storage: the driver stops the run at the first such failure and
+        # says so once; retrying every queued task into it would only add noise.
+        log.debug("task %s attempt %s: storage takes no writes (%s): not retried", task,
+                  attempt, _first_line(exception))
+        return NO_RETRY_COST
     if kind == "deterministic":
         log.warning("task %s attempt %s failed deterministically (%s: %s): not retried",
                     task, attempt, type(exception).__name__, _first_line(exception))

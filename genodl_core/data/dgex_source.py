@@ -23,8 +23,8 @@ from typing import Literal
 import numpy as np
 
 from genodl_core.data.matrices import (ExpressionMatrix, GeneSelection, Layout, MatrixFormat,
-                                       check_finite, positional_ids, read_id_list, read_matrix,
-                                       select_genes)
+                                       check_finite, check_numeric, positional_ids, read_id_list,
+                                       read_matrix, select_genes)
 from genodl_core.data.types import Dataset
 from genodl_core.errors import DataError, SpecError
 from genodl_core.registry import DATASETS
@@ -52,9 +52,17 @@ def random_split(n_samples: int, val_fraction: float, test_fraction: float, seed
     n_val = max(1, int(round(val_fraction * n_samples)))
     n_test = int(round(test_fraction * n_samples))
     n_train = n_samples - n_val - n_test
+    counts = f"train {n_train}, val {n_val}, test {n_test}"
     if n_train < 1:
         raise DataError(f"{source}: {n_samples} samples are too few for val_fraction="
-                        f"{val_fraction} and test_fraction={test_fraction}: no training samples")
+                        f"{val_fraction} and test_fraction={test_fraction}: no training samples "
+                        f"({counts})")
+    if test_fraction > 0 and n_test == 0:
+        # A trial would finish 'done' with test metrics of no rows at all.
+        raise DataError(f"{source}: {n_samples} samples leave the 'test' split empty "
+                        f"(test_fraction={test_fraction} of {n_samples} rounds to 0; {counts}); "
+                        f"use more samples, a larger test_fraction, or test_fraction = 0 for "
+                        f"no test split")
     return {"val": np.sort(order[:n_val]), "test": np.sort(order[n_val:n_val + n_test]),
             "train": np.sort(order[n_val + n_test:])}
 
@@ -306,10 +314,11 @@ def read_nci60(path: str | Path | None = None) -> ExpressionMatrix:
         else:
             values = np.load(found, allow_pickle=False)
             source = str(found)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{found}: cannot read the NCI60 matrix ({err})") from None
     if values.ndim != 2:
         raise DataError(f"{source}: expected a 2-D cell line x gene matrix, got {values.shape}")
+    check_numeric(values, source)
     values = values.astype(np.float32)
     gene_ids = positional_ids(values.shape[1])
     sample_ids = np.array([f"cell{i:02d}" for i in range(values.shape[0])])

@@ -16,6 +16,8 @@ the row/column, so the fix is obvious without opening a debugger.
 from __future__ import annotations
 
 import logging
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -114,6 +116,19 @@ def check_finite(values: np.ndarray, source: str, what: str = "matrix",
                     f"{col_name}: {float(values[r, c])}. Impute or drop them before training")
 
 
+def check_numeric(values: np.ndarray, source: str, what: str = "matrix") -> None:
+    """Raise :class:`DataError` unless ``values`` hold numbers (integers or floats).
+
+    A matrix of text (ids saved in place of values, a header row read as data) would fail
+    later in a float conversion that names neither the file nor what was expected.
+    """
+    if values.dtype.kind not in "biuf":
+        kind = {"U": "text", "S": "bytes", "O": "Python objects", "c": "complex numbers",
+                "V": "records"}.get(values.dtype.kind, "non-numbers")
+        raise DataError(f"{source}: {what} holds {kind} (dtype {values.dtype}); expected "
+                        f"numbers (integer or floating point)")
+
+
 def detect_format(path: str | Path) -> str:
     """The file format from the suffix, or from the HDF5 content for ``.h5``/``.hdf5``."""
     path = Path(path)
@@ -177,6 +192,7 @@ def read_matrix(path: str | Path, format: MatrixFormat = "auto",
 def _orient(values: np.ndarray, layout: Layout, path: Path) -> np.ndarray:
     if values.ndim != 2:
         raise DataError(f"{path}: expected a 2-D matrix, got shape {values.shape}")
+    check_numeric(values, str(path))
     if layout == "genes_by_samples":
         values = values.T
     return np.ascontiguousarray(values, dtype=np.float32)
@@ -185,8 +201,9 @@ def _orient(values: np.ndarray, layout: Layout, path: Path) -> np.ndarray:
 def _read_npy(path: Path, layout: Layout) -> ExpressionMatrix:
     try:
         values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable .npy array ({err})") from None
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({type(err).__name__}: {err}); "
+                        f"expected a complete numeric 2-D array saved by numpy") from None
     values = _orient(values, layout, path)
     return ExpressionMatrix(values, positional_ids(values.shape[1]),
                             positional_ids(values.shape[0]), str(path))
@@ -196,8 +213,11 @@ def _read_npz(path: Path, layout: Layout) -> ExpressionMatrix:
     try:
         with np.load(path, allow_pickle=False) as npz:
             contents = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable .npz archive ({err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        # A truncated archive fails as BadZipFile, EOFError or a zlib error, by where it ends.
+        raise DataError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); "
+                        f"expected a complete archive of numpy arrays with one named "
+                        f"{MATRIX_KEY!r}") from None
     if MATRIX_KEY not in contents:
         raise DataError(f"{path}: no array named {MATRIX_KEY!r}; found {sorted(contents)}")
     values = _orient(contents[MATRIX_KEY], layout, path)

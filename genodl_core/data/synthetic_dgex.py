@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from genodl_core.data.types import Dataset
+from genodl_core.data.types import Dataset, MAX_GENES, MAX_SAMPLES, check_cells
 from genodl_core.registry import DATASETS
 from genodl_core.typed import check_range
 
@@ -74,9 +74,14 @@ class SyntheticDGEXParams:
         return self.sizes()[0]
 
     def validate(self, where: str) -> None:
-        for name in ("n_landmarks", "n_targets", "n_train", "n_val"):
-            check_range(where, name, getattr(self, name), 1)
-        check_range(where, "n_test", self.n_test, 0)
+        for name in ("n_train", "n_val"):
+            check_range(where, name, getattr(self, name), 1, MAX_SAMPLES)
+        for name in ("n_landmarks", "n_targets"):
+            check_range(where, name, getattr(self, name), 1, MAX_GENES)
+        check_range(where, "n_test", self.n_test, 0, MAX_SAMPLES)
+        n_landmarks, n_targets, n_train, n_val, n_test = self.sizes()
+        check_cells(where, "n_train", n_train, n_train + n_val + n_test,
+                    n_landmarks + n_targets)
         check_range(where, "n_factors", self.n_factors, 1)
         check_range(where, "n_programs", self.n_programs, 2)
         check_range(where, "nonlinearity", self.nonlinearity, 0, 1)

@@ -66,7 +66,7 @@ from typing import Literal
 
 import numpy as np
 
-from genodl_core.data.types import Dataset
+from genodl_core.data.types import Dataset, MAX_SAMPLES, check_cells
 from genodl_core.errors import SpecError
 from genodl_core.registry import DATASETS
 from genodl_core.typed import check_range
@@ -145,9 +145,10 @@ class SyntheticNT3Params:
             samples than classes.
         """
         check_range(where, "n_classes", self.n_classes, 2, 100)
-        check_range(where, "n_train", self.n_train, self.n_classes)
-        check_range(where, "n_test", self.n_test, self.n_classes)
+        check_range(where, "n_train", self.n_train, self.n_classes, MAX_SAMPLES)
+        check_range(where, "n_test", self.n_test, self.n_classes, MAX_SAMPLES)
         check_range(where, "n_features", self.n_features, 2, 10_000_000)
+        check_cells(where, "n_train", self.n_train, self.n_train + self.n_test, self.n_features)
         check_range(where, "seed", self.seed, 0, 2**63 - 1)
         check_range(where, "informative_fraction", self.informative_fraction, 0, 1)
         check_range(where, "effect_size", self.effect_size, 0, 20)

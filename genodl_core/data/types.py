@@ -10,6 +10,33 @@ import numpy as np
 
 Task = Literal["classification", "regression"]
 
+#: Upper bounds of the sizes a generating source accepts: far above any real data set (NT3 has
+#: 1,400 samples x 60,483 genes, the D-GEX paper 111,009 x 10,463), far below what would only
+#: end in running out of memory after minutes.
+MAX_SAMPLES = 10_000_000
+MAX_GENES = 1_000_000
+#: Cells (samples x columns) of all splits together: 2**32 float32 values are 16 GiB.
+MAX_CELLS = 2**32
+
+
+def check_cells(where: str, name: str, value: int, n_rows: int, n_columns: int) -> None:
+    """Refuse sizes whose matrix would not fit any sensible memory, naming the field.
+
+    Raises
+    ------
+    SpecError
+        When ``n_rows x n_columns`` exceeds :data:`MAX_CELLS`, naming ``name`` (the size to
+        reduce), the cell count and the memory it would take.
+    """
+    cells = n_rows * n_columns
+    if cells > MAX_CELLS:
+        from genodl_core.errors import SpecError
+
+        path = f"{where}.{name}" if where else name
+        raise SpecError(path, value, f"sizes giving at most {MAX_CELLS:,} matrix cells",
+                        reason=f"{n_rows:,} samples x {n_columns:,} columns are {cells:,} cells "
+                               f"({cells * 4 / 2**30:,.0f} GiB of float32)")
+
 
 @dataclass(frozen=True)
 class Dataset:

@@ -56,17 +56,19 @@ CASES: list[tuple[BaseException, str]] = [
     (PermissionError(13, "Permission denied", "/scratch/x"), "deterministic"),
     (IsADirectoryError(21, "Is a directory", "data"), "deterministic"),
     (NotADirectoryError(20, "Not a directory", "x.csv/y"), "deterministic"),
-    # Other OS-level, memory and interrupt failures depend on the node.
+    # Out of memory on the host: the spec asks for the same memory on every attempt.
+    (MemoryError(), "deterministic"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                  "400000000000 bytes. Error code 12 (Cannot allocate memory)"), "deterministic"),
+    # Other OS-level and interrupt failures depend on the node.
     (OSError(5, "Input/output error"), "transient"),
     (ConnectionError("reset by peer"), "transient"),
     (TimeoutError("nfs"), "transient"),
-    (MemoryError(), "transient"),
     (KeyboardInterrupt(), "transient"),
     (SystemExit(1), "transient"),
     (OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "transient"),
     (AcceleratorError("device lost"), "transient"),
     (RuntimeError("CUDA error: an illegal memory access was encountered"), "transient"),
-    (RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory"), "transient"),
     # Our own errors say so themselves.
     (SpecError("seed", -1, ">= 0"), "deterministic"),
     (DataError("x.csv: row 2, column 7: 'n/a' is not a number"), "deterministic"),
@@ -79,6 +81,48 @@ CASES: list[tuple[BaseException, str]] = [
     (ZeroDivisionError("division by zero"), "deterministic"),
     (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "deterministic"),
 ]
+
+
+def test_numpy_out_of_memory_is_deterministic():
+    """numpy raises its own MemoryError subclass for an array that cannot be allocated."""
+    import numpy as np
+
+    with pytest.raises(MemoryError) as info:
+        np.empty(2**62, dtype=np.uint8)
+    assert failures.classify(info.value) == "deterministic"
+
+
+@pytest.mark.parametrize("err, text, expected", [
+    (OSError(28, "No space left on device"), None, (28, None)),
+    (OSError(122, "Disk quota exceeded", "/scratch/run"), None, (122, "/scratch/run")),
+    (OSError(30, "Read-only file system", "/ro/x"), None, (30, "/ro/x")),
+    (RetryableTrialFailure("t1", "OSError", "[Errno 28] No space left on device (2 of 4 "
+                           "trials of the pack)"), None, (28, None)),
+    (RuntimeError("wrapped"), "[Errno 28] No space left on device: '/run/trials/t1/a.npz'",
+     (28, "/run/trials/t1/a.npz")),
+    (OSError("disk full"), None, None),
+    (OSError(5, "Input/output error"), None, None),
+    (PermissionError(13, "Permission denied", "/data/x.csv"), None, None),
+    (MemoryError(), None, None),
+], ids=["enospc", "edquot", "erofs", "retryable-text", "recorded-text", "no-errno", "eio",
+        "eacces", "memory"])
+def test_storage_errors_are_recognised_by_errno_and_in_recorded_text(err, text, expected):
+    found = failures.storage_error(err, text)
+    if expected is None:
+        assert found is None
+    else:
+        assert (found.errno, found.filename) == expected
+        assert found.strerror  # the system's words for the errno
+
+
+def test_storage_errors_are_not_retried_into_a_full_disk():
+    """A full disk is no fault of the trial (transient: `genodl run` runs it again), but the
+    driver stops the run at the first one, so retrying every queued task into it is noise."""
+    full = OSError(28, "No space left on device")
+    assert failures.classify(full) == "transient"
+    cost = retry.retry_handler(full, {"id": 1, "try_id": 0})
+    assert cost == retry.NO_RETRY_COST
+    assert retry.retry_handler(OSError(5, "Input/output error"), {"id": 1, "try_id": 0}) == 1
 
 
 def _all_cases() -> list[tuple[BaseException, str]]:
