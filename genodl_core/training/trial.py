@@ -265,8 +265,8 @@ class _Trial:
         self.info: dict[str, Any] = {}
         self.fit_s = 0.0
         self.resumed_from: int | None = None
-        self.log, self._handler = _trial_logger(spec.trial_id, self.dir)
         self.data_fingerprints: dict[str, Any] = {}
+        self.log, self._handler = _trial_logger(spec.trial_id, self.dir)
         records.atomic_write_json(self.dir / records.SPEC_FILE,
                                   {"trial_id": spec.trial_id, **spec.to_dict()})
         self._status(records.RUNNING, pid=os.getpid())
@@ -283,17 +283,17 @@ class _Trial:
 
     def prepare(self, family: Any) -> bool:
         """Load the data, apply the noise, check them; False (recorded failed) on any error."""
-        from genodl_core.data.loading import load_dataset
         from genodl_core.data.fingerprint import data_fingerprints
+        from genodl_core.data.loading import load_dataset
         from genodl_core.training.family import Member
 
         spec, log = self.spec, self.log
         try:
             t_load = time.monotonic()
-            dataset, cached = load_dataset(spec.data, spec.validation)
             # Before the load: a file replaced meanwhile then reads as changed, never as the
             # version the trial did not train on.
             self.data_fingerprints = data_fingerprints(spec.data.params)
+            dataset, cached = load_dataset(spec.data, spec.validation)
             self.load_s = time.monotonic() - t_load
             self.cached = cached
             log.info("data %s: train %s, val %s (%s, %.2f s)", spec.data.name,
@@ -330,8 +330,8 @@ class _Trial:
         self.info, self.precision = info, precision
         self.plan = None if plan is None else plan.to_dict()
         provenance = records.provenance(info)
-        if self.plan is not None:
         provenance[FINGERPRINTS_KEY] = self.data_fingerprints
+        if self.plan is not None:
             provenance["engine"] = self.plan
         records.atomic_write_json(self.dir / records.PROVENANCE_FILE, provenance)
         self.log.info("device %s (%s), precision %s, plan %s", info.get("device"),
@@ -350,8 +350,8 @@ class _Trial:
             "curves": {k: [float(x) for x in v] for k, v in outcome.curves.items()},
             "noise": self.noise_records,
             "data": self.data_info,
-            "extra": outcome.extra,
             FINGERPRINTS_KEY: self.data_fingerprints,
+            "extra": outcome.extra,
             "timings": {"load_s": self.load_s, "data_cached": self.cached,
                         "noise_s": self.noise_s, "fit_s": self.fit_s,
                         "total_s": time.monotonic() - self.t0},
