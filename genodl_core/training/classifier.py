@@ -21,7 +21,8 @@ from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import (FitOutcome, Member, Objective, Schedule,
                                          training_scope)
-from genodl_core.training.metrics import rates_from_sums, row_batch_sums
+from genodl_core.training.metrics import (collapsed_class, predicted_classes, rates_from_sums,
+                                          row_batch_sums)
 from genodl_core.training.null_baselines import classification_nulls
 from genodl_core.training.objectives import CrossEntropyObjective
 from genodl_core.training.optim import make_optimizer
@@ -119,6 +120,8 @@ class ClassifierStack:
         self.module: nn.Module | None = None
         self.val_logits = torch.empty(0)
         self._test_rows: list[dict[str, float]] | None = None
+        #: ``[K, n_test, outputs]`` once the test split was evaluated (the collapse check).
+        self.test_logits: torch.Tensor | None = None
 
     def scope(self) -> contextlib.AbstractContextManager:
         plan = self.plan
@@ -249,7 +252,8 @@ class ClassifierStack:
                 x = to_device(ds.x_test, device, self.x_val.dtype)
                 y = to_device(ds.y_test, device, torch.int64)
                 # Batches of the validation split's first batch: shapes the forward has seen.
-                sums, _ = self._evaluate(x, y, min(self.eval_batch_size, len(self.x_val)))
+                sums, self.test_logits = self._evaluate(
+                    x, y, min(self.eval_batch_size, len(self.x_val)))
                 self._test_rows = self._rates("test", sums, len(y))
         return self._test_rows
 
@@ -271,14 +275,39 @@ class ClassifierStack:
         ds = self.members[trial].dataset
         n_classes = ds.n_classes or int(max(ds.y_train.max(), ds.y_val.max())) + 1
         final.update(classification_nulls(ds.y_train, n_classes, ds.y_val, ds.y_test))
-        probabilities = torch.softmax(self.val_logits[trial], dim=1).cpu().numpy()
+        probabilities = _probabilities(self.objectives[trial], self.val_logits[trial])
         extra = {**self.objectives[trial].extra(), "n_parameters": int(self.n_parameters)}
+        final["predicted_classes"], extra["collapsed"] = self._collapse_check(trial, extra)
         if self.k > 1:
             extra["batched_trials"] = self.k
         extra.update(self._extra(trial))
         return FitOutcome(curves=curves, final=final,
                           arrays={"val_probabilities": probabilities.astype(np.float32)},
                           extra=extra)
+
+    def _collapse_check(self, trial: int, extra: dict[str, Any]) -> tuple[float, bool]:
+        """Distinct real classes predicted on the validation split, and whether the trial
+        predicts one and the same class for every validation (and test) sample.
+
+        A collapsed classifier still scores the majority-class accuracy, which can pass for
+        learning in a summary; it is flagged in ``extra`` (``collapsed``, ``collapsed_class``,
+        ``collapsed_splits``) and warned about in the trial's log. Call after the test split
+        was evaluated (:meth:`_test_metrics`).
+        """
+        abstain = self.objectives[trial].abstain_class
+        logits = {"val": self.val_logits[trial]}
+        if self.test_logits is not None and self.test_logits.numel():
+            logits["test"] = self.test_logits[trial]
+        n_predicted = float(len(predicted_classes(logits["val"], abstain)))
+        classes = {split: collapsed_class(out, abstain) for split, out in logits.items()}
+        if any(c is None for c in classes.values()) or len(set(classes.values())) != 1:
+            return n_predicted, False
+        cls = classes["val"]
+        extra.update(collapsed_class=cls, collapsed_splits=sorted(classes))
+        self.members[trial].log.warning(
+            "collapsed: the model predicts class %d for every sample of the %s split(s); its "
+            "accuracy is that of a constant guess", cls, " and ".join(sorted(classes)))
+        return n_predicted, True
 
     def close(self) -> None:
         """Training is over: let go of the module's process-wide resources."""
@@ -295,6 +324,14 @@ class ClassifierStack:
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         _set_global_rng_state(self.plan.device, state["rng"])
+
+
+def _probabilities(objective: Objective, logits: torch.Tensor) -> np.ndarray:
+    """The model's output probabilities as the objective defines them (softmax by default)."""
+    as_probabilities = getattr(objective, "probabilities", None)
+    probs = (as_probabilities(logits) if callable(as_probabilities)
+             else torch.softmax(logits, dim=1))
+    return probs.cpu().numpy()
 
 
 def _release(module: nn.Module | None) -> None:

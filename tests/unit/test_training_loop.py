@@ -243,11 +243,15 @@ def test_abstaining_curves(abstaining_runs):
     steps = np.array(alpha[1:]) / np.array(alpha[:-1])
     assert np.all((steps >= 0.95 - 1e-12) & (steps <= 1 / 0.95 + 1e-12))
     assert clean.extra["variant"] == "abstaining" and clean.extra["n_outputs"] == 3
-    # accuracy counts abstentions as wrong: accuracy = (1 - abstention) * abstention_accuracy
+    # accuracy counts abstentions as wrong: accuracy = (1 - abstention) * abstention_accuracy;
+    # the latter is undefined (NaN) exactly where nothing was kept (accuracy 0 there)
     for prefix in ("", "val_"):
         acc = np.array(clean.curves[f"{prefix}accuracy"])
+        kept = np.array(clean.curves[f"{prefix}kept"])
+        kept_acc = np.array(clean.curves[f"{prefix}abstention_accuracy"])
+        np.testing.assert_array_equal(np.isnan(kept_acc), kept == 0)
         reconstructed = ((1 - np.array(clean.curves[f"{prefix}abstention"]))
-                         * np.array(clean.curves[f"{prefix}abstention_accuracy"]))
+                         * np.nan_to_num(kept_acc))
         np.testing.assert_allclose(acc, reconstructed, atol=1e-12)
 
 
