@@ -44,7 +44,12 @@ class Dataset:
 
     ``x_*`` are float32 ``[n_samples, n_features]``. For classification ``y_*`` are int64 class
     indices ``[n_samples]`` in ``range(n_classes)``; for regression float32 ``[n_samples,
-    n_targets]``. NT3 has no separate test split: CANDLE validates on its test file, so we do too.
+    n_targets]``. A source returns its own splits; NT3 sources have none beyond their training
+    and test files and hand the test file over as ``x_val`` (``x_test`` None). The trial's
+    ``data.validation`` rule (:mod:`genodl_core.data.validation`) then chooses the validation
+    split before scaling: by default it carves one from the training rows and the former
+    ``x_val`` becomes ``x_test``, an untouched test split; with ``"test"`` the test file stays
+    the validation split, as in CANDLE. ``info["validation"]`` records what was done.
     """
 
     x_train: np.ndarray
