@@ -48,6 +48,16 @@ class TrialTimeout(GenodlError):
     """A trial ran past its ``train.timeout_s`` budget (recorded as failed)."""
 
 
+class TrialInterrupted(GenodlError):
+    """Training stopped at an epoch end because the run was asked to stop (SIGINT, SIGTERM).
+
+    Not a failure of the trial: its record says interrupted, and a later run continues it from
+    the checkpoint written at that epoch.
+    """
+
+    deterministic = False
+
+
 class InfrastructureError(GenodlError):
     """A failure of the machinery around a trial (lost worker, node, walltime); retried."""
 

@@ -38,11 +38,16 @@ from parsl import python_app
 
 from genodl_core import records
 from genodl_core.errors import GenodlError, InfrastructureError
+from genodl_core.stop import INTERRUPTED, stop_requested, watch_stop_file
 
 from site_configs import usable_cores
 from workflows.rundir import ATTEMPTS_LOG, LOGS_DIR, TRIALS_DIR, append_event, trial_attempt_lock
 
 log = logging.getLogger(__name__)
+
+#: Written into the run directory by a driver asked to stop (SIGINT, SIGTERM): units that have
+#: not started yet start no trial, and training trials stop at their next epoch end.
+STOP_FILE = ".stop"
 
 
 class RetryableTrialFailure(InfrastructureError):
@@ -153,6 +158,7 @@ def _run_unit(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str], run_
              "worker_rank": os.environ.get("PARSL_WORKER_RANK")}
     results: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as locks:
+        locks.enter_context(watch_stop_file(run_dir / STOP_FILE))
         # One global order of acquisition: two packs sharing members can never deadlock.
         for trial_id in sorted(set(trial_ids)):
             locks.enter_context(trial_attempt_lock(trials_dir, trial_id))
@@ -171,6 +177,8 @@ def _run_unit(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str], run_
                                             error=status.get("error"), deterministic=True)
             else:
                 todo.append((spec, trial_id))
+        if todo and stop_requested():
+            todo = _cancel_for_stop(todo, events, where, results)
         if todo:
             used = _set_threads(threads)
             for _, trial_id in todo:
@@ -192,6 +200,20 @@ def _run_unit(specs: Sequence[Mapping[str, Any]], trial_ids: Sequence[str], run_
                                             deterministic=outcome.deterministic,
                                             wall_s=outcome.wall_s)
     return [results[trial_id] for trial_id in trial_ids]
+
+
+def _cancel_for_stop(todo: list[tuple[Mapping[str, Any], str]], events: Path,
+                     where: Mapping[str, Any],
+                     results: dict[str, dict[str, Any]]) -> list[tuple[Mapping[str, Any], str]]:
+    """The run was asked to stop before these trials started: start none of them.
+
+    Their records are left as they were (missing, interrupted, failed), so the next run
+    picks them up exactly as this one would have.
+    """
+    for _, trial_id in todo:
+        append_event(events, {"event": "cancel", "trial_id": trial_id, **where})
+        results[trial_id] = _result(trial_id, INTERRUPTED, where, skipped=True)
+    return []
 
 
 def _run_trials(specs: list[Mapping[str, Any]], trials_dir: Path,
@@ -263,5 +285,5 @@ def pack_app(specs: list[dict[str, Any]], trial_ids: list[str], run_dir: str,
                         checkpoint_interval_s=checkpoint_interval_s)
 
 
-__all__ = ["RetryableTrialFailure", "execute_trial", "execute_pack", "trial_app", "pack_app",
+__all__ = ["STOP_FILE", "RetryableTrialFailure", "execute_trial", "execute_pack", "trial_app", "pack_app",
            "worker_threads"]

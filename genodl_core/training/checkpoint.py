@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from genodl_core.records import atomic_write_bytes
+from genodl_core.stop import stop_requested
 
 CHECKPOINT_FILE = "checkpoint.pt"
 #: Bumped when what a checkpoint holds changes; older checkpoints are then ignored.
@@ -41,7 +42,10 @@ class Checkpoint:
         self._last = time.monotonic()
 
     def due(self) -> bool:
-        """Whether the interval has passed since the last save (or the start)."""
+        """Whether the interval has passed since the last save (or the start), or the run was
+        asked to stop (the trial then saves what it has before it stops)."""
+        if stop_requested():
+            return True
         return self.interval_s is not None and time.monotonic() - self._last >= self.interval_s
 
     def save(self, state: dict[str, Any]) -> None:

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import torch
 
-from genodl_core.errors import TrialTimeout
+from genodl_core.errors import TrialInterrupted, TrialTimeout
+from genodl_core.stop import stop_requested
 from genodl_core.training.checkpoint import Checkpoint
 from genodl_core.training.family import FitOutcome, Member, Stack
 
@@ -37,6 +38,9 @@ def train(stack: Stack, members: Sequence[Member], *, device: str,
     ------
     TrialTimeout
         The earliest time budget of the members ran out (checked before every step).
+    TrialInterrupted
+        A stop was requested (``genodl_core.stop``); checked at every epoch end, after the
+        checkpoint that the request makes due.
     """
     epochs = members[0].spec.train.epochs
     deadline = min((m.deadline for m in members if m.deadline is not None), default=None)
@@ -115,6 +119,9 @@ def train(stack: Stack, members: Sequence[Member], *, device: str,
                     "schedules": [s.state_dict() for s in stack.schedules],
                     "shuffles": [g.get_state() for g in stack.shuffles],
                     "stack": stack.state_dict()})
+            if epoch + 1 < epochs and stop_requested():
+                raise TrialInterrupted(f"stopped after epoch {epoch + 1} of {epochs} because "
+                                       f"the run was asked to stop; it resumes from there")
         for r, snapshot in enumerate(snapshots):
             # Without a finite selection metric there is no best epoch: the last state stays.
             if snapshot is not None:

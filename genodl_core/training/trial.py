@@ -27,10 +27,11 @@ import numpy as np
 from genodl_core import records
 from genodl_core.data.fingerprint import FINGERPRINTS_KEY
 from genodl_core.data.types import TrainArrays
-from genodl_core.errors import GenodlError
+from genodl_core.errors import GenodlError, TrialInterrupted
 from genodl_core.failures import is_deterministic
 from genodl_core.registry import MODELS, NOISES
 from genodl_core.spec import TrialSpec, derive_seed, load_spec, spec_from_dict
+from genodl_core.stop import INTERRUPTED
 
 #: Seconds between progress-file updates during training.
 PROGRESS_INTERVAL_S = 5.0
@@ -370,6 +371,9 @@ class _Trial:
                                   wall_s=wall)
 
     def fail(self, err: BaseException) -> None:
+        if isinstance(err, TrialInterrupted):
+            self.interrupt(err)
+            return
         wall = time.monotonic() - self.t0
         deterministic = is_deterministic(err)
         text = f"{err}".strip()
@@ -383,6 +387,17 @@ class _Trial:
         self.result = TrialResult(self.spec.trial_id, records.FAILED, self.dir,
                                   error_type=type(err).__name__, error=message,
                                   deterministic=deterministic, wall_s=wall)
+
+    def interrupt(self, err: TrialInterrupted) -> None:
+        """Record a stop on request: not a failure, so the record keeps saying 'running' (with
+        ``interrupted``), which reads as interrupted once this attempt lets go of the trial."""
+        wall = time.monotonic() - self.t0
+        self._status(records.RUNNING, pid=os.getpid(), interrupted=True, wall_s=wall,
+                     error_type=type(err).__name__, error=str(err))
+        self.log.warning("trial %s interrupted after %.1f s: %s", self.spec.trial_id, wall, err)
+        self.result = TrialResult(self.spec.trial_id, INTERRUPTED, self.dir,
+                                  error_type=type(err).__name__, error=str(err),
+                                  deterministic=False, wall_s=wall)
 
     def close(self) -> None:
         self.log.removeHandler(self._handler)

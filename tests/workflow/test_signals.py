@@ -1,0 +1,202 @@
+"""Stopping a run: SIGINT and SIGTERM end it cleanly and resumably; a killed driver leaves
+no worker processes behind.
+
+Trials here are the tiny NT3 trials of the other workflow tests, slowed down with many epochs
+so that a signal always finds some of them running and some still queued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from genodl_core import records
+from tests.workflow.conftest import (TINY_TRIAL, events, run_cli, start_cli, tiny_sweep,
+                                     wait_for, write_spec)
+from workflows.driver import sweep_status
+from workflows.sweep import load_sweep
+
+
+def _slow_trial(epochs: int) -> dict:
+    trial = json.loads(json.dumps(TINY_TRIAL))
+    trial["train"]["epochs"] = epochs
+    trial["train"]["timeout_s"] = 600
+    return trial
+
+
+def _trial_log(out: Path, trial_id: str) -> str:
+    path = out / "trials" / trial_id / records.LOG_FILE
+    return path.read_text() if path.exists() else ""
+
+
+def _complete(out: Path, trial_ids: list[str]) -> list[str]:
+    return [tid for tid in trial_ids if records.is_complete(out / "trials" / tid, tid)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_first_signal_stops_the_run_and_a_second_run_finishes_it(tmp_path, signum, code):
+    """After the first trial completes, one signal: no more trials start, the running one
+    checkpoints and stops at its next epoch end, the run exits 130/143 within the grace period,
+    nothing is 'failed', and `genodl run` again completes the sweep from the checkpoint."""
+    # One trial at a time: a short one, a long one the signal finds training, two short ones
+    # that never start.
+    spec = write_spec(tmp_path / "stop.json", tiny_sweep(
+        {"noise[0].fraction": [0.0, 0.1, 0.2, 0.3], "train.epochs": [3, 100, 3, 3]},
+        zip=[["noise[0].fraction", "train.epochs"]], trial=_slow_trial(3), trials_per_level=1,
+        run={"options": {"max_threads": 1}, "checkpoint_interval_s": 3600}))
+    sweep = load_sweep(spec)
+    out = tmp_path / "run"
+    log_path = tmp_path / "first.log"
+    driver = start_cli("run", str(spec), "--out", str(out), "--grace-period", "20",
+                       "--threads-per-trial", "1", log_path=log_path)
+    long_trial = sweep.trial_ids[1]
+    try:
+        wait_for(lambda: _complete(out, sweep.trial_ids), timeout=60,
+                 what="the first trial to complete")
+        wait_for(lambda: "epoch 1/100" in _trial_log(out, long_trial), timeout=30,
+                 what="the long trial to train")
+        done_before = {tid: records.read_status(out / "trials" / tid)
+                       for tid in _complete(out, sweep.trial_ids)}
+        t_signal = time.monotonic()
+        driver.send_signal(signum)
+        rc = driver.wait(timeout=40)
+        elapsed = time.monotonic() - t_signal
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    output = log_path.read_text()
+    assert rc == code, output
+    assert elapsed < 20 + 5, f"took {elapsed:.1f} s to stop\n{output}"
+    assert "Traceback" not in output and "terminate called" not in output, output
+    assert "Task " not in output, "Parsl's state lines stay off the console:\n" + output
+    assert "stopping" in output and "interrupted" in output, output
+    # Done records stay done and untouched; nothing reads as failed; most never started.
+    states = sweep_status(out).counts()
+    assert states["failed"] == 0 and states["running"] == 0, states
+    assert states["done"] == len(done_before) < len(sweep.trials)
+    for tid, status in done_before.items():
+        assert records.read_status(out / "trials" / tid) == status
+    started = {e["trial_id"] for e in events(out) if e["event"] == "start"}
+    assert started == {sweep.trial_ids[0], long_trial}, "no trial starts after the stop"
+    stopped = records.read_status(out / "trials" / long_trial)
+    assert stopped.get("interrupted") and stopped.get("error_type") == "TrialInterrupted"
+    # It checkpointed at the epoch end after the stop (the interval alone never would).
+    assert (out / "trials" / long_trial / "checkpoint.pt").is_file()
+    assert (out / "summary.h5").is_file(), "what was done is gathered"
+
+    # A second run finishes the sweep; the interrupted trial resumes from its checkpoint.
+    second = run_cli("run", str(spec), "--out", str(out), timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert sweep_status(out).counts()["done"] == len(sweep.trials)
+    resumed = json.loads((out / "trials" / long_trial / "result.json").read_text())
+    assert resumed["resumed_from_epoch"], "the stopped trial continued from its checkpoint"
+    for tid, status in done_before.items():
+        assert records.read_status(out / "trials" / tid) == status
+
+
+@pytest.mark.timeout(90)
+def test_second_signal_exits_at_once(tmp_path):
+    """A trial whose epochs are longer than the patience of the user: the second SIGINT
+    ends the driver at once, and the records still read as interrupted, not failed."""
+    trial = _slow_trial(4)
+    trial["data"]["n_train"] = 20000  # long epochs: the first signal cannot stop it quickly
+    spec = write_spec(tmp_path / "twice.json", tiny_sweep(
+        {"noise[0].fraction": [0.0, 0.1]}, trial=trial, trials_per_level=1,
+        run={"options": {"max_threads": 1}}))
+    out = tmp_path / "run"
+    log_path = tmp_path / "driver.log"
+    driver = start_cli("run", str(spec), "--out", str(out), "--grace-period", "60",
+                       log_path=log_path)
+    try:
+        first = wait_for(lambda: next((e for e in events(out) if e["event"] == "start"), None),
+                         timeout=60, what="a trial to start")
+        wait_for(lambda: (records.read_status(out / "trials" / first["trial_id"]) or {})
+                 .get("state") == "running", timeout=30, what="the running record")
+        driver.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert driver.poll() is None, "the first signal waits for the running trial"
+        t_second = time.monotonic()
+        driver.send_signal(signal.SIGINT)
+        rc = driver.wait(timeout=10)
+        elapsed = time.monotonic() - t_second
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    output = log_path.read_text()
+    assert rc == 130 and elapsed < 5, output
+    assert "Traceback" not in output and "terminate called" not in output, output
+    states = sweep_status(out).counts()
+    assert states["failed"] == 0 and states["running"] == 0 and states["corrupt"] == 0, states
+
+
+def _run_processes(out: Path, driver_pid: int) -> list[psutil.Process]:
+    """The driver's descendants, and the worker pools (and their workers) logging into
+    ``out`` (the pool is started in a process group of its own and outlives its shell)."""
+    found: dict[int, psutil.Process] = {}
+    try:
+        for p in psutil.Process(driver_pid).children(recursive=True):
+            found[p.pid] = p
+    except psutil.NoSuchProcess:
+        pass
+    for p in psutil.process_iter(["cmdline"]):
+        if str(out) in " ".join(p.info["cmdline"] or []):
+            found[p.pid] = p
+            try:
+                for child in p.children(recursive=True):
+                    found[child.pid] = child
+            except psutil.NoSuchProcess:
+                pass
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.timeout(150)
+def test_no_process_outlives_a_killed_htex_driver_by_60_s(tmp_path):
+    """SIGKILL the driver of a local_htex run while a long trial runs: the interchange, the
+    worker pool and its workers are gone within 60 s (they would otherwise finish the queue)."""
+    spec = write_spec(tmp_path / "orphans.json", tiny_sweep(
+        {"noise[0].fraction": [0.0, 0.1, 0.2]}, trial=_slow_trial(2000), trials_per_level=1,
+        run={"site": "local_htex", "options": {"gpus": "none", "cpu_workers": 1}}))
+    out = tmp_path / "run"
+    driver = start_cli("run", str(spec), "--out", str(out), log_path=tmp_path / "driver.log")
+    procs: list[psutil.Process] = []
+    try:
+        first = wait_for(lambda: next((e for e in events(out) if e["event"] == "start"), None),
+                         timeout=60, what="a trial to start on an HTEX worker")
+        procs = _run_processes(out, driver.pid)
+        assert any(p.pid == first["pid"] for p in procs), "the worker is found"
+        assert len(procs) >= 3, [p.cmdline() for p in procs]  # interchange, pool, worker
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=10)
+        killed_at = time.monotonic()
+        deadline = killed_at + 60
+        while _alive(procs) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        left = _alive(procs)
+        lasted = time.monotonic() - killed_at
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for p in _alive(procs):  # never leave them to the next test
+            p.kill()
+    assert not left, (f"{len(left)} processes of the run still alive {lasted:.0f} s after "
+                      f"the driver's SIGKILL: {[' '.join(p.cmdline())[:120] for p in left]}")
