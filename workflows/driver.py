@@ -10,15 +10,18 @@ never submitted, trials a killed driver left half-done are run again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from genodl_core import records
+from genodl_core import records, stop
 from genodl_core.errors import SpecError
 
 from workflows.progress import Progress
@@ -50,6 +53,8 @@ class RunSettings:
     rerun_changed_data: bool = False
     #: Seconds between checkpoints (0: none; None: the workers' default).
     checkpoint_interval_s: float | None = None
+    #: Seconds running trials get to finish or checkpoint after SIGINT/SIGTERM.
+    grace_period_s: float | None = None
 
     def resolve(self, sweep: Sweep) -> "RunSettings":
         """Fill unset fields from the sweep; options given here override the sweep's."""
@@ -71,6 +76,8 @@ class RunSettings:
             checkpoint_interval_s=(sweep.run.checkpoint_interval_s
                                    if self.checkpoint_interval_s is None
                                    else self.checkpoint_interval_s),
+            grace_period_s=(sweep.run.grace_period_s if self.grace_period_s is None
+                            else self.grace_period_s),
         )
 
     def worker_options(self, threads: int | None) -> dict[str, Any]:
@@ -89,6 +96,10 @@ class RunReport:
     states: dict[str, TrialState]
     summary: Path | None = None
     wall_s: float = 0.0
+    #: The signal that stopped the run (None: it ran to the end).
+    stopped_by: int | None = None
+    #: Trials still training when the grace period ended (left interrupted).
+    abandoned: int = 0
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.states.values() if s.state == state)
@@ -97,6 +108,14 @@ class RunReport:
     def ok(self) -> bool:
         """True when every trial of the sweep is done."""
         return all(s.complete for s in self.states.values())
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every trial is done, 1 when some are not, 128 + N when signal N stopped it
+        (130 for SIGINT, 143 for SIGTERM, as shells report such an end)."""
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by
+        return 0 if self.ok else 1
 
 
 def run_sweep(sweep: Sweep, out: str | Path, settings: RunSettings | None = None, *,
@@ -138,23 +157,31 @@ def run_sweep(sweep: Sweep, out: str | Path, settings: RunSettings | None = None
     run = RunDir.create(out)
     with run.driver_lock():
         run.adopt(sweep, update=settings.update_sweep)
-        with workflow_logging(run):
-            return _drive(run, sweep, settings, only, t0)
+        halt = StopRequest(settings.grace_period_s, run.path / _stop_file_name())
+        with workflow_logging(run), halt.installed():
+            report = _drive(run, sweep, settings, only, t0, halt)
+        if halt.requested:
+            keep_parsl_off_the_console()
+        return report
 
 
 def _drive(run: RunDir, sweep: Sweep, settings: RunSettings, only: Iterable[str] | None,
-           t0: float) -> RunReport:
+           t0: float, halt: "StopRequest") -> RunReport:
     """The part of :func:`run_sweep` that runs under the driver lock."""
     todo, already_done = select_todo(run, sweep, only,
                                      rerun_changed_data=settings.rerun_changed_data)
     log.info("sweep %s: %d trials, %d complete, %d to run; run directory %s",
              sweep.name, len(sweep.trials), already_done, len(todo), run.path)
-    if todo:
-        _run_with_parsl(run, todo, settings, already_done=already_done)
+    abandoned: list[str] = []
+    if todo and not halt.requested:
+        abandoned = _run_with_parsl(run, todo, settings, already_done=already_done, halt=halt)
     summary = gather_summary(run) if settings.gather else None
     states = run.scan(sweep.trial_ids)
+    if halt.requested:
+        states = interrupted_states(states)
     report = RunReport(run.path, len(sweep.trials), len(todo), already_done, states,
-                       summary, time.monotonic() - t0)
+                       summary, time.monotonic() - t0, stopped_by=halt.signum,
+                       abandoned=len(abandoned))
     log_report(report)
     return report
 
@@ -208,7 +235,12 @@ def make_units(todo: list[SweepTrial], pack_size: int) -> list[list[SweepTrial]]
 
 
 def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, *,
-                    already_done: int) -> None:
+                    already_done: int, halt: "StopRequest") -> list[str]:
+    """Submit the units of ``todo`` and follow them until they settle, or a stop ends the wait.
+
+    Returns the ids of trials still training when the grace period of a stop ran out (they
+    are left to die with this process, their records reading as interrupted).
+    """
     import parsl
 
     from site_configs import get_site, load_site
@@ -232,9 +264,13 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
     wanted = {t.trial_id for t in todo}
     worker = settings.worker_options(threads)
     offset = _file_size(run.attempts_file)  # only this run's attempts count for progress
-    with parsl.load(config):
+    dfk = parsl.load(config)
+    pending: set[Future] = set()
+    try:
         futures: dict[Future, list[str]] = {}
         for unit in units:
+            if halt.requested:
+                break  # a stop submits nothing more
             ids = [t.trial_id for t in unit]
             if len(unit) == 1:
                 future = trial_app(unit[0].spec, ids[0], str(run.path), **worker)
@@ -245,7 +281,11 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
         pending = set(futures)
         progress.tick(force=True)
         while pending:
+            if halt.requested and halt.expired(progress, pending, futures):
+                break
             finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            if halt.requested:
+                halt.announce(progress, pending | finished, futures)
             events, offset = run.read_events(offset)
             for event in events:
                 tid = event.get("trial_id")
@@ -262,6 +302,9 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
                 for tid, state, wall in settle_unit(run, futures[future], future):
                     progress.finished(tid, state, wall)
             progress.tick()
+    finally:
+        shutdown_parsl(dfk, wait=not (halt.requested and pending))
+    return [tid for future in pending for tid in futures[future]]
 
 
 def settle_unit(run: RunDir, trial_ids: list[str],
@@ -477,6 +520,7 @@ def log_report(report: RunReport) -> None:
              report.wall_s, ", ".join(f"{n} {s}" for s, n in counts.items() if n),
              report.submitted, report.already_done,
              f"; summary {report.summary}" if report.summary else "")
+    log_stop(report)
     failed = [s for s in report.states.values() if s.state == "failed"]
     for s in failed[:20]:
         log.info("  failed %s: %s: %s", s.trial_id, s.error_type, s.error)
@@ -559,6 +603,166 @@ def quiet_trial_logs() -> Iterator[None]:
             lg.propagate = propagate
 
 
+# Stopping a run on SIGINT / SIGTERM ------------------------------------------------------------
+
+#: Signals that stop a run: the first one in an orderly way, the second one at once.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Seconds running trials get to finish or checkpoint after the first signal, by default.
+DEFAULT_GRACE_PERIOD_S = 30.0
+#: Seconds a stopped run waits for Parsl to shut down before it leaves it behind.
+SHUTDOWN_WAIT_S = 10.0
+
+
+class StopRequest:
+    """The first SIGINT or SIGTERM stops the run in order; the second ends the process at once.
+
+    In order means: nothing more is submitted, units that have not started start no trial
+    (the stop file, see ``workflows.apps.STOP_FILE``), training trials checkpoint and stop at
+    their next epoch end (``genodl_core.stop``), and the driver waits for them at most
+    ``grace_s`` seconds before it gathers what is done and exits. The second signal exits
+    without waiting: every record is written atomically, so none is left half-written, and
+    what was still running reads as interrupted.
+    """
+
+    def __init__(self, grace_s: float | None, stop_file: Path):
+        self.grace_s = DEFAULT_GRACE_PERIOD_S if grace_s is None else float(grace_s)
+        self.stop_file = stop_file
+        self.signum: int | None = None
+        self.at: float | None = None
+        self._announced = False
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        """Handle the stop signals while inside (only the main thread can; elsewhere, e.g. a
+        library caller's thread, the process's own handlers stay)."""
+        stop.clear_stop()
+        self.stop_file.unlink(missing_ok=True)  # left by a driver killed while stopping
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {signum: signal.signal(signum, self.handle) for signum in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.stop_file.unlink(missing_ok=True)
+
+    def handle(self, signum: int, frame: Any = None) -> None:
+        """The signal handler: request the stop, or on a second signal exit at once."""
+        if self.signum is not None:
+            exit_at_once(signum)
+        self.signum = signum
+        self.at = time.monotonic()
+        stop.request_stop()  # trials in this process (threads)
+        try:  # trials in worker processes
+            self.stop_file.touch()
+        except OSError as err:
+            log.warning("cannot write the stop file %s (%s): worker processes finish their "
+                        "trials", self.stop_file, err)
+
+    def announce(self, progress: Progress, unsettled: set[Future],
+                 futures: Mapping[Future, list[str]]) -> None:
+        """Log the stop, once."""
+        if self._announced:
+            return
+        self._announced = True
+        trials = sum(len(futures[f]) for f in unsettled)
+        log.warning("%s received: stopping; no more trials start, the %d not settled get up "
+                    "to %.0f s to finish or checkpoint (a second signal exits at once)",
+                    signal_name(self.signum), trials, self.grace_s)
+        progress.tick(force=True)
+
+    def expired(self, progress: Progress, pending: set[Future],
+                futures: Mapping[Future, list[str]]) -> bool:
+        """Log the stop once; say whether the grace period is over."""
+        assert self.at is not None
+        self.announce(progress, pending, futures)
+        if time.monotonic() - self.at < self.grace_s:
+            return False
+        trials = sorted(tid for f in pending for tid in futures[f])
+        log.warning("grace period of %.0f s over: %d trials still training are left "
+                    "interrupted (%s%s)", self.grace_s, len(trials), ", ".join(trials[:5]),
+                    ", ..." if len(trials) > 5 else "")
+        return True
+
+
+def log_stop(report: RunReport) -> None:
+    """After a stop: what is left, and how to go on."""
+    if report.stopped_by is None:
+        return
+    left = report.count("interrupted") + report.count("missing")
+    log.warning("stopped by %s: %d trials done, %d interrupted or not started; `genodl run` "
+                "with the same sweep and --out resumes them%s", signal_name(report.stopped_by),
+                report.count("done"), left,
+                " (trials stopped at an epoch end continue from their checkpoint)"
+                if report.count("interrupted") else "")
+
+
+def signal_name(signum: int | None) -> str:
+    try:
+        return signal.Signals(signum).name  # type: ignore[arg-type]
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_at_once(signum: int) -> None:
+    """End the process now with status 128 + ``signum``, skipping every cleanup.
+
+    Only async-signal-safe work: one write to stderr, then ``os._exit``. Locks held by this
+    process (driver, trial attempts) vanish with it.
+    """
+    os.write(2, f"genodl: second {signal_name(signum)}: exiting at once; unfinished trials "
+                f"read as interrupted and resume with `genodl run`\n".encode())
+    os._exit(128 + signum)
+
+
+def _stop_file_name() -> str:
+    from workflows.apps import STOP_FILE
+
+    return STOP_FILE
+
+
+def interrupted_states(states: dict[str, TrialState]) -> dict[str, TrialState]:
+    """States after a stop: a trial still 'running' is one this driver gave up on.
+
+    The trial's attempt lock is held by this process (a thread) or by a worker being shut
+    down; either is gone once the driver exits, and the record then reads as interrupted.
+    No other driver can run trials of this directory meanwhile (the driver lock).
+    """
+    return {tid: dataclasses.replace(s, state="interrupted") if s.state == "running" else s
+            for tid, s in states.items()}
+
+
+def shutdown_parsl(dfk: Any, *, wait: bool) -> None:
+    """Shut Parsl down; after a stop, give up waiting after :data:`SHUTDOWN_WAIT_S`.
+
+    Parsl's thread executor waits for running tasks on shutdown, and a trial thread cannot be
+    killed: after a stop, the shutdown runs in a daemon thread, and the process exits without
+    it (``genodl run`` ends with ``os._exit``). HighThroughputExecutor's shutdown stops the
+    interchange and the worker pool quickly.
+    """
+    if wait:
+        dfk.cleanup()
+        return
+    closer = threading.Thread(target=dfk.cleanup, name="parsl-shutdown", daemon=True)
+    closer.start()
+    closer.join(SHUTDOWN_WAIT_S)
+    if closer.is_alive():
+        log.info("Parsl still shutting down after %.0f s; leaving it to the process exit",
+                 SHUTDOWN_WAIT_S)
+
+
+def keep_parsl_off_the_console() -> None:
+    """After a stop, Parsl's per-task lines stay in ``runinfo/`` for the rest of the process
+    (tasks settling during the shutdown would otherwise flood stderr)."""
+    logging.getLogger("parsl").propagate = False
+
+
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -569,4 +773,5 @@ def _file_size(path: Path) -> int:
 __all__ = ["RunSettings", "RunReport", "StatusReport", "run_sweep", "rerun", "select_todo",
            "settle_unit", "make_units", "trial_slots", "plan_rerun", "sweep_status", "format_status",
            "gather_summary", "default_threads_per_trial", "workflow_logging", "quiet_trial_logs",
-           "MPI_SITE", "RERUN_STATES"]
+           "MPI_SITE", "RERUN_STATES", "StopRequest", "shutdown_parsl", "interrupted_states",
+           "DEFAULT_GRACE_PERIOD_S"]

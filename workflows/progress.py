@@ -11,6 +11,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from genodl_core.stop import INTERRUPTED
+
 log = logging.getLogger(__name__)
 
 
@@ -22,10 +24,12 @@ class Counts:
     failed: int
     running: int
     pending: int
+    #: Stopped by a stop request (SIGINT, SIGTERM) before they finished; resumable.
+    interrupted: int = 0
 
     @property
     def total(self) -> int:
-        return self.done + self.failed + self.running + self.pending
+        return self.done + self.failed + self.running + self.pending + self.interrupted
 
 
 class Progress:
@@ -57,6 +61,7 @@ class Progress:
         self.started_at = clock()
         self.done = already_done
         self.failed = 0
+        self.interrupted = 0
         self.running: set[str] = set()
         self.retried = 0
         self.walls: list[float] = []
@@ -65,18 +70,23 @@ class Progress:
         self._last_state: tuple[Counts, int] | None = None
 
     def counts(self) -> Counts:
-        settled = self.done + self.failed + len(self.running)
-        return Counts(self.done, self.failed, len(self.running), max(self.total - settled, 0))
+        settled = self.done + self.failed + self.interrupted + len(self.running)
+        return Counts(self.done, self.failed, len(self.running), max(self.total - settled, 0),
+                      self.interrupted)
 
     def started(self, trial_id: str) -> None:
         self.running.add(trial_id)
         self.max_parallel = max(self.max_parallel, len(self.running))
 
     def finished(self, trial_id: str, state: str, wall_s: float | None = None) -> None:
-        """Count a trial as done or failed (``wall_s`` feeds the ETA; None for skipped ones)."""
+        """Count a trial as done, failed or interrupted (``wall_s`` feeds the ETA; None for
+        skipped ones)."""
         self.running.discard(trial_id)
         if state == "done":
             self.done += 1
+        elif state == INTERRUPTED:
+            self.interrupted += 1
+            return  # a stopped trial's time says nothing about a full one
         else:
             self.failed += 1
         if wall_s is not None:
@@ -104,7 +114,9 @@ class Progress:
         c = self.counts()
         elapsed = self.clock() - self.started_at
         eta = self.eta_s()
-        parts = [f"[{c.done + c.failed}/{c.total}]", f"done {c.done}", f"failed {c.failed}",
+        parts = [f"[{c.done + c.failed + c.interrupted}/{c.total}]", f"done {c.done}",
+                 f"failed {c.failed}",
+                 *([f"interrupted {c.interrupted}"] if c.interrupted else []),
                  f"running {c.running}", f"pending {c.pending}",
                  *([f"retried {self.retried}"] if self.retried else []),
                  f"elapsed {format_duration(elapsed)}",

@@ -61,7 +61,7 @@ FORMAT = 1
 
 _SWEEP_KEYS = {"name", "description", "axes", "zip", "trials_per_level", "max_trials"}
 _RUN_KEYS = {"site", "retries", "options", "threads_per_trial", "progress_interval_s",
-             "pack_size", "checkpoint_interval_s"}
+             "pack_size", "checkpoint_interval_s", "grace_period_s"}
 _TOP_KEYS = {"sweep", "run", "trial"}
 _PATH_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 #: Significant digits kept for float ranges, so that 0.1 + 0.2 is written 0.3 (and hashes so).
@@ -112,6 +112,8 @@ class RunDefaults:
     #: Seconds of training between checkpoints of a trial or pack; 0 = none; None = the
     #: worker's default (GENODL_CHECKPOINT_INTERVAL_S, else 300 s).
     checkpoint_interval_s: float | None = None
+    #: Seconds running trials get to finish or checkpoint after SIGINT/SIGTERM.
+    grace_period_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,8 @@ class Sweep:
                     "threads_per_trial": self.run.threads_per_trial,
                     "progress_interval_s": self.run.progress_interval_s,
                     "pack_size": self.run.pack_size,
-                    "checkpoint_interval_s": self.run.checkpoint_interval_s},
+                    "checkpoint_interval_s": self.run.checkpoint_interval_s,
+                    "grace_period_s": self.run.grace_period_s},
             "base": self.base,
             "trials": [{"index": t.index, "trial_id": t.trial_id, "point": t.point,
                         "spec": t.spec} for t in self.trials],
@@ -606,9 +609,13 @@ def _parse_run(raw: Any) -> RunDefaults:
                                    or not (checkpoint >= 0 and math.isfinite(checkpoint))):
         raise SpecError("run.checkpoint_interval_s", checkpoint,
                         "finite seconds >= 0 (0: no checkpoints)", reason="out of range")
+    grace = raw.get("grace_period_s", defaults.grace_period_s)
+    if (isinstance(grace, bool) or not isinstance(grace, (int, float))
+            or not (grace >= 0 and math.isfinite(grace))):
+        raise SpecError("run.grace_period_s", grace, "finite seconds >= 0", reason="out of range")
     return RunDefaults(site=site, retries=retries, options=dict(options),
                        threads_per_trial=threads, progress_interval_s=float(interval),
-                       pack_size=pack,
+                       pack_size=pack, grace_period_s=float(grace),
                        checkpoint_interval_s=None if checkpoint is None else float(checkpoint))
 
 

@@ -200,3 +200,36 @@ def test_no_process_outlives_a_killed_htex_driver_by_60_s(tmp_path):
             p.kill()
     assert not left, (f"{len(left)} processes of the run still alive {lasted:.0f} s after "
                       f"the driver's SIGKILL: {[' '.join(p.cmdline())[:120] for p in left]}")
+
+
+def test_grace_period_comes_from_the_sweep_or_the_command_line(tmp_path):
+    from genodl_core.errors import SpecError
+    from workflows.cli import build_parser
+    from workflows.commands.run import settings_from_args
+    from workflows.driver import RunSettings
+
+    sweep = load_sweep(write_spec(tmp_path / "g.json", tiny_sweep(run={"grace_period_s": 5})))
+    assert RunSettings().resolve(sweep).grace_period_s == 5
+    assert RunSettings(grace_period_s=0).resolve(sweep).grace_period_s == 0
+    default = load_sweep(write_spec(tmp_path / "d.json", tiny_sweep()))
+    assert RunSettings().resolve(default).grace_period_s == 30
+    for bad in (-1, "soon", float("inf")):
+        with pytest.raises(SpecError) as info:
+            load_sweep(write_spec(tmp_path / "b.json", tiny_sweep(run={"grace_period_s": bad})))
+        assert info.value.field == "run.grace_period_s"
+    for bad in ("-1", "nan", "inf"):
+        args = build_parser().parse_args(["run", "s.toml", "--grace-period", bad])
+        with pytest.raises(SpecError) as info:
+            settings_from_args(args)
+        assert info.value.field == "--grace-period"
+
+
+def test_local_htex_interchange_dies_with_the_driver_and_the_pool_with_the_interchange(tmp_path):
+    from site_configs import load_site
+    from site_configs.local_htex import LOCAL_HEARTBEAT_THRESHOLD_S
+
+    executor = load_site("local_htex", tmp_path, options={"gpus": "none"}).executors[0]
+    command = list(executor.interchange_launch_cmd)
+    assert "PR_SET_PDEATHSIG" in command[2] and command[3] == str(os.getpid())
+    assert command[-1].endswith("interchange.py")
+    assert executor.heartbeat_threshold == LOCAL_HEARTBEAT_THRESHOLD_S < 60

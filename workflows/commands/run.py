@@ -56,6 +56,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "batched computation per worker (default: the sweep's [run] pack_size, "
                         "else 1 = off)")
     p.add_argument("--no-gather", action="store_true", help="skip writing summary.h5")
+    p.add_argument("--grace-period", type=float, default=None, metavar="S",
+                   help="after SIGINT/SIGTERM, seconds running trials get to finish or "
+                        "checkpoint before the run exits 130/143, resumable (default: the "
+                        "sweep's [run] grace_period_s, else 30)")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -78,11 +82,51 @@ def settings_from_args(args: argparse.Namespace):
                        progress_interval_s=args.progress_interval, pack_size=args.pack_size,
                        gather=not args.no_gather,
                        update_sweep=getattr(args, "update_sweep", False),
-                       rerun_changed_data=getattr(args, "rerun_changed_data", False))
+                       rerun_changed_data=getattr(args, "rerun_changed_data", False),
+                       grace_period_s=grace_period_from_args(args))
+
+
+def grace_period_from_args(args: argparse.Namespace) -> float | None:
+    """``--grace-period`` checked: finite seconds >= 0, or None for the sweep's default.
+
+    Raises
+    ------
+    SpecError
+        Naming the value and the allowed range.
+    """
+    import math
+
+    from genodl_core.errors import SpecError
+
+    value = getattr(args, "grace_period", None)
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        raise SpecError("--grace-period", value, "finite seconds >= 0", reason="out of range")
+    return value
+
+
+def exit_status(report) -> int:
+    """The command's exit status; after a stop that left trials training, the exit itself.
+
+    A trial thread that outlived the grace period cannot be killed, and Python would wait for
+    it at exit: the process ends here with ``os._exit`` once the logs are flushed (the
+    records are on disk, each written atomically; the trial reads as interrupted).
+    """
+    import logging
+    import os
+    import sys
+
+    code = report.exit_code
+    if report.stopped_by is not None and report.abandoned:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit status 0 when every trial is done, 1 when some failed; invalid specs exit 2."""
+    """Exit status 0 when every trial is done, 1 when some failed; invalid specs exit 2;
+    130 / 143 when SIGINT / SIGTERM stopped the run."""
     from workflows.driver import MPI_SITE, run_sweep
     from workflows.sweep import load_sweep
 
@@ -95,4 +139,4 @@ def main(args: argparse.Namespace) -> int:
         report = run_sweep_mpi(sweep, out, settings)
         return 0 if report is None or report.ok else 1
     report = run_sweep(sweep, out, settings)
-    return 0 if report.ok else 1
+    return exit_status(report)
