@@ -209,15 +209,51 @@ def tolerant_block_errors(executor: Any, status: Mapping[str, Any]) -> None:
     windowed_error_handler(executor, dict(status), threshold=PILOT_BLOCK_FAILURES)
 
 
+#: Heartbeats of the local worker pool: a pool that hears nothing from the interchange for
+#: ``threshold`` seconds stops its workers and exits (Parsl's defaults, 30 s and 120 s, let the
+#: workers of a killed driver finish its queue for minutes).
+LOCAL_HEARTBEAT_PERIOD_S = 5
+LOCAL_HEARTBEAT_THRESHOLD_S = 30
+
+#: Run before the interchange replaces it (``exec``): the kernel sends SIGTERM to it when the
+#: driver that started it dies, however it dies (Linux ``PR_SET_PDEATHSIG``); a driver already
+#: gone by then means exit at once. Elsewhere the interchange starts unguarded.
+_INTERCHANGE_GUARD = """\
+import ctypes, os, signal, sys
+driver = int(sys.argv[1])
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != driver:
+    sys.exit(0)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def guarded_interchange_command(command: Sequence[str]) -> list[str]:
+    """``command`` (how Parsl starts the interchange) so that it dies with this process.
+
+    The interchange is a child of the driver; without this, a driver killed with SIGKILL leaves
+    it running, and through it the worker pool keeps taking trials from the queue. Once it is
+    gone, the pool misses its heartbeats and exits too (see :data:`LOCAL_HEARTBEAT_THRESHOLD_S`
+    for the local pool; cluster pools use Parsl's longer default).
+    """
+    return [sys.executable, "-c", _INTERCHANGE_GUARD, str(os.getpid()), *command]
+
+
 def htex_executor(label: str, provider: Any, run_dir: Path, *, accelerators: Sequence[str],
                   cpu_workers: int, address: str | None, encrypted: bool,
-                  cores_per_worker: float = 1.0, pilot: bool = False):
+                  cores_per_worker: float = 1.0, pilot: bool = False,
+                  heartbeat: tuple[int, int] | None = None):
     """One HighThroughputExecutor with workers pinned to ``accelerators`` (or CPU workers).
 
     With GPUs the worker count is the number of entries: ``cores_per_worker`` is made small so
     that Parsl's core-based limit never silently drops a GPU. ``pilot`` marks a provider that
     queues batch jobs: one failed pilot job then does not end the sweep (see
-    :func:`tolerant_block_errors`).
+    :func:`tolerant_block_errors`). ``heartbeat`` is (period, threshold) in seconds (None:
+    Parsl's defaults). The interchange always dies with the driver
+    (:func:`guarded_interchange_command`).
     """
     from parsl.executors import HighThroughputExecutor
 
@@ -231,9 +267,12 @@ def htex_executor(label: str, provider: Any, run_dir: Path, *, accelerators: Seq
         kwargs.update(max_workers_per_node=cpu_workers, cores_per_worker=cores_per_worker)
     if address is not None:
         kwargs["address"] = address
+    if heartbeat is not None:
+        kwargs["heartbeat_period"], kwargs["heartbeat_threshold"] = heartbeat
     bin_dir = _parsl_bin_dir()
-    if bin_dir is not None:
-        kwargs["interchange_launch_cmd"] = [sys.executable, str(bin_dir / "interchange.py")]
+    interchange = (["interchange.py"] if bin_dir is None
+                   else [sys.executable, str(bin_dir / "interchange.py")])
+    kwargs["interchange_launch_cmd"] = guarded_interchange_command(interchange)
     return HighThroughputExecutor(
         label=label,
         provider=provider,
@@ -351,5 +390,6 @@ def config(run_dir: Path, *, retries: int = 0, retry_handler: Callable[..., floa
                              worker_init=init if entries else cpu_only_init(init))
     executor = htex_executor("local_htex", provider, run_dir, accelerators=entries,
                              cpu_workers=cpu_workers, address=address or None,
-                             encrypted=encrypted)
+                             encrypted=encrypted,
+                             heartbeat=(LOCAL_HEARTBEAT_PERIOD_S, LOCAL_HEARTBEAT_THRESHOLD_S))
     return make_config(run_dir, executor, retries, retry_handler)
