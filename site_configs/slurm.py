@@ -78,6 +78,22 @@ def slurm_options(*, partition: str | None = None, constraint: str | None = None
     )
 
 
+#: Seconds before the walltime at which Slurm sends SIGTERM to the batch script's
+#: ``genodl run``, so that a walltime-limited job stops in order (running trials checkpoint
+#: within the grace period, the rest is recorded as interrupted, the summary is gathered)
+#: instead of being killed. Keep ``--grace-period`` well below it.
+WALLTIME_WARNING_S = 180
+
+
+def walltime_signal_directive() -> str:
+    """The ``#SBATCH --signal`` line of a batch script whose ``genodl run`` is the job's shell.
+
+    ``B:`` signals only the batch shell, which the script replaces by ``genodl run`` (``exec``):
+    the driver then stops the workers itself, rather than Slurm signalling the worker step.
+    """
+    return f"#SBATCH --signal=B:TERM@{WALLTIME_WARNING_S}"
+
+
 def workers_per_node(o: Mapping[str, Any]) -> int:
     """Trials one node runs at once."""
     if o["gpus_per_node"] > 0:

@@ -50,6 +50,17 @@ OPTIONS = (
 )
 
 
+#: Minutes before the run limit at which LSF sends SIGTERM to the batch job (``-wa``/``-wt``):
+#: its ``genodl run`` stops in order instead of being killed (see ``slurm.WALLTIME_WARNING_S``).
+WALLTIME_WARNING_MIN = 3
+
+
+def walltime_warning_directives() -> list[str]:
+    """The ``#BSUB`` lines asking for SIGTERM :data:`WALLTIME_WARNING_MIN` minutes before the
+    run limit."""
+    return ["#BSUB -wa TERM", f"#BSUB -wt {WALLTIME_WARNING_MIN}"]
+
+
 def jsrun_overrides(o: Mapping[str, Any]) -> str:
     """The jsrun resource-set arguments: one set per node with all its cores and GPUs."""
     parts = ["-a1", f"-c{CORES_PER_NODE}", f"-g{GPUS_PER_NODE}", "--bind=none",

@@ -33,6 +33,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 from genodl_core.errors import InfrastructureError, SpecError
 from site_configs import get_site, parse_walltime
 from site_configs import script_values
+from site_configs.slurm import walltime_signal_directive as slurm_walltime_signal
+from site_configs.summit import walltime_warning_directives as lsf_walltime_warning
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,7 @@ def _slurm_header(o: Mapping[str, Any], request: BatchRequest) -> list[str]:
         lines.append("#SBATCH --exclusive")
     lines += [f"#SBATCH {option}" for option in o.get("sbatch_options") or ()]
     lines += [f"#SBATCH --output={logs}/batch-%j.out", f"#SBATCH --error={logs}/batch-%j.err"]
+    lines.append(slurm_walltime_signal())
     return lines
 
 
@@ -157,6 +160,7 @@ def _lsf_header(o: Mapping[str, Any], request: BatchRequest) -> list[str]:
         f"#BSUB -J {request.job_name}",
         f"#BSUB -o {logs}/batch.%J.out",
         f"#BSUB -e {logs}/batch.%J.err",
+        *lsf_walltime_warning(),
     ]
 
 
@@ -234,7 +238,7 @@ def render_batch_script(request: BatchRequest) -> str:
     ]
     if request.env.strip():
         body += request.env.strip().splitlines()
-    body.append(run_command(request, resolved))
+    body.append("exec " + run_command(request, resolved))  # the walltime signal reaches it
     return "\n".join(["#!/bin/bash", *header, *body]) + "\n"
 
 

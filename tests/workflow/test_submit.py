@@ -41,7 +41,8 @@ def header(text: str, prefix: str) -> list[str]:
 
 
 def run_line(text: str) -> list[str]:
-    lines = [ln for ln in text.splitlines() if ln.startswith("genodl run ")]
+    lines = [ln.removeprefix("exec ") for ln in text.splitlines()
+             if ln.removeprefix("exec ").startswith("genodl run ")]
     assert len(lines) == 1, text
     return shlex.split(lines[0])
 
@@ -63,7 +64,10 @@ def test_slurm_script_header_and_inside_run():
         "#SBATCH --ntasks-per-node=1", "#SBATCH --partition=gpu", "#SBATCH --account=bio",
         "#SBATCH --qos=high", "#SBATCH --cpus-per-task=32", "#SBATCH --gpus-per-node=4",
         "#SBATCH --exclusive", "#SBATCH --mem=0",
-        "#SBATCH --output=runs/s/logs/batch-%j.out", "#SBATCH --error=runs/s/logs/batch-%j.err"]
+        "#SBATCH --output=runs/s/logs/batch-%j.out", "#SBATCH --error=runs/s/logs/batch-%j.err",
+        "#SBATCH --signal=B:TERM@180"]
+    # the walltime warning signal reaches `genodl run`: it is the batch shell (exec)
+    assert text.splitlines()[-1].startswith("exec genodl run ")
     # directives must come before the first command, or sbatch ignores them
     first_command = next(i for i, ln in enumerate(text.splitlines()[1:], 1)
                          if ln and not ln.startswith("#"))
@@ -110,8 +114,9 @@ def test_summit_bsub_script():
     assert header(text, "#BSUB") == [
         "#BSUB -P BIO123", "#BSUB -W 1:00", "#BSUB -nnodes 4", "#BSUB -q debug",
         "#BSUB -J genodl-s", "#BSUB -o runs/s/logs/batch.%J.out",
-        "#BSUB -e runs/s/logs/batch.%J.err"]
+        "#BSUB -e runs/s/logs/batch.%J.err", "#BSUB -wa TERM", "#BSUB -wt 3"]
     assert 'cd "${LS_SUBCWD:-.}"' in text
+    assert text.splitlines()[-1].startswith("exec genodl run ")
     argv = run_line(text)
     assert argv[3:5] == ["--site", "summit"] and "mode=inside" in argv
     assert "worker_init=module load open-ce" in argv  # quoted as one argument
