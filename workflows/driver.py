@@ -157,7 +157,7 @@ def run_sweep(sweep: Sweep, out: str | Path, settings: RunSettings | None = None
     run = RunDir.create(out)
     with run.driver_lock():
         run.adopt(sweep, update=settings.update_sweep)
-        halt = StopRequest(settings.grace_period_s, run.path / _stop_file_name())
+        halt = StopRequest(settings.grace_period_s, run.path / stop_file_name())
         with workflow_logging(run), halt.installed():
             report = _drive(run, sweep, settings, only, t0, halt)
         if halt.requested:
@@ -624,7 +624,7 @@ class StopRequest:
     what was still running reads as interrupted.
     """
 
-    def __init__(self, grace_s: float | None, stop_file: Path):
+    def __init__(self, grace_s: float | None, stop_file: Path | None):
         self.grace_s = DEFAULT_GRACE_PERIOD_S if grace_s is None else float(grace_s)
         self.stop_file = stop_file
         self.signum: int | None = None
@@ -640,7 +640,7 @@ class StopRequest:
         """Handle the stop signals while inside (only the main thread can; elsewhere, e.g. a
         library caller's thread, the process's own handlers stay)."""
         stop.clear_stop()
-        self.stop_file.unlink(missing_ok=True)  # left by a driver killed while stopping
+        self._remove_stop_file()  # left by a driver killed while stopping
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -650,6 +650,10 @@ class StopRequest:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            self._remove_stop_file()
+
+    def _remove_stop_file(self) -> None:
+        if self.stop_file is not None:
             self.stop_file.unlink(missing_ok=True)
 
     def handle(self, signum: int, frame: Any = None) -> None:
@@ -659,14 +663,16 @@ class StopRequest:
         self.signum = signum
         self.at = time.monotonic()
         stop.request_stop()  # trials in this process (threads)
+        if self.stop_file is None:
+            return
         try:  # trials in worker processes
             self.stop_file.touch()
         except OSError as err:
             log.warning("cannot write the stop file %s (%s): worker processes finish their "
                         "trials", self.stop_file, err)
 
-    def announce(self, progress: Progress, unsettled: set[Future],
-                 futures: Mapping[Future, list[str]]) -> None:
+    def announce(self, progress: Progress, unsettled: set[Any],
+                 futures: Mapping[Any, list[str]]) -> None:
         """Log the stop, once."""
         if self._announced:
             return
@@ -677,8 +683,8 @@ class StopRequest:
                     signal_name(self.signum), trials, self.grace_s)
         progress.tick(force=True)
 
-    def expired(self, progress: Progress, pending: set[Future],
-                futures: Mapping[Future, list[str]]) -> bool:
+    def expired(self, progress: Progress, pending: set[Any],
+                futures: Mapping[Any, list[str]]) -> bool:
         """Log the stop once; say whether the grace period is over."""
         assert self.at is not None
         self.announce(progress, pending, futures)
@@ -721,7 +727,7 @@ def exit_at_once(signum: int) -> None:
     os._exit(128 + signum)
 
 
-def _stop_file_name() -> str:
+def stop_file_name() -> str:
     from workflows.apps import STOP_FILE
 
     return STOP_FILE
@@ -774,4 +780,5 @@ __all__ = ["RunSettings", "RunReport", "StatusReport", "run_sweep", "rerun", "se
            "settle_unit", "make_units", "trial_slots", "plan_rerun", "sweep_status", "format_status",
            "gather_summary", "default_threads_per_trial", "workflow_logging", "quiet_trial_logs",
            "MPI_SITE", "RERUN_STATES", "StopRequest", "shutdown_parsl", "interrupted_states",
+           "stop_file_name",
            "DEFAULT_GRACE_PERIOD_S"]

@@ -33,11 +33,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from genodl_core import records
+from genodl_core.stop import INTERRUPTED
 from genodl_core.errors import SpecError
 
-from workflows.driver import (RERUN_STATES, RunReport, RunSettings, gather_summary, log_report,
-                              make_units, plan_rerun, quiet_trial_logs, select_todo,
-                              trial_slots, workflow_logging)
+from workflows.driver import (RERUN_STATES, RunReport, RunSettings, StopRequest, gather_summary,
+                              interrupted_states, log_report, make_units, plan_rerun,
+                              quiet_trial_logs, select_todo, stop_file_name, trial_slots,
+                              workflow_logging)
 from workflows.progress import Progress
 from workflows.retry import failure_fields, record_driver_failure
 from workflows.rundir import RunDir
@@ -90,7 +92,9 @@ def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = 
         go = comm.bcast(None, root=0)
         if go["error"]:
             return None  # rank 0 reports the error
-        with quiet_trial_logs():
+        # A signal mpiexec forwards stops this rank's trial at its next epoch end; the stop
+        # file rank 0 writes does the same where only rank 0 got the signal.
+        with quiet_trial_logs(), StopRequest(settings.grace_period_s, None).installed():
             _worker(comm, go["run_dir"], settings.worker_options(threads))
         return None
 
@@ -100,7 +104,14 @@ def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = 
         run = RunDir.create(out)
         with run.driver_lock():
             run.adopt(sweep, update=settings.update_sweep)
-            return _drive(comm, run, sweep, settings, only, threads, t0)
+            halt = StopRequest(settings.grace_period_s, run.path / stop_file_name())
+            with halt.installed():
+                report = _drive(comm, run, sweep, settings, only, threads, t0, halt)
+            if report.abandoned:
+                # Ranks still training past the grace period: end the whole job now.
+                logging.shutdown()
+                comm.Abort(report.exit_code)
+            return report
     except SpecError as err:
         # The lock, the sweep check or the selection failed before the broadcast: release
         # the waiting ranks.
@@ -109,7 +120,7 @@ def run_sweep_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = 
 
 
 def _drive(comm: Any, run: RunDir, sweep: Sweep, settings: RunSettings,
-           only: Iterable[str] | None, threads: int, t0: float) -> RunReport:
+           only: Iterable[str] | None, threads: int, t0: float, halt: StopRequest) -> RunReport:
     """Rank 0's part of :func:`run_sweep_mpi`, under the driver lock."""
     size = comm.Get_size()
     with workflow_logging(run):
@@ -126,17 +137,23 @@ def _drive(comm: Any, run: RunDir, sweep: Sweep, settings: RunSettings,
                                 slots=trial_slots(max(size - 1, 1), units))
             if settings.pack_size > 1:
                 log.info("%d trials in %d batched packs", len(todo), len(units))
+            abandoned = 0
             if size == 1:
-                _serial(run, units, settings.retries, settings.worker_options(threads), progress)
+                _serial(run, units, settings.retries, settings.worker_options(threads), progress,
+                        halt)
             else:
-                _dispatch(comm, run, units, settings.retries, progress)
+                abandoned = _dispatch(comm, run, units, settings.retries, progress, halt)
         except BaseException:
             log.exception("dispatcher failed; aborting the MPI job (records are safe)")
             comm.Abort(1)
             raise
         summary = gather_summary(run) if settings.gather else None
-        report = RunReport(run.path, len(sweep.trials), len(todo), already_done,
-                           run.scan(sweep.trial_ids), summary, time.monotonic() - t0)
+        states = run.scan(sweep.trial_ids)
+        if halt.requested:
+            states = interrupted_states(states)
+        report = RunReport(run.path, len(sweep.trials), len(todo), already_done, states,
+                           summary, time.monotonic() - t0, stopped_by=halt.signum,
+                           abandoned=abandoned)
         log_report(report)
         return report
 
@@ -271,7 +288,11 @@ class _Queue:
 
 
 def _dispatch(comm: Any, run: RunDir, units: list[list], retries: int,
-              progress: Progress) -> None:
+              progress: Progress, halt: StopRequest) -> int:
+    """Hand units to ranks until all are settled; after a stop, until the grace period ends.
+
+    Returns how many trials were still training when the grace period ran out.
+    """
     MPI = _mpi()
     queue = _Queue(units)
     sent: dict[int, tuple[list[dict[str, Any]], list[str], float]] = {}
@@ -282,12 +303,19 @@ def _dispatch(comm: Any, run: RunDir, units: list[list], retries: int,
     while stopped < workers:
         # Poll so that progress lines keep coming while every rank is busy with a long trial.
         while not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+            if halt.requested:
+                _drop_queue(queue, progress)
+                busy = {rank: unit[1] for rank, unit in sent.items()}
+                if halt.expired(progress, set(busy), busy):
+                    return sum(len(ids) for ids in busy.values())
             progress.tick()
             time.sleep(0.1)
         message = comm.recv(source=status.Get_source(), tag=status.Get_tag(), status=status)
         source = status.Get_source()
         if status.Get_tag() == _TAG_RESULT:
             _settle(run, message, sent.pop(source), queue, retries, progress)
+        if halt.requested:
+            _drop_queue(queue, progress)
         if queue:
             unit = queue.pop()
             comm.send(unit, dest=source, tag=_TAG_TRIAL)
@@ -298,13 +326,24 @@ def _dispatch(comm: Any, run: RunDir, units: list[list], retries: int,
             comm.send(None, dest=source, tag=_TAG_STOP)
             stopped += 1
         progress.tick()
+    return 0
+
+
+def _drop_queue(queue: _Queue, progress: Progress) -> None:
+    """After a stop: no unit still queued starts; its trials count as interrupted."""
+    while queue:
+        for trial_id in queue.pop()[1]:
+            progress.finished(trial_id, INTERRUPTED)
 
 
 def _serial(run: RunDir, units: list[list], retries: int, worker: dict[str, Any],
-            progress: Progress) -> None:
+            progress: Progress, halt: StopRequest) -> None:
     queue = _Queue(units)
     progress.tick(force=True)
     while queue:
+        if halt.requested:
+            _drop_queue(queue, progress)
+            break
         unit = queue.pop()
         for trial_id in unit[1]:
             progress.started(trial_id)

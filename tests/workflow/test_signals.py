@@ -233,3 +233,47 @@ def test_local_htex_interchange_dies_with_the_driver_and_the_pool_with_the_inter
     assert "PR_SET_PDEATHSIG" in command[2] and command[3] == str(os.getpid())
     assert command[-1].endswith("interchange.py")
     assert executor.heartbeat_threshold == LOCAL_HEARTBEAT_THRESHOLD_S < 60
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_to_the_mpi_driver_rank_stops_the_worker_ranks_through_the_stop_file(tmp_path):
+    """Only rank 0 gets the signal (as under a batch script's walltime signal): the worker
+    rank's trial stops at its next epoch end through the stop file, the queue is dropped."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.workflow.conftest import GENODL, REPO, cli_env
+
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install mpi4py mpich)")
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        mpiexec = Path(shutil.which("mpiexec") or "mpiexec")
+    if shutil.which(str(mpiexec)) is None:
+        pytest.skip("no mpiexec next to the interpreter or on PATH (pip install mpich)")
+    spec = write_spec(tmp_path / "mpi.json", tiny_sweep(
+        {"noise[0].fraction": [0.0, 0.1, 0.2, 0.3], "train.epochs": [3, 100, 3, 3]},
+        zip=[["noise[0].fraction", "train.epochs"]], trial=_slow_trial(3), trials_per_level=1))
+    sweep = load_sweep(spec)
+    out = tmp_path / "run"
+    log_path = tmp_path / "mpi.log"
+    with open(log_path, "w") as log_file:
+        job = subprocess.Popen([str(mpiexec), "-n", "2", *GENODL, "run", str(spec), "--out",
+                                str(out), "--site", "mpi", "--threads-per-trial", "1"],
+                               cwd=REPO, env=cli_env(), stdout=log_file, stderr=subprocess.STDOUT)
+    long_trial = sweep.trial_ids[1]
+    try:
+        wait_for(lambda: "epoch 1/100" in _trial_log(out, long_trial), timeout=60,
+                 what="the long trial to train")
+        driver_pid = sweep_status(out).driver["pid"]
+        os.kill(driver_pid, signal.SIGTERM)
+        job.wait(timeout=40)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    output = log_path.read_text()
+    assert "SIGTERM received: stopping" in output and "Traceback" not in output, output
+    states = sweep_status(out).counts()
+    assert states["done"] == 1 and states["interrupted"] == 1 and states["failed"] == 0, states
+    assert records.read_status(out / "trials" / long_trial).get("interrupted")
+    assert not (out / ".stop").exists()

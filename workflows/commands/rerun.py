@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit status 0 when every trial is done afterwards, 1 otherwise."""
+    """Exit status 0 when every trial is done afterwards, 1 otherwise; 130 / 143 when
+    SIGINT / SIGTERM stopped it."""
+    from workflows.commands.run import exit_status
     from workflows.driver import MPI_SITE, RERUN_STATES, rerun
     from workflows.rundir import RunDir
 
@@ -43,8 +45,6 @@ def main(args: argparse.Namespace) -> int:
         from workflows.mpi import rerun_mpi
 
         report = rerun_mpi(args.run_dir, settings, states=states, trial_ids=args.trial)
-        return 0 if report is None or report.ok else 1
+        return 0 if report is None else exit_status(report)
     report = rerun(args.run_dir, settings, states=states, trial_ids=args.trial)
-    from workflows.commands.run import exit_status
-
     return exit_status(report)

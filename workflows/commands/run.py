@@ -137,6 +137,6 @@ def main(args: argparse.Namespace) -> int:
         from workflows.mpi import run_sweep_mpi
 
         report = run_sweep_mpi(sweep, out, settings)
-        return 0 if report is None or report.ok else 1
+        return 0 if report is None else exit_status(report)
     report = run_sweep(sweep, out, settings)
     return exit_status(report)
