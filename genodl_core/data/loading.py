@@ -19,8 +19,8 @@ import numpy as np
 from genodl_core.data.fingerprint import data_files
 from genodl_core.data.scaling import scale_dataset
 from genodl_core.data.types import Dataset
-from genodl_core.registry import DATASETS
 from genodl_core.data.validation import apply_validation
+from genodl_core.registry import DATASETS
 from genodl_core.spec import Component, ValidationSpec
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,10 @@ def load_dataset(data: Component, validation: ValidationSpec = ValidationSpec()
                  ) -> tuple[Dataset, bool]:
     """Return the scaled dataset for a data component and whether it came from the cache.
 
-    Concurrent callers in one process (thread executor) asking for the same data wait for a
     ``validation`` (the trial's ``data.validation`` rule) chooses the validation split before
     scaling, so scalers fitted on the training split never see the carved validation rows.
 
+    Concurrent callers in one process (thread executor) asking for the same data wait for a
     single load instead of each parsing the files.
     """
     key = json.dumps({"spec": {**data.to_dict("source"), **validation.to_dict()},
