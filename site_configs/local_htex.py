@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from genodl_core.errors import SpecError
 from site_configs import SiteOption, register_site, usable_cores
+from site_configs.script_values import script_path
 
 log = logging.getLogger(__name__)
 
@@ -273,11 +274,13 @@ def htex_executor(label: str, provider: Any, run_dir: Path, *, accelerators: Seq
     interchange = (["interchange.py"] if bin_dir is None
                    else [sys.executable, str(bin_dir / "interchange.py")])
     kwargs["interchange_launch_cmd"] = guarded_interchange_command(interchange)
+    # Parsl writes the worker log folder unquoted into the worker pool's command line.
+    logdir = script_path(str(run_dir / "runinfo" / "workers"), "--out")
     return HighThroughputExecutor(
         label=label,
         provider=provider,
         encrypted=encrypted,
-        worker_logdir_root=str(run_dir / "runinfo" / "workers"),
+        worker_logdir_root=logdir,
         **kwargs,
     )
 

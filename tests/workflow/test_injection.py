@@ -193,3 +193,11 @@ def test_accepted_values_are_quoted_and_never_run(tmp_path, site, args):
     assert argv[:2] == ["run", str(spec)]
     assert f"worker_init={worker_init}" in argv
     assert argv[argv.index("--out") + 1] == str(tmp_path / "run")
+
+
+def test_local_htex_refuses_a_run_directory_that_would_reach_the_worker_command(tmp_path):
+    from site_configs.local_htex import htex_executor
+
+    with pytest.raises(SpecError, match="--out"):
+        htex_executor("x", None, tmp_path / "a b;touch PWNED", accelerators=[], cpu_workers=1,
+                      address=None, encrypted=False)
