@@ -71,9 +71,9 @@ def test_plan_refuses_a_name_that_would_leave_runs(tmp_path, capsys, monkeypatch
 
 
 def load_sweep_table(name: str) -> dict:
-    import tomllib
+    from genodl_core.toml import loads
 
-    table = tomllib.loads(BASE)
+    table = loads(BASE)
     table["sweep"]["name"] = name
     return table
 
