@@ -20,6 +20,7 @@ import pandas as pd
 
 from genodl_core.records import atomic_write_bytes
 from genodl_core.results import load
+from genodl_core.results.collapse import collapse_warning, collapsed_in_table
 
 #: Metrics shown by default when present (the others only with ``--metrics`` or in the CSV).
 HEADLINE_METRICS = ("val_accuracy", "test_accuracy", "val_abstention",
@@ -183,6 +184,9 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
         recorded = [m for m in shown if rows[f"{m}.count"].sum() > 0] or shown
         parts.append(f"\n[{model}]\n{format_table(rows, recorded)}")
         parts += null_warnings(rows, recorded)
+    collapsed = collapse_warning(collapsed_in_table(load.trials(path)))
+    if collapsed:
+        parts.append("\n" + collapsed)
     problems = load.problems(path)
     if problems:
         parts.append(f"\n{len(problems)} problem(s) while gathering:")

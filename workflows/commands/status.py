@@ -3,8 +3,8 @@
 States are :func:`genodl_core.records.record_state`'s, the same the gather stores (a corrupt
 record is listed with what is wrong with it). Records the current sweep does not list are
 counted apart, as not part of it. It also warns when the done trials were trained under more
-than one execution plan (:func:`genodl_core.results.plans.plan_groups`), and when a data file
-changed since done trials read it.
+than one execution plan (:func:`genodl_core.results.plans.plan_groups`), when a data file
+changed since done trials read it, and when done classifiers collapsed to one class.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Exit status 0 when every trial is done, 1 otherwise."""
+    from genodl_core.results.collapse import collapse_warning, collapsed_in_records
     from genodl_core.results.plans import mixed_plans_warning, plan_groups, read_engine
     from workflows.driver import format_status, sweep_status
     from workflows.rundir import RunDir
@@ -36,7 +37,9 @@ def main(args: argparse.Namespace) -> int:
     plans = plan_groups((tid, read_engine(run.trial_dir(tid)))
                         for tid, s in report.states.items() if s.state == "done")
     outside = run.records_outside_sweep()
-    warnings = [w for w in (mixed_plans_warning(plans),) if w]
+    done_dirs = [run.trial_dir(tid) for tid, s in report.states.items() if s.state == "done"]
+    warnings = [w for w in (mixed_plans_warning(plans),
+                            collapse_warning(collapsed_in_records(done_dirs))) if w]
     warnings += [f"warning: {c.describe()}; `genodl run` and `genodl rerun` refuse to resume "
                  f"until it is restored or --rerun-changed-data is given"
                  for c in run.changed_data(report.states)]
