@@ -34,6 +34,7 @@ COMMANDS = [
     "workflows.commands.sites",
     "workflows.commands.submit",
     "workflows.commands.gather",
+    "workflows.commands.export",
     "workflows.commands.bench",
 ]
 

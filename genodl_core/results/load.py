@@ -24,11 +24,15 @@ import pandas as pd
 
 from genodl_core.errors import DataError
 from genodl_core.results.plans import PlanGroup
-from genodl_core.results.summary import GROUP_KEYS, SCHEMA_VERSION, STATES, SUMMARY_FILE
+from genodl_core.results.summary import (GROUP_KEYS, READABLE_SCHEMA_VERSIONS, STATES,
+                                         SUMMARY_FILE)
 
 #: Trial columns joined to :func:`finals` so that its frame can be grouped without a merge.
 KEY_COLUMNS = ("state", "model", "variant", "data_source", "noise_kind", "noise_level",
                "noise_levels", "seed")
+#: Datasets of ``/genes`` that label rows or columns rather than hold per-gene values
+#: (``trial_id`` exists from schema version 2 on).
+_GENE_LABELS = ("gene_ids", "trial_id")
 
 
 def summary_path(path: str | Path) -> Path:
@@ -54,10 +58,10 @@ def _open(path: str | Path) -> h5py.File:
     except OSError as err:
         raise DataError(f"{file}: not a readable HDF5 summary ({err})") from None
     version = int(h5.attrs.get("schema_version", -1))
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         h5.close()
         raise DataError(f"{file}: summary schema_version={version}, this genodl reads "
-                        f"version {SCHEMA_VERSION}; gather the run again")
+                        f"versions {list(READABLE_SCHEMA_VERSIONS)}; gather the run again")
     return h5
 
 
@@ -201,7 +205,7 @@ def gene_errors(path: str | Path, name: str = "val_mae_per_gene") -> pd.DataFram
     """
     with _open(path) as h5:
         genes = h5.get("genes")
-        available = [k for k in genes if k != "gene_ids"] if genes is not None else []
+        available = [k for k in genes if k not in _GENE_LABELS] if genes is not None else []
         if name not in available:
             raise KeyError(f"no per-gene array {name!r}; available: {available}")
         data = genes[name][()]
@@ -215,7 +219,7 @@ def gene_arrays(path: str | Path) -> list[str]:
     """Names of the per-gene arrays in the summary (empty for NT3-only sweeps)."""
     with _open(path) as h5:
         genes = h5.get("genes")
-        return sorted(k for k in genes if k != "gene_ids") if genes is not None else []
+        return sorted(k for k in genes if k not in _GENE_LABELS) if genes is not None else []
 
 
 def problems(path: str | Path) -> list[str]:

@@ -58,8 +58,12 @@ log = logging.getLogger(__name__)
 #: Trial states in the summary; ``pending`` trials are listed in ``sweep.json`` without a record
 #: yet (or have a spec but no status), ``corrupt`` ones have records that do not parse.
 STATES = ("done", "failed", "running", "pending", "corrupt")
-#: Version of the summary layout; bumped whenever a reader would need to change.
-SCHEMA_VERSION = 1
+#: Version of the summary layout; bumped whenever a reader would need to change. Version 2
+#: added a ``trial_id`` dataset to every table whose rows are trials (``/finals``, ``/curves``,
+#: ``/genes``) and ``description`` / ``units`` attributes on every dataset.
+SCHEMA_VERSION = 2
+#: Versions :mod:`genodl_core.results.load` reads (version 1 lacks only what version 2 added).
+READABLE_SCHEMA_VERSIONS = (1, 2)
 SUMMARY_FILE = "summary.h5"
 SWEEP_FILE = "sweep.json"
 #: Folder of per-trial records inside a run directory (records directly under it also count).
@@ -803,6 +807,7 @@ def _write_summary(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
     _str_dataset(index, "fingerprint", [r.fingerprint for r in rows])
     _str_dataset(index, "row", [r.to_json() for r in rows])
     _str_dataset(h5, "problems", stats.problems)
+    annotate_datasets(h5)
 
 
 def execution_plans(rows: list[TrialRow]) -> list[PlanGroup]:
@@ -872,6 +877,7 @@ def _write_curves(group: h5py.Group, rows: list[TrialRow]) -> None:
     max_epochs = max((r.columns["n_epochs"] for r in rows), default=0)
     group.attrs["max_epochs"] = max_epochs
     group.attrs["metrics"] = json.dumps(metrics)
+    _str_dataset(group, "trial_id", [r.trial_id for r in rows])
     for metric in metrics:
         data = np.full((len(rows), max_epochs), np.nan)
         for i, row in enumerate(rows):
@@ -884,6 +890,7 @@ def _write_curves(group: h5py.Group, rows: list[TrialRow]) -> None:
 def _write_finals(group: h5py.Group, rows: list[TrialRow]) -> dict[str, np.ndarray]:
     metrics = sorted({m for r in rows for m in r.finals})
     group.attrs["metrics"] = json.dumps(metrics)
+    _str_dataset(group, "trial_id", [r.trial_id for r in rows])
     out = {}
     for metric in metrics:
         data = np.array([r.finals.get(metric, math.nan) for r in rows], dtype=np.float64)
@@ -956,6 +963,7 @@ def _write_genes(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
     group.attrs["gene_ids_sha"] = ref_sha
     group.attrs["description"] = "per-gene arrays [n_trials x n_genes], columns = gene_ids"
     _str_dataset(group, "gene_ids", ref_ids.tolist())
+    _str_dataset(group, "trial_id", [r.trial_id for r in rows])
     names = sorted({n for _, r in with_genes for n in r.gene_arrays})
     datasets = {n: group.create_dataset(n, shape=(len(rows), len(ref_ids)), dtype=np.float64,
                                         fillvalue=np.nan, chunks=(1, len(ref_ids)))
@@ -994,7 +1002,97 @@ def _write_genes(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
             stats.problems.append(f"trial {row.trial_id}: per-gene arrays unreadable: {err}")
 
 
-__all__ = ["SCHEMA_VERSION", "SUMMARY_FILE", "GROUP_KEYS", "GROUP_STATS", "TrialRow", "gather",
+# --------------------------------------------------------------------------------------------
+# Self-description: a description and units attribute on every dataset
+# --------------------------------------------------------------------------------------------
+
+#: What the fixed columns of ``/trials`` hold, with their units ("" where none applies).
+COLUMN_DESCRIPTIONS: dict[str, tuple[str, str]] = {
+    "trial_id": ("trial id: 16 hex digits, the hash of the resolved spec", ""),
+    "state": ("trial state: done, failed, running, pending or corrupt", ""),
+    "model": ("model name from the spec", ""),
+    "variant": ("model variant ('default' for models with a single form)", ""),
+    "data_source": ("data source name from the spec", ""),
+    "noise_kind": ("noise steps' kinds joined with '+' ('none' without noise)", ""),
+    "noise_level": ("main magnitude of the first noise step (its kind's level field)",
+                    "noise kind's level field"),
+    "noise_levels": ("level of every noise step, joined with '+'", ""),
+    "seed": ("trial seed (-1 when unknown)", ""),
+    "n_epochs": ("length of the trial's longest curve", "epochs"),
+    "wall_s": ("wall time of the trial", "s"),
+    "finished_at": ("time of the last status change", "s since 1970-01-01 UTC"),
+    "attempt": ("attempt number that produced the record (-1 unknown)", ""),
+    "record_path": ("record folder relative to the run directory", ""),
+    "error_type": ("exception type of a failed or corrupt trial ('' otherwise)", ""),
+    "error": ("error message of a failed or corrupt trial ('' otherwise)", ""),
+    "traceback": ("traceback of a failed trial ('' otherwise)", ""),
+}
+#: Units of metrics by name ending; metrics not matched are dimensionless ("1").
+_METRIC_UNITS = (("epoch_seconds", "s"), ("_s", "s"), ("seconds", "s"))
+
+
+def metric_units(name: str) -> str:
+    """Units of a metric or column named ``name``: seconds for timings, "1" otherwise.
+
+    Accuracies, fractions, losses, errors of scaled data and learning rates carry no unit of
+    their own; "1" says so explicitly (the UDUNITS convention for dimensionless numbers).
+    """
+    return next((units for end, units in _METRIC_UNITS if name.endswith(end)), "1")
+
+
+def describe_dataset(path: str, ds: h5py.Dataset) -> tuple[str, str]:
+    """The ``description`` and ``units`` attributes of the dataset at ``path`` (e.g.
+    ``finals/val_accuracy``), so that a reader without the schema document knows each one."""
+    group, _, name = path.rpartition("/")
+    is_str = h5py.check_string_dtype(ds.dtype) is not None
+    if name == "trial_id":
+        return ("trial id of each row (rows align with /trials/trial_id)", "")
+    if group == "trials":
+        if name in COLUMN_DESCRIPTIONS:
+            return COLUMN_DESCRIPTIONS[name]
+        head = name.split(".", 1)[0]
+        what = {"spec": "resolved spec parameter", "noise_record": "noise step's report",
+                "timings": "trial timing", "extra": "model's extra fact"}.get(head, "trial column")
+        timed = head in ("timings", "extra") or name.endswith("_s")
+        units = metric_units(name) if timed and not is_str else ""
+        return (f"{what} {name} per trial", units)
+    if group == "curves":
+        return (f"per-epoch {name} [n_trials x max_epochs], column j = epoch j+1, NaN-padded",
+                metric_units(name))
+    if group == "finals":
+        return (f"final {name} per trial (NaN when absent)", metric_units(name))
+    if group == "groups":
+        metric, _, stat = name.rpartition(".")
+        if metric:
+            units = "" if stat == "count" else metric_units(metric)
+            return (f"{stat} of final {metric} over the group's done trials", units)
+        if name.startswith("n_"):
+            return (f"number of the group's trials in state {name[2:]}", "")
+        return (COLUMN_DESCRIPTIONS.get(name, (f"group key {name}", ""))[0],
+                COLUMN_DESCRIPTIONS.get(name, ("", ""))[1])
+    if group == "genes":
+        if name == "gene_ids":
+            return ("target gene ids, the columns of every per-gene array", "")
+        return (f"per-gene {name} [n_trials x n_genes] (NaN rows for trials without it)",
+                metric_units(name))
+    if group == "index":
+        return (f"bookkeeping for incremental gathering ({name}); not for analysis", "")
+    return ({"problems": "problems met while gathering, one line each",
+             "outside_sweep": "ids of records left out because sweep.json does not list them",
+             "sweep_spec": "the resolved sweep (sweep.json) as JSON text"}.get(name, name), "")
+
+
+def annotate_datasets(h5: h5py.File) -> None:
+    """Give every dataset of the summary ``description`` and ``units`` attributes."""
+    def visit(path: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            description, units = describe_dataset(path, obj)
+            obj.attrs["description"] = description
+            obj.attrs["units"] = units
+    h5.visititems(visit)
+
+
+__all__ = ["SCHEMA_VERSION", "READABLE_SCHEMA_VERSIONS", "SUMMARY_FILE", "GROUP_KEYS", "GROUP_STATS", "TrialRow", "gather",
            "find_record_dirs", "read_trial_row", "record_fingerprint", "noise_level",
            "execution_plans",
            "group_statistics", "column_array", "read_gene_ids"]
