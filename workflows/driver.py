@@ -19,7 +19,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from genodl_core import records, stop
 from genodl_core.errors import SpecError
@@ -55,6 +55,9 @@ class RunSettings:
     checkpoint_interval_s: float | None = None
     #: Seconds running trials get to finish or checkpoint after SIGINT/SIGTERM.
     grace_period_s: float | None = None
+    #: Called as ``(settled, total, trial_id, state)`` when a trial starts ("running") or
+    #: settles, for callers that show progress themselves (notebooks; see ``genodl.run``).
+    progress_callback: Callable[[int, int, str, str], Any] | None = None
 
     def resolve(self, sweep: Sweep) -> "RunSettings":
         """Fill unset fields from the sweep; options given here override the sweep's."""
@@ -78,6 +81,7 @@ class RunSettings:
                                    else self.checkpoint_interval_s),
             grace_period_s=(sweep.run.grace_period_s if self.grace_period_s is None
                             else self.grace_period_s),
+            progress_callback=self.progress_callback,
         )
 
     def worker_options(self, threads: int | None) -> dict[str, Any]:
@@ -293,6 +297,7 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
                     continue
                 if event.get("event") == "start":
                     progress.started(tid)
+                    notify_progress(settings.progress_callback, progress, tid, "running")
                 elif (event.get("event") == "end" and event.get("state") == records.FAILED
                       and event.get("deterministic") is False):
                     # The attempt failed in a way Parsl retries. A final attempt is counted
@@ -301,10 +306,24 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
             for future in finished:
                 for tid, state, wall in settle_unit(run, futures[future], future):
                     progress.finished(tid, state, wall)
+                    notify_progress(settings.progress_callback, progress, tid, state)
             progress.tick()
     finally:
         shutdown_parsl(dfk, wait=not (halt.requested and pending))
     return [tid for future in pending for tid in futures[future]]
+
+
+def notify_progress(callback: Callable[[int, int, str, str], Any] | None, progress: Progress,
+                    trial_id: str, state: str) -> None:
+    """Tell the caller's progress callback about a trial; a failing callback is logged, since
+    a broken progress display must not stop the trials it displays."""
+    if callback is None:
+        return
+    counts = progress.counts()
+    try:
+        callback(counts.done + counts.failed + counts.interrupted, counts.total, trial_id, state)
+    except Exception:  # noqa: BLE001 - the sweep goes on; the traceback is in the log
+        log.exception("progress callback failed on trial %s (%s)", trial_id, state)
 
 
 def settle_unit(run: RunDir, trial_ids: list[str],
