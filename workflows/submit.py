@@ -34,6 +34,7 @@ from genodl_core.errors import InfrastructureError, SpecError
 from site_configs import get_site, parse_walltime
 from site_configs import script_values
 from site_configs.slurm import walltime_signal_directive as slurm_walltime_signal
+from site_configs.summit import alloc_flags_directives, module_lines
 from site_configs.summit import walltime_warning_directives as lsf_walltime_warning
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ SCRIPT_NAMES: dict[str, str] = {"slurm": "submit.sbatch", "lsf": "submit.lsf"}
 #: Options that only shape the batch request; the driver inside the allocation does not need
 #: them again (it is already in the job).
 _HEADER_ONLY = {"walltime", "max_blocks", "sbatch_options", "queue", "account", "project",
-                "partition", "qos", "constraint", "exclusive", "mode"}
+                "partition", "qos", "constraint", "exclusive", "mode", "alloc_flags",
+                "modules"}
+
+#: Trial devices that train on a GPU when one is there (``auto``) or fail without one (``cuda``).
+GPU_DEVICES = ("auto", "cuda")
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,7 @@ def _lsf_header(o: Mapping[str, Any], request: BatchRequest) -> list[str]:
         f"#BSUB -o {logs}/batch.%J.out",
         f"#BSUB -e {logs}/batch.%J.err",
         *lsf_walltime_warning(),
+        *alloc_flags_directives(o),
     ]
 
 
@@ -184,6 +190,57 @@ def run_command(request: BatchRequest, resolved: Mapping[str, Any]) -> str:
         parts += ["-o", f"{key}={value}"]
     parts += list(request.run_args)
     return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def site_gpu_count(site: str) -> str:
+    """How ``site`` requests GPUs, in words (for ``genodl sites`` and the GPU check's error)."""
+    entry = get_site(site)
+    if entry.scheduler not in ("slurm", "lsf"):
+        return "this machine's own (local site; no batch request)"
+    names = entry.option_names()
+    if "gpus_per_node" not in names:
+        from site_configs import summit
+
+        return f"fixed: {summit.GPUS_PER_NODE} per node"
+    default = entry.resolve({})["gpus_per_node"]
+    if default:
+        return f"preset: {default} per node (-o gpus_per_node=N to change)"
+    return ("none preset: a sweep on device auto/cuda must give -o gpus_per_node=N "
+            "(or -o gpus_per_node=0 with device \"cpu\" for CPU workers)")
+
+
+def check_gpu_request(site: str, options: Mapping[str, Any], devices: Sequence[str]) -> None:
+    """Refuse a batch job whose trials would train on GPUs but whose script asks for none.
+
+    A Slurm site without a preset GPU count (the generic ``slurm``) would otherwise write a
+    script without ``--gpus-per-node`` and start CPU workers, and the trials (device ``auto``)
+    would silently train on CPUs, or fail on the node (device ``cuda``). CPU workers are asked
+    for explicitly with ``-o gpus_per_node=0``; trials with device ``cuda`` cannot run on them.
+    Sites with a known GPU count (summit, frontier, perlmutter) pass as they are.
+
+    Raises
+    ------
+    SpecError
+        Naming ``<site>.gpus_per_node``, the devices of the sweep and the options to set.
+    """
+    entry = get_site(site)
+    if entry.scheduler not in ("slurm", "lsf") or "gpus_per_node" not in entry.option_names():
+        return
+    on_gpu = sorted(set(devices) & set(GPU_DEVICES))
+    if not on_gpu:
+        return
+    count = entry.resolve(options)["gpus_per_node"]  # a bad value of any option fails first
+    if "gpus_per_node" not in options and not count:
+        raise SpecError(
+            f"{site}.gpus_per_node", None,
+            "-o gpus_per_node=N (GPUs per node) for GPU workers, or -o gpus_per_node=0 with "
+            "device = \"cpu\" in the sweep for CPU workers",
+            reason=f"the sweep's trials train on GPUs (device {'/'.join(on_gpu)}) but site "
+                   f"{site!r} has no GPU count, so the job would get CPU workers")
+    if count == 0 and "cuda" in on_gpu:
+        raise SpecError(
+            f"{site}.gpus_per_node", 0, "-o gpus_per_node=N >= 1, or device = \"cpu\" (or "
+            "\"auto\") in the sweep", reason="trials with device \"cuda\" cannot run on CPU workers")
 
 
 def check_request(request: BatchRequest) -> None:
@@ -236,6 +293,8 @@ def render_batch_script(request: BatchRequest) -> str:
         "set -eo pipefail",
         f'cd "{submit_dir}"',
     ]
+    if scheduler == "lsf":
+        body += module_lines(resolved)
     if request.env.strip():
         body += request.env.strip().splitlines()
     body.append("exec " + run_command(request, resolved))  # the walltime signal reaches it

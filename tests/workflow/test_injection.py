@@ -31,7 +31,9 @@ INJECT = f"x\ntouch {CANARY}"
 
 def write_sweep(tmp_path: Path, run_table: str = "", name: str = "tiny.toml") -> Path:
     path = tmp_path / name
-    path.write_text(tiny_lr_sweep_toml("tiny", 2) + run_table)
+    # CPU trials: the generic slurm site refuses GPU trials without a GPU count.
+    path.write_text(tiny_lr_sweep_toml("tiny", 2).replace("[trial]\n", '[trial]\ndevice = "cpu"\n')
+                    + run_table)
     return path
 
 

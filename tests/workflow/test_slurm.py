@@ -22,7 +22,8 @@ SWEEP = tiny_lr_sweep_toml("slurm-tiny", 3)
 
 #: Site options that fit the single-node test cluster: the driver and the workers share this
 #: host, so the interchange listens on loopback.
-LOCAL_NODE = ["-o", "address=127.0.0.1", "-o", "cpu_workers=2", "-o", "encrypted=false",
+LOCAL_NODE = ["-o", "address=127.0.0.1", "-o", "cpu_workers=2", "-o", "gpus_per_node=0",
+              "-o", "encrypted=false",
               "--walltime", "0:10"]
 
 

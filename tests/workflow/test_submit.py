@@ -20,7 +20,8 @@ from workflows.cli import main as genodl
 
 pytestmark = pytest.mark.timeout(120)
 
-TINY_SWEEP = tiny_lr_sweep_toml("tiny", 2)
+# CPU trials: the generic slurm site refuses GPU trials without a GPU count (test_gpu_requests).
+TINY_SWEEP = tiny_lr_sweep_toml("tiny", 2).replace("[trial]\n", '[trial]\ndevice = "cpu"\n')
 
 
 def write_sweep(tmp_path: Path, text: str = TINY_SWEEP) -> Path:
@@ -114,7 +115,8 @@ def test_summit_bsub_script():
     assert header(text, "#BSUB") == [
         "#BSUB -P BIO123", "#BSUB -W 1:00", "#BSUB -nnodes 4", "#BSUB -q debug",
         "#BSUB -J genodl-s", "#BSUB -o runs/s/logs/batch.%J.out",
-        "#BSUB -e runs/s/logs/batch.%J.err", "#BSUB -wa TERM", "#BSUB -wt 3"]
+        "#BSUB -e runs/s/logs/batch.%J.err", "#BSUB -wa TERM", "#BSUB -wt 3",
+        '#BSUB -alloc_flags "gpumps"']  # two trials share each GPU: MPS
     assert 'cd "${LS_SUBCWD:-.}"' in text
     assert text.splitlines()[-1].startswith("exec genodl run ")
     argv = run_line(text)

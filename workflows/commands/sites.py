@@ -24,7 +24,8 @@ def main(args: argparse.Namespace) -> int:
     if args.name and args.name != MPI_SITE:
         get_site(args.name)  # unknown names list the known ones
     if args.json:
-        rows = describe_sites_dict() + [_mpi_row()]
+        rows = [{**row, "gpus": _gpu_line(row["name"])} for row in describe_sites_dict()]
+        rows.append(_mpi_row())
         if args.name:
             rows = [r for r in rows if r["name"] == args.name]
         print(json.dumps(rows, indent=2, default=str))
@@ -32,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
     if args.name == MPI_SITE:
         print(_mpi_block(), end="")
         return 0
-    text = describe_sites()
+    text = _with_gpu_lines(describe_sites())
     if args.name:
         blocks = [b for b in text.split("\n\n") if b.split(" ", 1)[0] == args.name]
         text = "\n\n".join(blocks).rstrip() + "\n"
@@ -41,6 +42,23 @@ def main(args: argparse.Namespace) -> int:
         text += "\n" + _mpi_block()
     print(text, end="")
     return 0
+
+
+def _gpu_line(site: str) -> str:
+    """How the site gets its GPU count, so a GPU sweep's user knows whether to give one."""
+    from workflows.submit import site_gpu_count
+
+    return site_gpu_count(site)
+
+
+def _with_gpu_lines(text: str) -> str:
+    """The site listing with a ``GPUs:`` line under each site's title line."""
+    blocks = []
+    for block in text.rstrip("\n").split("\n\n"):
+        title, _, rest = block.partition("\n")
+        name = title.split(" ", 1)[0]
+        blocks.append(f"{title}\n    GPUs: {_gpu_line(name)}\n{rest}")
+    return "\n\n".join(blocks) + "\n"
 
 
 _MPI_DESCRIPTION = ("without Parsl, `mpiexec -n N genodl run SPEC --site mpi`: rank 0 hands out "

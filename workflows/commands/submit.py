@@ -44,8 +44,9 @@ def main(args: argparse.Namespace) -> int:
     from site_configs import site_options_from_args
     from workflows.commands.run import settings_from_args
     from workflows.rundir import RunDir
-    from workflows.submit import (BatchRequest, check_request, default_env_line, scheduler_of,
-                                  submit_script, write_batch_script)
+    from workflows.submit import (BatchRequest, check_gpu_request, check_request,
+                                  default_env_line, scheduler_of, submit_script,
+                                  write_batch_script)
     from workflows.sweep import load_sweep
 
     if not args.site:
@@ -62,6 +63,9 @@ def main(args: argparse.Namespace) -> int:
         env=default_env_line() if args.env is None else args.env,
         job_name=args.job_name or f"genodl-{sweep.name}", run_args=_run_args(args))
     check_request(request)  # a value that would change the script fails before any file exists
+    # GPU trials must not silently get CPU workers (a site without a preset GPU count).
+    devices = [t.spec.get("device", "auto") for t in sweep.trials]
+    check_gpu_request(args.site, request.options, devices)
     # A directory holding another sweep would refuse the job's driver: say so before queueing.
     RunDir(out_dir).check_sweep(sweep, update=args.update_sweep)
     path = write_batch_script(request)
