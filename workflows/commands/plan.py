@@ -9,8 +9,9 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="expand a sweep spec and show its trials (runs nothing)",
                        description="Expand and validate a sweep (its trials, and its [run] site "
-                                   "and options); print the trial count and a table of trial "
-                                   "ids and axis values.")
+                                   "and options) and check its data sources (missing files, "
+                                   "widths, labels, gene ids; headers only); print the trial "
+                                   "count and a table of trial ids and axis values.")
     p.add_argument("spec", help="sweep spec (.toml or .json)")
     p.add_argument("--limit", type=int, default=50, metavar="N",
                    help="rows of the table to print (default: %(default)s; 0 for all; "
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit status 0 when the sweep is valid; invalid specs exit 2 through the CLI."""
+    """Exit status 0 when the sweep is valid; invalid specs and data problems exit 2."""
     from genodl_core.errors import SpecError
     from workflows.sweep import load_sweep, plan_table
 
@@ -29,6 +30,8 @@ def main(args: argparse.Namespace) -> int:
                         reason="out of range")
     sweep = load_sweep(args.spec)
     missing = check_run_table(sweep)
+    if not data_sources_ok(sweep):
+        return 2
     if args.json:
         print(json.dumps(sweep.to_dict(), indent=1))
         return 0
@@ -43,6 +46,24 @@ def main(args: argparse.Namespace) -> int:
               f"options or as `genodl run ... -o {name}=VALUE`")
     print(plan_table(sweep, limit=args.limit or None))
     return 0
+
+
+def data_sources_ok(sweep) -> bool:
+    """Check every data source of the sweep (headers and shapes only) and print each problem.
+
+    A missing file or a width that does not fit the model would otherwise be found only when
+    a trial runs, on a compute node after the queue (see :mod:`genodl_core.data.preflight`).
+    """
+    import sys
+
+    from genodl_core.data.preflight import check_specs
+
+    problems = check_specs(t.spec for t in sweep.trials)
+    for problem in problems:
+        print(f"data: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} data problem(s): nothing was run or queued", file=sys.stderr)
+    return not problems
 
 
 def check_run_table(sweep) -> list[str]:

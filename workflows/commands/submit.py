@@ -43,6 +43,7 @@ def main(args: argparse.Namespace) -> int:
     from genodl_core.errors import SpecError
     from site_configs import site_options_from_args
     from workflows.commands.run import settings_from_args
+    from workflows.commands.plan import data_sources_ok
     from workflows.rundir import RunDir
     from workflows.submit import (BatchRequest, check_gpu_request, check_request,
                                   default_env_line, scheduler_of, submit_script,
@@ -66,6 +67,8 @@ def main(args: argparse.Namespace) -> int:
     # GPU trials must not silently get CPU workers (a site without a preset GPU count).
     devices = [t.spec.get("device", "auto") for t in sweep.trials]
     check_gpu_request(args.site, request.options, devices)
+    if not data_sources_ok(sweep):  # missing files, widths, labels: before the queue
+        return 2
     # A directory holding another sweep would refuse the job's driver: say so before queueing.
     RunDir(out_dir).check_sweep(sweep, update=args.update_sweep)
     path = write_batch_script(request)
