@@ -13,7 +13,9 @@ a sweep is reported at once.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,19 @@ def nt3_csv_head(path: str, rows: int = LABEL_ROWS) -> tuple[int, list[str]]:
             if len(labels) >= rows:
                 break
     return width, labels
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_head(path: str, size: int, mtime_ns: int) -> tuple[int, tuple[str, ...]]:
+    width, labels = nt3_csv_head(path)
+    return width, tuple(labels)
+
+
+def csv_head_once(path: str) -> tuple[int, tuple[str, ...]]:
+    """:func:`nt3_csv_head`, read once per file version: the trials of a noise sweep differ in
+    noise settings only, and the first line of a real NT3 file is 60,000 fields long."""
+    st = os.stat(Path(path).expanduser())
+    return _cached_head(str(Path(path).expanduser().resolve()), st.st_size, st.st_mtime_ns)
 
 
 def _bad_labels(labels: Iterable[str], n_classes: int) -> list[str]:
@@ -167,7 +182,7 @@ def check_nt3_csv(spec) -> list[Problem]:
         return problems
     widths = {}
     for path in (p.train_path, p.test_path):
-        width, labels = nt3_csv_head(path)
+        width, labels = csv_head_once(path)
         if width < 1:
             problems.append(Problem(path, "no feature columns (empty file or no commas)",
                                     "a label column then one column per gene"))

@@ -160,3 +160,16 @@ def test_npy_too_few_genes(tmp_path):
 def test_generated_sources_need_no_files():
     spec = {"model": {"name": "lr"}, "data": {"source": "synthetic_dgex"}}
     assert preflight.check_specs([spec]) == []
+
+
+def test_each_csv_is_read_once_for_many_noise_settings(tmp_path, monkeypatch):
+    train, test = nt3_csv(tmp_path / "tr.csv"), nt3_csv(tmp_path / "te.csv")
+    reads = []
+    real = preflight.nt3_csv_head
+    monkeypatch.setattr(preflight, "nt3_csv_head", lambda p: reads.append(p) or real(p))
+    preflight._cached_head.cache_clear()
+    specs = [{"model": {"name": "nt3", "conv": [[4, 3, 1]], "pool": [1], "dense": [8]},
+              "data": {"source": "nt3_csv", "train_path": str(train), "test_path": str(test)},
+              "noise": [{"kind": "label_flip", "fraction": f / 10}]} for f in range(5)]
+    assert preflight.check_specs(specs) == []
+    assert len(reads) == 2
