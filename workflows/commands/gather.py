@@ -8,6 +8,7 @@ sweep.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-mixed-data", action="store_true",
                    help="gather even when done trials read different versions of a data file "
                         "(default: refuse, naming the file and its versions)")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary's path, counts by state and warnings as one JSON "
+                        "object on stdout")
     p.set_defaults(func=gather_main)
 
     p = sub.add_parser("plot", help="write the sweep's figures (PNG) from its summary",
@@ -47,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
                    help="final metrics to show (default: the headline ones present)")
     p.add_argument("--regather", action="store_true", help="gather before reporting")
+    p.add_argument("--json", action="store_true",
+                   help="print the group table (every statistic of the chosen metrics) as one "
+                        "JSON object on stdout instead of the text tables")
     p.set_defaults(func=report_main)
 
     from genodl_core.results import bench_gather
@@ -90,14 +97,32 @@ def gather_main(args: argparse.Namespace) -> int:
                   allow_mixed_data=args.allow_mixed_data)
     attrs = load.attributes(path)
     outside = attrs.get("n_outside_sweep", 0)
+    warning = mixed_plans_warning(load.execution_plans(path))
+    if getattr(args, "json", False):
+        print(json.dumps(gather_json(path, attrs, [warning] if warning else [])))
+        if warning:
+            print(warning, file=sys.stderr)
+        return 0
     print(f"{path}: {attrs['n_trials']} trials ({attrs['n_done']} done, {attrs['n_failed']} "
           f"failed, {attrs['n_running']} running, {attrs['n_pending']} pending, "
           f"{attrs['n_corrupt']} corrupt)"
           + (f"; {outside} record(s) not part of the sweep left out" if outside else ""))
-    warning = mixed_plans_warning(load.execution_plans(path))
     if warning:
         print(warning, file=sys.stderr)
     return 0
+
+
+def gather_json(path: Path, attrs: dict, warnings: list[str]) -> dict:
+    """What `gather --json` prints: the summary, counts by state, what was left out, warnings
+    (the gather's problems, one line each, and a mixed-plans warning)."""
+    from genodl_core.results import load
+    from genodl_core.results.summary import STATES
+
+    return {"summary": str(path), "n_trials": attrs["n_trials"],
+            "counts": {state: attrs.get(f"n_{state}", 0) for state in STATES},
+            "n_outside_sweep": attrs.get("n_outside_sweep", 0),
+            "outside_sweep": load.outside_sweep(path),
+            "warnings": load.problems(path) + warnings}
 
 
 def plot_main(args: argparse.Namespace) -> int:
@@ -122,10 +147,22 @@ def report_main(args: argparse.Namespace) -> int:
         for metric in args.metrics:
             if metric not in available:
                 raise SpecError("--metrics", metric, available, reason="no such final metric")
+    if getattr(args, "json", False):
+        print(json.dumps(report_json(path, args.metrics)))
+        return 0
     print(report(path, args.metrics, csv=args.csv))
     if args.csv:
         print(f"wrote {args.csv}", file=sys.stderr)
     return 0
+
+
+def report_json(path: Path, metrics: list[str] | None) -> dict:
+    """What `report --json` prints: the summary and one object per group (keys, counts by
+    state, ``<metric>.<stat>`` for every statistic; NaN as null)."""
+    from genodl_core.results import load
+
+    table = load.groups(path, metrics)
+    return {"summary": str(path), "groups": json.loads(table.to_json(orient="records"))}
 
 
 def bench_main(args: argparse.Namespace) -> int:

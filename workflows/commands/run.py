@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="allow DIR to hold a different version of this sweep (e.g. more seeds); "
                         "records of shared trials are kept")
     add_rerun_changed_data(p)
+    p.add_argument("--json", action="store_true",
+                   help="print the final report (counts by state, summary, failures, exit "
+                        "status) as one JSON object on stdout; logs stay on stderr")
     p.set_defaults(func=main)
 
 
@@ -137,6 +140,34 @@ def main(args: argparse.Namespace) -> int:
         from workflows.mpi import run_sweep_mpi
 
         report = run_sweep_mpi(sweep, out, settings)
+        if report is not None and getattr(args, "json", False):
+            print_report_json(report)
         return 0 if report is None else exit_status(report)
     report = run_sweep(sweep, out, settings)
+    if getattr(args, "json", False):
+        print_report_json(report)
     return exit_status(report)
+
+
+def report_json(report) -> dict:
+    """The final report of a run as a JSON-ready dict (what `run --json` prints)."""
+    counts: dict[str, int] = {}
+    for state in report.states.values():
+        counts[state.state] = counts.get(state.state, 0) + 1
+    return {"run_dir": str(report.run_dir), "total": report.total,
+            "submitted": report.submitted, "already_done": report.already_done,
+            "counts": counts, "summary": str(report.summary) if report.summary else None,
+            "wall_s": round(report.wall_s, 3), "stopped_by": report.stopped_by,
+            "exit_code": report.exit_code,
+            "not_done": [{"trial_id": s.trial_id, "state": s.state, "error_type": s.error_type,
+                        "error": s.error} for s in report.states.values()
+                       if s.state not in ("done",)]}
+
+
+def print_report_json(report) -> None:
+    """Print :func:`report_json` as one line, flushed before a possible hard exit."""
+    import json
+    import sys
+
+    print(json.dumps(report_json(report)))
+    sys.stdout.flush()

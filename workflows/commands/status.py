@@ -13,6 +13,10 @@ import argparse
 import json
 import sys
 
+#: Exit status of a sweep not finished yet with no failure (trials running, interrupted or not
+#: started): distinct from 1 (some trial failed or is corrupt), so a script can wait on it.
+EXIT_UNFINISHED = 4
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show a run directory's trials by state and its failures",
@@ -26,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit status 0 when every trial is done, 1 otherwise."""
+    """Exit status 0 when every trial is done, 1 when some trial failed or is corrupt,
+    :data:`EXIT_UNFINISHED` when the others are running, interrupted or missing."""
     from genodl_core.results.collapse import collapse_warning, collapsed_in_records
     from genodl_core.results.plans import mixed_plans_warning, plan_groups, read_engine
     from workflows.driver import format_status, sweep_status
@@ -59,8 +64,15 @@ def main(args: argparse.Namespace) -> int:
             print(outside_line(outside))
         for warning in warnings:
             print(warning)
-    counts = report.counts()
-    return 0 if counts["done"] == sum(counts.values()) else 1
+    return status_exit_code(report.counts())
+
+
+def status_exit_code(counts: dict[str, int]) -> int:
+    """0 all done; 1 a failure (failed or corrupt trials); EXIT_UNFINISHED trials still to
+    finish (running, interrupted, missing) and none failed."""
+    if counts.get("failed", 0) or counts.get("corrupt", 0):
+        return 1
+    return 0 if counts.get("done", 0) == sum(counts.values()) else EXIT_UNFINISHED
 
 
 def corrupt_lines(report) -> list[str]:
