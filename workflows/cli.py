@@ -7,9 +7,11 @@ read-only or forbidden folder, a file where a folder should be) are printed as o
 without a traceback; ``--debug`` adds the traceback. A closed output pipe (``genodl plan |
 head``) ends the command quietly, as other command-line tools do.
 
-Exit statuses: 0 success, 1 some trials failed (see the command), 2 invalid input,
-:data:`EXIT_OS_ERROR` an operating-system error, 130 interrupted, :data:`EXIT_BROKEN_PIPE`
-output pipe closed.
+Exit statuses: 0 success, 1 some trials failed, 2 invalid input, 3 a trial already being run
+(``genodl trial``), 4 a sweep not finished without failures (``genodl status``),
+:data:`EXIT_OS_ERROR` an operating-system error, 130/143 stopped by SIGINT/SIGTERM,
+:data:`EXIT_BROKEN_PIPE` output pipe closed; the table in docs/workflow.md says which command
+returns which.
 """
 
 from __future__ import annotations
