@@ -20,7 +20,6 @@ from site_configs import load_site
 from site_configs.script_values import (launcher_arguments, sbatch_option_list, scheduler_name,
                                         script_path)
 from tests.workflow.conftest import tiny_lr_sweep_toml
-from workflows import submit as sub
 from workflows.cli import main as genodl
 
 pytestmark = pytest.mark.timeout(120)
