@@ -122,16 +122,25 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+#: Metrics that are shares of samples: their bands never leave [0, 1].
+RATES = ("val_accuracy", "val_abstention", "val_abstention_accuracy", "test_accuracy")
+
+
 def _mean_std_line(ax, groups: pd.DataFrame, metric: str, label: str, color: str,
                    marker: str = "o", linestyle: str = "-") -> None:
+    """Mean over seeds with a +-1 std band; levels where the metric is undefined (NaN, e.g.
+    the accuracy of a model that abstained on everything) are left out, not drawn as 0 or 1."""
     mean_col, std_col = f"{metric}.mean", f"{metric}.std"
     if mean_col not in groups or groups[mean_col].isna().all():
         return
     g = groups.dropna(subset=[mean_col]).sort_values("noise_level")
     std = g[std_col].fillna(0.0).to_numpy()
     x, y = g.noise_level.to_numpy(), g[mean_col].to_numpy()
+    low, high = y - std, y + std
+    if metric in RATES:
+        low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
     ax.plot(x, y, marker=marker, linestyle=linestyle, color=color, label=label)
-    ax.fill_between(x, y - std, y + std, color=color, alpha=0.2, linewidth=0)
+    ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
 
 
 def _trial_dots(ax, done: pd.DataFrame, metric: str, color: str) -> None:
@@ -272,19 +281,23 @@ def plot_loss_curves(summary_file: Path, done: pd.DataFrame, model: str,
             rows = _with_baseline(vdone, kind)
             levels = sorted(rows.noise_level.unique())
             fig, axes = _new_figure(len(pair))
+            drawn = 0
             for ax, metric in zip(axes, pair):
                 table = curves[metric]
                 for i, level in enumerate(levels):
-                    members = rows[rows.noise_level == level].index
+                    members = table.index.intersection(rows[rows.noise_level == level].index)
                     mean = table.loc[members].mean(axis=0, skipna=True).dropna()
                     if mean.empty:
                         continue
                     color = cmap(i / max(len(levels) - 1, 1))
                     ax.plot(mean.index, mean.to_numpy(), color=color, label=f"{level:g}")
+                    drawn += 1
                 ax.set_xlabel("epoch")
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_ylabel(metric.replace("_", " "))
                 ax.grid(alpha=0.3)
+            if not drawn:  # a closed-form model has no epochs: no empty figure
+                continue
             axes[0].legend(title=_level_label(kind), fontsize="small", ncols=2)
             fig.suptitle(f"{model} ({variant}): curves by {kind} level, mean over seeds")
             written.append(_save(

@@ -124,3 +124,36 @@ def test_cli_gather_report_and_plot(real_sweep, tmp_path, capsys):
     assert main(["report", str(run), "--metrics", "no_such_metric"]) == 2
     assert main(["plot", str(run), "--out", str(tmp_path / "p")]) == 0
     assert len(list((tmp_path / "p").glob("*.png"))) == 6
+
+
+def test_closed_form_models_get_no_empty_loss_curve_figure(tmp_path):
+    from genodl_core.training.trial import run_trial
+
+    run = tmp_path / "lr"
+    for level in (0.0, 0.5):
+        spec = {**_dgex(level, 0), "model": {"name": "lr"}}
+        spec.pop("train")
+        assert run_trial(spec, run / "trials").ok
+    assert run_trial(_dgex(0.5, 0), run / "trials").ok  # a model with curves in the same summary
+    gather(run)
+    names = {p.name for p in make_plots(run, tmp_path / "figs")}
+    assert {"mae_vs_level_lr_gaussian.png", "loss_curves_dgex_default_gaussian.png"} <= names
+    assert not any(name.startswith("loss_curves_lr") for name in names), names
+
+
+def test_bands_of_shares_stay_within_zero_and_one():
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from genodl_core.results.plots import _mean_std_line
+
+    groups = pd.DataFrame({"noise_level": [0.0, 0.2, 0.4],
+                           "val_accuracy.mean": [0.95, 0.5, 0.05],
+                           "val_accuracy.std": [0.3, 0.1, 0.3],
+                           "val_loss.mean": [0.1, 0.5, 0.9], "val_loss.std": [0.3, 0.1, 0.3]})
+    ax = Figure().subplots()
+    _mean_std_line(ax, groups, "val_accuracy", "acc", "tab:blue")
+    _mean_std_line(ax, groups, "val_loss", "loss", "tab:red")
+    acc_band, loss_band = (c.get_paths()[0].vertices[:, 1] for c in ax.collections)
+    assert acc_band.min() >= 0.0 and acc_band.max() <= 1.0
+    assert loss_band.min() < 0.0  # other metrics keep their full band
