@@ -174,18 +174,10 @@ class ClassifierStack:
         with self.amp():
             logits = self.forward(xb)
         # Each trial's loss is its own batch mean, so the sum's gradient is each trial's.
-        if self.rows_at_once:
-            stacked = self.objectives[0].per_sample_loss(logits.flatten(0, 1), yb.flatten())
-            stacked = stacked.view(yb.shape)
-            stacked.mean(dim=1).sum().backward()
-            self.optimizer.step()
-            return row_batch_sums(stacked, logits.detach(), yb)
-        losses = [obj.per_sample_loss(logits[t], yb[t]) for t, obj in enumerate(self.objectives)]
-        means = [loss.mean() for loss in losses]
-        torch.stack(means).sum().backward()
+        means, sums = rows_losses_and_sums(self.objectives, self.rows_at_once, logits, yb)
+        means.sum().backward()
         self.optimizer.step()
-        return torch.stack([obj.batch_sums(losses[t], means[t], logits[t], yb[t])
-                            for t, obj in enumerate(self.objectives)])
+        return sums
 
     @torch.no_grad()
     def validate(self) -> list[dict[str, Any]]:
@@ -225,14 +217,8 @@ class ClassifierStack:
             if self.single:
                 logits = logits.unsqueeze(0)
             logits = logits[:, :n]
-            if self.rows_at_once:
-                ys = yb.expand(k, -1)
-                losses = self.objectives[0].per_sample_loss(logits.flatten(0, 1), ys.flatten())
-                sums += row_batch_sums(losses.view(ys.shape), logits, ys)
-            else:
-                sums += torch.stack([obj.batch_sums(obj.per_sample_loss(logits[t], yb), None,
-                                                    logits[t], yb)
-                                     for t, obj in enumerate(self.objectives)])
+            sums += rows_losses_and_sums(self.objectives, self.rows_at_once, logits,
+                                         yb.expand(k, -1), evaluating=True)[1]
             outputs.append(logits)
         return sums, torch.cat(outputs, dim=1)
 
@@ -273,8 +259,7 @@ class ClassifierStack:
                      n_parameters=float(self.n_parameters))
         final.update(self._test_metrics()[trial])
         ds = self.members[trial].dataset
-        n_classes = ds.n_classes or int(max(ds.y_train.max(), ds.y_val.max())) + 1
-        final.update(classification_nulls(ds.y_train, n_classes, ds.y_val, ds.y_test))
+        final.update(classification_nulls(ds.y_train, int(ds.n_classes), ds.y_val, ds.y_test))
         probabilities = _probabilities(self.objectives[trial], self.val_logits[trial])
         extra = {**self.objectives[trial].extra(), "n_parameters": int(self.n_parameters)}
         final["predicted_classes"], extra["collapsed"] = self._collapse_check(trial, extra)
@@ -324,6 +309,24 @@ class ClassifierStack:
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         _set_global_rng_state(self.plan.device, state["rng"])
+
+
+def rows_losses_and_sums(objectives: Sequence[Objective], at_once: bool, logits: torch.Tensor,
+                         y: torch.Tensor, *, evaluating: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every trial's mean loss ``[K]`` and metric sums ``[K, 3]`` from ``[K, B, outputs]``
+    logits and ``[K, B]`` labels; ``at_once`` (plain cross-entropy trials) computes them for
+    all trials in one operation each instead of a few small kernels per trial. An objective's
+    ``batch_sums`` gets no step loss in an evaluation pass (``evaluating``): that is how it
+    tells validation batches from training steps."""
+    if at_once:
+        losses = objectives[0].per_sample_loss(logits.flatten(0, 1), y.flatten()).view(y.shape)
+        return losses.mean(dim=1), row_batch_sums(losses, logits.detach(), y)
+    losses = [obj.per_sample_loss(logits[t], y[t]) for t, obj in enumerate(objectives)]
+    means = [loss.mean() for loss in losses]
+    return torch.stack(means), torch.stack([
+        obj.batch_sums(losses[t], None if evaluating else means[t], logits[t], y[t])
+        for t, obj in enumerate(objectives)])
 
 
 def _probabilities(objective: Objective, logits: torch.Tensor) -> np.ndarray:
