@@ -5,10 +5,19 @@
   trial as a dot, and the naive abstention estimate ``1 - base accuracy``.
 * ``loss_curves_<model>_<variant>_<kind>.png``: training and validation loss per epoch, one
   line per noise level (mean over seeds).
+* ``by_epoch_<model>_<variant>_<kind>.png``: validation accuracy (for an abstaining model also
+  the accuracy on the kept samples, the abstention fraction and alpha) per epoch, one line per
+  noise level, mean +- std over seeds: the final values depend on the epoch budget.
 * ``mae_vs_level_<model>_<kind>.png``: D-GEX validation MAE against the noise level with the
   linear-regression baseline alongside.
+* ``mae_vs_level_models_<kind>.png``: every regression model's validation MAE against the noise
+  level in one figure, with the per-gene mean and median null predictors when recorded.
 * ``genewise_<model>_vs_lr.png``: per-gene MAE of D-GEX against LR (one panel per noise level),
   points below the diagonal being genes where D-GEX is better.
+
+A noise kind with no level-0 trial of its own takes the sweep's clean trials (no noise step, or
+every step at level 0; same model, variant and data source) as its level 0, drawn with a hollow
+marker and named in the legend, so every curve starts from the noise-free model.
 
 Only :class:`matplotlib.figure.Figure` is used (no pyplot), so plotting neither needs a display
 nor changes the backend of the calling program.
@@ -79,6 +88,8 @@ def make_plots(path: str | Path, out_dir: str | Path | None = None) -> list[Path
                 if fig is not None:
                     written.append(fig)
         written += plot_loss_curves(summary_file, mdone, model, out)
+        written += plot_by_epoch(summary_file, mdone, model, out)
+    written += plot_all_regression(groups, done, out)
     log.info("wrote %d figures to %s", len(written), out)
     return written
 
@@ -92,16 +103,64 @@ def _noise_kinds(done: pd.DataFrame) -> list[str]:
     return kinds or ["none"]
 
 
-def _with_baseline(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """Rows of one noise kind plus the noise-free rows as level 0 (the left end of a curve).
+def _levels_zero(levels: object) -> bool:
+    """Whether every step of a ``noise_levels`` string (``"0.0+0.0"``) is at level 0: a noise
+    step of magnitude 0 (no flips, std 0, r = 0) leaves the data as it was."""
+    try:
+        return all(float(v) == 0.0 for v in str(levels).split("+"))
+    except ValueError:
+        return False
 
-    Noise-free trials are recorded with kind 'none' whatever the study, so each kind's figure
-    borrows them unless the kind has its own level-0 trials.
+
+def clean_rows(frame: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, str | None]:
+    """The clean trials standing in as level 0 of ``kind``, and a legend label naming them.
+
+    Empty (and no label) when ``kind`` has level-0 trials of its own. Clean trials are those
+    with no noise step (kind ``none``), else those whose every step is at level 0 (e.g. the
+    ``label_flip`` 0 trials of a sweep over several kinds), of one kind only so that a level
+    has one group per variant; only trials on the data sources the kind's trials use count.
+    ``frame`` is a groups or finals table of one model (any variants).
     """
     rows = frame[frame.noise_kind == kind]
-    if kind != "none" and not (rows.noise_level == 0).any():
-        rows = pd.concat([frame[frame.noise_kind == "none"], rows])
-    return rows.sort_values("noise_level")
+    if kind == "none" or (rows.noise_level == 0).any():
+        return frame.iloc[:0], None
+    others = frame[(frame.noise_kind != kind) & frame.data_source.isin(set(rows.data_source))]
+    zero = others.noise_levels.map(_levels_zero).astype(bool)
+    clean = others[(others.noise_kind == "none").to_numpy() | zero.to_numpy()]
+    if clean.empty:
+        return clean, None
+    chosen = "none" if (clean.noise_kind == "none").any() else sorted(clean.noise_kind.unique())[0]
+    label = ("clean trials (no noise step)" if chosen == "none"
+             else f"clean trials ({chosen} at 0)")
+    return clean[clean.noise_kind == chosen].assign(noise_level=0.0), label
+
+
+def _with_baseline(frame: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, str | None]:
+    """Rows of one noise kind plus, when it has no level 0 of its own, the clean trials as
+    level 0 (the left end of a curve) and the label naming them (see :func:`clean_rows`)."""
+    clean, label = clean_rows(frame, kind)
+    rows = pd.concat([clean, frame[frame.noise_kind == kind]])
+    return rows.sort_values("noise_level", kind="stable"), label
+
+
+def _mark_clean(ax, rows: pd.DataFrame, kind: str, metric: str, color: str) -> None:
+    """A hollow ring around the level-0 point taken from the clean trials (``rows`` of other
+    kinds than ``kind``), so a borrowed point is told apart from a measured one."""
+    col = f"{metric}.mean" if f"{metric}.mean" in rows else metric
+    if col not in rows:
+        return
+    borrowed = rows[(rows.noise_kind != kind)].dropna(subset=[col])
+    if not borrowed.empty:
+        ax.plot(np.zeros(len(borrowed)), borrowed[col].to_numpy(), linestyle="none",
+                marker="o", markersize=12, markerfacecolor="none", markeredgecolor=color,
+                markeredgewidth=1.5)
+
+
+def _clean_legend(ax, label: str | None) -> None:
+    """One legend entry saying what the hollow ring at level 0 is."""
+    if label:
+        ax.plot([], [], linestyle="none", marker="o", markersize=10, markerfacecolor="none",
+                markeredgecolor="black", label=f"level 0: {label}")
 
 
 def _safe(name: str) -> str:
@@ -114,6 +173,19 @@ def _new_figure(ncols: int, width: float = 5.0, height: float = 4.0):
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, axes
+
+
+def _panel_grid(n: int, width: float = 4.6, height: float = 3.6):
+    """``n`` panels in one row, or two columns when there are more than two (readable width)."""
+    from matplotlib.figure import Figure
+
+    ncols = n if n <= 2 else 2
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
 
 
 def _save(fig, path: Path) -> Path:
@@ -141,6 +213,19 @@ def _mean_std_line(ax, groups: pd.DataFrame, metric: str, label: str, color: str
         low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
     ax.plot(x, y, marker=marker, linestyle=linestyle, color=color, label=label)
     ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+    _note_partial(ax, g, metric, color)
+
+
+def _note_partial(ax, g: pd.DataFrame, metric: str, color: str) -> None:
+    """``defined/done`` beside a point whose mean covers fewer trials than finished (the others
+    undefined, e.g. abstained on everything): such a mean rests on fewer seeds."""
+    count_col = f"{metric}.count"
+    if count_col not in g or "n_done" not in g:
+        return
+    for x, y, count, done in zip(g.noise_level, g[f"{metric}.mean"], g[count_col], g.n_done):
+        if 0 < count < done:
+            ax.annotate(f"{int(count)}/{int(done)}", (x, y), textcoords="offset points",
+                        xytext=(6, 4), fontsize="x-small", color=color)
 
 
 def _trial_dots(ax, done: pd.DataFrame, metric: str, color: str) -> None:
@@ -151,6 +236,17 @@ def _trial_dots(ax, done: pd.DataFrame, metric: str, color: str) -> None:
 
 def _level_label(kind: str) -> str:
     return "noise level" if kind in ("none", "") else f"{kind} level"
+
+
+def _level_color(cmap, i: int, n: int):
+    """The ``i``-th of ``n`` level colours, stopping short of the colour map's pale end (the
+    top of viridis is a yellow hard to see on white)."""
+    return cmap(0.85 * i / max(n - 1, 1))
+
+
+def _level_entry(level: float, clean_label: str | None) -> str:
+    """A curve's legend entry: the level, and at level 0 whether the clean trials stand in."""
+    return f"{level:g} (clean trials)" if level == 0 and clean_label else f"{level:g}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,8 +262,8 @@ def plot_accuracy_abstention(groups: pd.DataFrame, done: pd.DataFrame, kind: str
     is ``1 - base validation accuracy``, which the abstaining model should exceed under label
     noise.
     """
-    g = _with_baseline(groups, kind)
-    d = _with_baseline(done, kind)
+    g, clean_label = _with_baseline(groups, kind)
+    d, _ = _with_baseline(done, kind)
     base_name = next((v for v in BASE_VARIANTS if (g.variant == v).any()), None)
     base_g, base_d = g[g.variant == base_name], d[d.variant == base_name]
     abst_g, abst_d = g[g.variant == ABSTAINING_VARIANT], d[d.variant == ABSTAINING_VARIANT]
@@ -180,11 +276,16 @@ def plot_accuracy_abstention(groups: pd.DataFrame, done: pd.DataFrame, kind: str
     _mean_std_line(ax_acc, abst_g, abst_acc, "abstaining model (non-abstained)", "tab:red",
                    marker="s")
     _trial_dots(ax_acc, abst_d, abst_acc, "tab:red")
+    _mark_clean(ax_acc, base_g, kind, "val_accuracy", "tab:blue")
+    _mark_clean(ax_acc, abst_g, kind, abst_acc, "tab:red")
+    _clean_legend(ax_acc, clean_label)
     ax_acc.set_ylabel("validation accuracy")
     ax_acc.set_title(f"{model}: accuracy under {kind} noise")
 
     _mean_std_line(ax_abs, abst_g, "val_abstention", "abstaining model", "tab:red", marker="s")
     _trial_dots(ax_abs, abst_d, "val_abstention", "tab:red")
+    _mark_clean(ax_abs, abst_g, kind, "val_abstention", "tab:red")
+    _clean_legend(ax_abs, clean_label if not abst_g.empty else None)
     if "val_accuracy.mean" in base_g and base_g["val_accuracy.mean"].notna().any():
         naive = base_g.dropna(subset=["val_accuracy.mean"]).sort_values("noise_level")
         ax_abs.plot(naive.noise_level, 1 - naive["val_accuracy.mean"], color="tab:gray",
@@ -203,22 +304,197 @@ def plot_accuracy_abstention(groups: pd.DataFrame, done: pd.DataFrame, kind: str
 def plot_mae_vs_level(groups: pd.DataFrame, done: pd.DataFrame, kind: str, model: str,
                       out: Path) -> Path:
     """D-GEX validation MAE against the noise level, with the LR baseline alongside."""
-    g = _with_baseline(groups, kind)
-    d = _with_baseline(done, kind)
+    g, clean_label = _with_baseline(groups, kind)
+    d, _ = _with_baseline(done, kind)
     fig, (ax,) = _new_figure(1, width=6.0)
     for variant, color in zip(sorted(g.variant.unique()), ("tab:blue", "tab:green", "tab:purple")):
         label = model if variant in BASE_VARIANTS else f"{model} ({variant})"
         _mean_std_line(ax, g[g.variant == variant], "val_mae", label, color)
         _trial_dots(ax, d[d.variant == variant], "val_mae", color)
+        _mark_clean(ax, g[g.variant == variant], kind, "val_mae", color)
     _mean_std_line(ax, g, "lr_val_mae", "linear regression", "tab:orange", marker="^",
                    linestyle="--")
     _trial_dots(ax, d, "lr_val_mae", "tab:orange")
+    _clean_legend(ax, clean_label)
     ax.set_xlabel(_level_label(kind))
     ax.set_ylabel("validation MAE (mean over genes)")
     ax.set_title(f"{model}: MAE under {kind} noise")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, out / f"mae_vs_level_{_safe(model)}_{_safe(kind)}.png")
+
+
+#: Null predictors drawn in the models' MAE figure: (final metric, label, colour, line style).
+NULL_MAE_LINES = (("null_mean_val_mae", "null: per-gene training mean", "tab:gray", ":"),
+                  ("null_median_val_mae", "null: per-gene training median", "black", "-."))
+#: Keys that identify what a null predictor saw: the same for every model of a sweep point.
+_NULL_KEYS = ("data_source", "noise_kind", "noise_levels", "seed")
+
+
+def _level_stats(rows: pd.DataFrame, metric: str, dedupe: bool = False) -> pd.DataFrame:
+    """Mean and std (ddof 1) of a final metric per noise level, shaped like a groups table.
+
+    With ``dedupe``, trials of different models that share data, noise and seed count once
+    (their null predictors are the same numbers, which would otherwise shrink the std).
+    """
+    pts = rows.dropna(subset=[metric])
+    if dedupe:
+        pts = pts.drop_duplicates(subset=[*_NULL_KEYS, metric])
+    stats = pts.groupby("noise_level")[metric].agg(["mean", "std"]).reset_index()
+    return stats.rename(columns={"mean": f"{metric}.mean", "std": f"{metric}.std"})
+
+
+def plot_models_mae(groups: pd.DataFrame, done: pd.DataFrame, kind: str, out: Path,
+                    suffix: str = "") -> Path:
+    """Every regression model's validation MAE against the noise level in one figure.
+
+    One line per model and variant (mean +- std over seeds; the closed-form baselines such as
+    LR, ridge or KNN-GE are models like the others), D-GEX's in-trial LR reference when the
+    sweep has no LR trials of its own, and the per-gene training mean and median null
+    predictors when recorded: a model above a null line does worse than ignoring its inputs.
+    """
+    from matplotlib import colormaps
+
+    fig, (ax,) = _new_figure(1, width=7.0, height=4.6)
+    palette = colormaps["tab10"]
+    pairs = [(m, v) for m in sorted(done.model.unique())
+             for v in sorted(done[done.model == m].variant.unique())]
+    clean_label = None
+    for i, (model, variant) in enumerate(pairs):
+        g, label = _with_baseline(groups[groups.model == model], kind)
+        g = g[g.variant == variant]
+        clean_label = clean_label or label
+        color = palette(i % 10)
+        name = model if variant in BASE_VARIANTS else f"{model} ({variant})"
+        _mean_std_line(ax, g, "val_mae", name, color)
+        _mark_clean(ax, g, kind, "val_mae", color)
+    rows = pd.concat([_with_baseline(done[done.model == m], kind)[0]
+                      for m in sorted(done.model.unique())])
+    if "lr" not in set(done.model) and "lr_val_mae" in rows and rows.lr_val_mae.notna().any():
+        _mean_std_line(ax, _level_stats(rows, "lr_val_mae"), "lr_val_mae",
+                       "linear regression (fit within the trials)", "tab:orange",
+                       marker="^", linestyle="--")
+    for metric, label, color, style in NULL_MAE_LINES:
+        if metric in rows and rows[metric].notna().any():
+            _mean_std_line(ax, _level_stats(rows, metric, dedupe=True), metric, label, color,
+                           marker=".", linestyle=style)
+    _clean_legend(ax, clean_label)
+    ax.set_xlabel(_level_label(kind))
+    ax.set_ylabel("validation MAE (mean over genes)")
+    sources = ", ".join(sorted(done.data_source.unique()))
+    ax.set_title(f"regression models under {kind} noise ({sources})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out / f"mae_vs_level_models_{_safe(kind)}{suffix}.png")
+
+
+def plot_all_regression(groups: pd.DataFrame, done: pd.DataFrame, out: Path) -> list[Path]:
+    """:func:`plot_models_mae` per noise kind (and data source, when there are several), for
+    the models with a validation MAE, when there is more than one line to compare."""
+    if "val_mae" not in done:
+        return []
+    reg = done[done.model.isin(done[done.val_mae.notna()].model.unique())]
+    if reg.empty:
+        return []
+    has_nulls = any(m in reg and reg[m].notna().any() for m, *_ in NULL_MAE_LINES)
+    n_lines = len(reg[["model", "variant"]].drop_duplicates())
+    if n_lines < 2 and not has_nulls:
+        return []
+    written = []
+    sources = sorted(reg.data_source.unique())
+    for source in sources:
+        sreg = reg[reg.data_source == source]
+        sgroups = groups[groups.model.isin(set(sreg.model)) & (groups.data_source == source)]
+        suffix = f"_{_safe(source)}" if len(sources) > 1 else ""
+        for kind in _noise_kinds(sreg):
+            written.append(plot_models_mae(sgroups, sreg, kind, out, suffix))
+    return written
+
+
+#: Per-epoch panels: (curve metric, y label); all but the first only abstaining models record.
+EPOCH_PANELS = (("val_accuracy", "validation accuracy (abstained = wrong)"),
+                ("val_abstention_accuracy", "validation accuracy on kept samples"),
+                ("val_abstention", "validation abstention fraction"),
+                ("alpha", "alpha (abstention penalty)"))
+
+
+def _epoch_band(ax, table: pd.DataFrame, metric: str, color, label: str, last: int) -> bool:
+    """Mean over seeds per epoch with a +-1 std band; epochs where the metric is undefined for
+    every seed (NaN: nothing kept) stay gaps. Shares stay in [0, 1]; alpha, drawn on a log
+    axis, keeps its band above the smallest value a seed had. Returns whether anything was
+    drawn."""
+    table = table.loc[:, table.columns <= last]
+    mean = table.mean(axis=0, skipna=True)
+    if mean.isna().all():
+        return False
+    std = table.std(axis=0, ddof=1, skipna=True).fillna(0.0).to_numpy()
+    x, y = mean.index.to_numpy(), mean.to_numpy()
+    low, high = y - std, y + std
+    if metric in RATES:
+        low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
+    elif metric == "alpha":
+        low = np.maximum(low, table.min(axis=0, skipna=True).to_numpy())
+    ax.plot(x, y, color=color, label=label, linewidth=1.4)
+    ax.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
+    return True
+
+
+def plot_by_epoch(summary_file: Path, done: pd.DataFrame, model: str,
+                  out: Path) -> list[Path]:
+    """Accuracy, and for an abstaining model accuracy on the kept samples, abstention and
+    alpha, per epoch: one panel per metric, one line per noise level (mean +- std over seeds).
+
+    Final values depend strongly on the epoch budget (an abstaining model under heavy label
+    noise can abstain on nearly everything for many epochs, then learn the noisy labels), so
+    the path matters as much as the end point. One figure per variant and noise kind.
+    """
+    available = set(load.curve_metrics(summary_file))
+    if "val_accuracy" not in available:
+        return []
+    from matplotlib import colormaps
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    cmap = colormaps["viridis"]
+    tables = {m: load.curves(summary_file, m) for m, _ in EPOCH_PANELS if m in available}
+    epochs_seen = tables["val_accuracy"].notna()
+    written = []
+    for variant in sorted(done.variant.unique()):
+        vdone = done[done.variant == variant]
+        panels = [(m, label) for m, label in EPOCH_PANELS if m in tables and
+                  tables[m].reindex(vdone.index).notna().any().any()]
+        if not panels:
+            continue
+        for kind in _noise_kinds(vdone):
+            rows, clean_label = _with_baseline(vdone, kind)
+            levels = sorted(rows.noise_level.unique())
+            fig, axes = _panel_grid(len(panels))
+            drawn = 0
+            for ax, (metric, ylabel) in zip(axes, panels):
+                for i, level in enumerate(levels):
+                    members = rows.index[rows.noise_level == level]
+                    seen = epochs_seen.reindex(members, fill_value=False).any(axis=0)
+                    last = int(seen[seen].index.max()) if seen.any() else 0
+                    drawn += _epoch_band(ax, tables[metric].reindex(members), metric,
+                                         _level_color(cmap, i, len(levels)),
+                                         _level_entry(level, clean_label), last)
+                if metric == "alpha":  # alpha moves over decades: log axis, plain numbers
+                    ax.set_yscale("log")
+                    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                elif metric in RATES:
+                    ax.set_ylim(-0.02, 1.02)
+                ax.set_xlabel("epoch")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_ylabel(ylabel)
+                ax.grid(alpha=0.3)
+            if not drawn:
+                continue
+            axes[0].legend(title=_level_label(kind), fontsize="small", ncols=2)
+            fig.suptitle(f"{model} ({variant}): validation metrics by epoch per {kind} level, "
+                         "mean ± std over seeds")
+            written.append(_save(
+                fig, out / f"by_epoch_{_safe(model)}_{_safe(variant)}_{_safe(kind)}.png"))
+    return written
 
 
 def plot_genewise(summary_file: Path, done: pd.DataFrame, model: str, out: Path) -> Path | None:
@@ -278,7 +554,7 @@ def plot_loss_curves(summary_file: Path, done: pd.DataFrame, model: str,
     for variant in sorted(done.variant.unique()):
         vdone = done[done.variant == variant]
         for kind in _noise_kinds(vdone):
-            rows = _with_baseline(vdone, kind)
+            rows, clean_label = _with_baseline(vdone, kind)
             levels = sorted(rows.noise_level.unique())
             fig, axes = _new_figure(len(pair))
             drawn = 0
@@ -289,8 +565,9 @@ def plot_loss_curves(summary_file: Path, done: pd.DataFrame, model: str,
                     mean = table.loc[members].mean(axis=0, skipna=True).dropna()
                     if mean.empty:
                         continue
-                    color = cmap(i / max(len(levels) - 1, 1))
-                    ax.plot(mean.index, mean.to_numpy(), color=color, label=f"{level:g}")
+                    color = _level_color(cmap, i, len(levels))
+                    ax.plot(mean.index, mean.to_numpy(), color=color,
+                            label=_level_entry(level, clean_label))
                     drawn += 1
                 ax.set_xlabel("epoch")
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -305,5 +582,6 @@ def plot_loss_curves(summary_file: Path, done: pd.DataFrame, model: str,
     return written
 
 
-__all__ = ["make_plots", "plot_accuracy_abstention", "plot_mae_vs_level", "plot_genewise",
-           "plot_loss_curves"]
+__all__ = ["make_plots", "plot_accuracy_abstention", "plot_mae_vs_level", "plot_models_mae",
+           "plot_all_regression", "plot_by_epoch", "plot_genewise", "plot_loss_curves",
+           "clean_rows"]

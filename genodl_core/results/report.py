@@ -7,7 +7,9 @@ holds every statistic (mean, std, min, max, count) of every chosen metric.
 Beside a model's accuracy or MAE the text shows the null baselines of the same trials (what
 predicting the majority class, or each gene's training mean or median, scores: see
 :mod:`genodl_core.training.null_baselines`), and says when a null does better than the model:
-on sparse expression data a per-gene median can beat every model.
+on sparse expression data a per-gene median can beat every model. An abstaining model's
+accuracy on the samples it kept is set beside the majority class's accuracy on those same
+samples (``null_kept_accuracy``), not on the whole split.
 """
 
 from __future__ import annotations
@@ -31,11 +33,19 @@ HEADLINE_METRICS = ("val_accuracy", "test_accuracy", "val_abstention",
 NULL_BASELINES = {
     "val_accuracy": (("null", "null_accuracy"),),
     "test_accuracy": (("null", "test_null_accuracy"),),
+    # An abstaining model's accuracy on the samples it kept, against the majority class scored
+    # on those same samples: keeping mostly majority-class samples must not pass for skill.
+    "val_abstention_accuracy": (("null", "null_kept_accuracy"),),
+    "test_abstention_accuracy": (("null", "test_null_kept_accuracy"),),
     "val_mae": (("mean", "null_mean_val_mae"), ("median", "null_median_val_mae")),
     "test_mae": (("mean", "null_mean_test_mae"), ("median", "null_median_test_mae")),
 }
+#: Accuracies that count abstentions as wrong, and the null on the kept samples that replaces
+#: theirs as the verdict for an abstaining model (the one column compares like with like).
+KEPT_NULLS = {"val_accuracy": "null_kept_accuracy", "test_accuracy": "test_null_kept_accuracy"}
 #: Metrics where more is better (the others are errors: less is better).
-HIGHER_IS_BETTER = frozenset({"val_accuracy", "test_accuracy"})
+HIGHER_IS_BETTER = frozenset({"val_accuracy", "test_accuracy", "val_abstention_accuracy",
+                              "test_abstention_accuracy"})
 KEY_COLUMNS = ("model", "variant", "data_source", "noise_kind", "noise_levels")
 COUNT_COLUMNS = ("n_done", "n_failed", "n_running", "n_pending", "n_corrupt")
 
@@ -64,8 +74,19 @@ def null_columns(metrics: Iterable[str], available: Iterable[str]) -> list[str]:
     """The null-baseline metrics to load beside ``metrics`` (those the summary holds)."""
     available = set(available)
     chosen = list(metrics)
-    return [null for m in chosen for _, null in NULL_BASELINES.get(m, ())
-            if null in available and null not in chosen]
+    nulls = [null for m in chosen for _, null in NULL_BASELINES.get(m, ())]
+    nulls += [KEPT_NULLS[m] for m in chosen if m in KEPT_NULLS]
+    return list(dict.fromkeys(n for n in nulls if n in available and n not in chosen))
+
+
+def judged(table: pd.DataFrame, metric: str) -> list[bool]:
+    """Per row, whether the model's ``metric`` is judged against its null over all samples:
+    not for an abstaining model's accuracy (abstentions count as wrong there), which is judged
+    on its kept samples instead (:data:`KEPT_NULLS`, ``val_abstention_accuracy``)."""
+    kept = f"{KEPT_NULLS.get(metric)}.count"
+    if kept not in table:
+        return [True] * len(table)
+    return [not count > 0 for count in table[kept]]
 
 
 def format_table(table: pd.DataFrame, metrics: Iterable[str], digits: int = 4) -> str:
@@ -89,9 +110,10 @@ def format_table(table: pd.DataFrame, metrics: Iterable[str], digits: int = 4) -
         nulls = [(label, f"{null}.mean") for label, null in NULL_BASELINES.get(metric, ())
                  if f"{null}.mean" in table]
         if nulls:
+            verdicts = judged(table, metric)
             cells = [cell + _null_note(metric, table[f"{metric}.mean"].iloc[i],
                                        [(label, table[col].iloc[i]) for label, col in nulls],
-                                       digits)
+                                       digits, verdicts[i])
                      for i, cell in enumerate(cells)]
         out[metric] = cells
     return out.to_string(index=False)
@@ -104,15 +126,17 @@ def _beaten_by(metric: str, model: float, nulls: list[tuple[str, float]]) -> lis
             and (value > model if higher else value < model)]
 
 
-def _null_note(metric: str, model: float, nulls: list[tuple[str, float]], digits: int) -> str:
-    """`` [null 0.5000]`` or `` [null mean 0.80, median 0.58: median better]``."""
+def _null_note(metric: str, model: float, nulls: list[tuple[str, float]], digits: int,
+               verdict: bool = True) -> str:
+    """`` [null 0.5000]`` or `` [null mean 0.80, median 0.58: median better]`` (the verdict
+    only with ``verdict``)."""
     shown = [(label, v) for label, v in nulls if not math.isnan(v)]
     if not shown:
         return ""
     named = len(shown) > 1
     values = ", ".join(f"{label} {v:.{digits}f}" if named else f"{v:.{digits}f}"
                        for label, v in shown)
-    beaten = _beaten_by(metric, model, shown)
+    beaten = _beaten_by(metric, model, shown) if verdict else []
     better = f": {' and '.join(beaten) if named else 'null'} better" if beaten else ""
     return f" [null {values}{better}]"
 
@@ -123,12 +147,15 @@ def null_warnings(table: pd.DataFrame, metrics: Iterable[str]) -> list[str]:
     for metric in metrics:
         nulls = [(label, null) for label, null in NULL_BASELINES.get(metric, ())
                  if f"{null}.mean" in table]
+        verdicts = judged(table, metric)
         for label, null in nulls:
-            beaten = sum(bool(_beaten_by(metric, m, [(label, v)])) for m, v in zip(
-                table[f"{metric}.mean"], table[f"{null}.mean"]))
+            beaten = sum(bool(_beaten_by(metric, m, [(label, v)])) for m, v, judge in zip(
+                table[f"{metric}.mean"], table[f"{null}.mean"], verdicts) if judge)
             if beaten:
                 what = ("always predicting the majority class" if label == "null"
                         else f"each gene's training {label}")
+                if "kept" in null:
+                    what += " on the samples the model kept"
                 lines.append(f"  note: {what} ({null}) beats the model's {metric} in {beaten} "
                              f"of {len(table)} group(s)")
     return lines
@@ -184,6 +211,10 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
         recorded = [m for m in shown if rows[f"{m}.count"].sum() > 0] or shown
         parts.append(f"\n[{model}]\n{format_table(rows, recorded)}")
         parts += null_warnings(rows, recorded)
+        if any(m in KEPT_NULLS and not all(judged(rows, m)) for m in recorded):
+            parts.append("  note: an abstaining model's accuracy counts abstentions as wrong; "
+                         "it is judged against the null on the samples it kept "
+                         "(val_abstention_accuracy vs null_kept_accuracy)")
     collapsed = collapse_warning(collapsed_in_table(load.trials(path)))
     if collapsed:
         parts.append("\n" + collapsed)
@@ -196,5 +227,5 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
     return "\n".join(parts)
 
 
-__all__ = ["HEADLINE_METRICS", "NULL_BASELINES", "group_table", "headline_metrics",
+__all__ = ["HEADLINE_METRICS", "NULL_BASELINES", "KEPT_NULLS", "judged", "group_table", "headline_metrics",
            "null_columns", "format_table", "null_warnings", "report"]

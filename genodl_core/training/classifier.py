@@ -23,7 +23,8 @@ from genodl_core.training.family import (FitOutcome, Member, Objective, Schedule
                                          training_scope)
 from genodl_core.training.metrics import (collapsed_class, predicted_classes, rates_from_sums,
                                           row_batch_sums)
-from genodl_core.training.null_baselines import classification_nulls
+from genodl_core.training.null_baselines import (classification_nulls, kept_null_accuracy,
+                                                 majority_class)
 from genodl_core.training.objectives import CrossEntropyObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
@@ -260,6 +261,7 @@ class ClassifierStack:
         final.update(self._test_metrics()[trial])
         ds = self.members[trial].dataset
         final.update(classification_nulls(ds.y_train, int(ds.n_classes), ds.y_val, ds.y_test))
+        final.update(self._kept_nulls(trial))
         probabilities = _probabilities(self.objectives[trial], self.val_logits[trial])
         extra = {**self.objectives[trial].extra(), "n_parameters": int(self.n_parameters)}
         final["predicted_classes"], extra["collapsed"] = self._collapse_check(trial, extra)
@@ -269,6 +271,21 @@ class ClassifierStack:
         return FitOutcome(curves=curves, final=final,
                           arrays={"val_probabilities": probabilities.astype(np.float32)},
                           extra=extra)
+
+    def _kept_nulls(self, trial: int) -> dict[str, float]:
+        """An abstaining trial's majority-class null on the samples it kept, per split: the fair
+        reference for its accuracy on the kept samples (``null_kept_accuracy``,
+        ``test_null_kept_accuracy``; see :mod:`genodl_core.training.null_baselines`)."""
+        abstain = self.objectives[trial].abstain_class
+        if abstain is None:
+            return {}
+        ds = self.members[trial].dataset
+        majority = majority_class(ds.y_train, int(ds.n_classes))
+        splits = [("null_kept_accuracy", self.val_logits[trial], ds.y_val)]
+        if self.test_logits is not None and self.test_logits.numel():
+            splits.append(("test_null_kept_accuracy", self.test_logits[trial], ds.y_test))
+        return {name: kept_null_accuracy(logits.argmax(dim=-1).cpu().numpy(), y, majority,
+                                         abstain) for name, logits, y in splits}
 
     def _collapse_check(self, trial: int, extra: dict[str, Any]) -> tuple[float, bool]:
         """Distinct real classes predicted on the validation split, and whether the trial

@@ -10,6 +10,10 @@ looking at its inputs:
 - classification: ``null_accuracy`` / ``test_null_accuracy``, the accuracy on the validation /
   test split of always predicting the training split's most frequent class (the lowest class
   index on a tie);
+- abstaining classification: ``null_kept_accuracy`` / ``test_null_kept_accuracy``, the same
+  majority-class guess scored only on the samples the model kept (did not abstain on), so that
+  the model's ``val_abstention_accuracy`` is compared with a null on the same samples (a model
+  that keeps mostly majority-class samples is not better for it); NaN when nothing was kept;
 - regression: the per-gene training mean and median as constant predictors,
   ``null_mean_val_mae`` / ``null_median_val_mae`` (``null_mean_test_mae`` /
   ``null_median_test_mae``), and the share of target genes on which the model's MAE is strictly
@@ -44,6 +48,17 @@ def classification_nulls(y_train: np.ndarray, n_classes: int, y_val: np.ndarray,
     if y_test is not None and len(y_test):
         out["test_null_accuracy"] = float(np.mean(np.asarray(y_test) == majority))
     return out
+
+
+def kept_null_accuracy(predicted: np.ndarray, y: np.ndarray, majority: int,
+                       abstain_class: int) -> float:
+    """Accuracy of always predicting ``majority`` on the samples whose prediction is not the
+    abstention class; NaN when every sample was abstained on (an accuracy over no samples is
+    undefined, as the model's own ``abstention_accuracy`` is then)."""
+    kept = np.asarray(predicted) != abstain_class
+    if not kept.any():
+        return float("nan")
+    return float(np.mean(np.asarray(y)[kept] == majority))
 
 
 def constant_predictor_mae(y: np.ndarray, constant: np.ndarray) -> np.ndarray:
@@ -122,5 +137,5 @@ def regression_nulls(y_train: np.ndarray, y_val: np.ndarray, y_test: np.ndarray 
     return final, arrays
 
 
-__all__ = ["majority_class", "classification_nulls", "constant_predictor_mae",
+__all__ = ["majority_class", "classification_nulls", "kept_null_accuracy", "constant_predictor_mae",
            "per_gene_median", "per_gene_pearson", "mean_pearson", "regression_nulls"]

@@ -62,6 +62,11 @@ def test_gather_reads_real_trial_records(real_sweep):
     for r in results:  # finals are the ones the trial returned, bit for bit
         for metric, value in r.final.items():
             assert fin.loc[r.trial_id, metric] == value
+    # the abstaining trials' majority-class null on their kept samples (NaN if none kept)
+    abstaining = table.index[table.variant == "abstaining"]
+    assert (fin.loc[abstaining, "null_kept_accuracy"].isna()
+            == (fin.loc[abstaining, "val_kept"] == 0)).all()
+    assert fin.loc[table.variant == "base", "null_kept_accuracy"].isna().all()
     abst = load.curves(path, "val_abstention")
     assert abst.loc[table.variant == "abstaining"].notna().all().all()
     assert abst.loc[table.variant == "base"].isna().all().all()
@@ -100,6 +105,9 @@ def test_plots_from_a_real_gathered_sweep(real_sweep, tmp_path):
         "mae_vs_level_dgex_gaussian.png",
         "genewise_dgex_vs_lr.png",
         "loss_curves_dgex_default_gaussian.png",
+        "by_epoch_nt3_base_label_flip.png",
+        "by_epoch_nt3_abstaining_label_flip.png",
+        "mae_vs_level_models_gaussian.png",  # one model, but its null predictors alongside
     ])
     for path in written:
         assert path.parent == tmp_path / "figs"
@@ -123,7 +131,7 @@ def test_cli_gather_report_and_plot(real_sweep, tmp_path, capsys):
     assert len(table) == 6 and "val_accuracy.mean" in table and "val_mae.count" in table
     assert main(["report", str(run), "--metrics", "no_such_metric"]) == 2
     assert main(["plot", str(run), "--out", str(tmp_path / "p")]) == 0
-    assert len(list((tmp_path / "p").glob("*.png"))) == 6
+    assert len(list((tmp_path / "p").glob("*.png"))) == 9
 
 
 def test_closed_form_models_get_no_empty_loss_curve_figure(tmp_path):
