@@ -205,6 +205,7 @@ def _mean_std_line(ax, groups: pd.DataFrame, metric: str, label: str, color: str
     mean_col, std_col = f"{metric}.mean", f"{metric}.std"
     if mean_col not in groups or groups[mean_col].isna().all():
         return
+    _note_undefined(ax, groups, metric, color)
     g = groups.dropna(subset=[mean_col]).sort_values("noise_level")
     std = g[std_col].fillna(0.0).to_numpy()
     x, y = g.noise_level.to_numpy(), g[mean_col].to_numpy()
@@ -214,6 +215,18 @@ def _mean_std_line(ax, groups: pd.DataFrame, metric: str, label: str, color: str
     ax.plot(x, y, marker=marker, linestyle=linestyle, color=color, label=label)
     ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
     _note_partial(ax, g, metric, color)
+
+
+def _note_undefined(ax, g: pd.DataFrame, metric: str, color: str) -> None:
+    """"undefined" at the foot of a level whose finished trials all lack the metric (e.g. all
+    abstained on everything): the point is missing on purpose, not lost."""
+    count_col = f"{metric}.count"
+    if count_col not in g or "n_done" not in g:
+        return
+    for x, count, done in zip(g.noise_level, g[count_col], g.n_done):
+        if count == 0 and done > 0:
+            ax.annotate("undefined", (x, 0.03), xycoords=("data", "axes fraction"),
+                        ha="center", fontsize="x-small", color=color, rotation=90)
 
 
 def _note_partial(ax, g: pd.DataFrame, metric: str, color: str) -> None:
@@ -418,6 +431,10 @@ EPOCH_PANELS = (("val_accuracy", "validation accuracy (abstained = wrong)"),
                 ("alpha", "alpha (abstention penalty)"))
 
 
+#: Marks the ringed points of a per-epoch mean over fewer seeds than ran.
+PARTIAL_GID = "partial-mean"
+
+
 def _epoch_band(ax, table: pd.DataFrame, metric: str, color, label: str, last: int) -> bool:
     """Mean over seeds per epoch with a +-1 std band; epochs where the metric is undefined for
     every seed (NaN: nothing kept) stay gaps. Shares stay in [0, 1]; alpha, drawn on a log
@@ -436,6 +453,11 @@ def _epoch_band(ax, table: pd.DataFrame, metric: str, color, label: str, last: i
         low = np.maximum(low, table.min(axis=0, skipna=True).to_numpy())
     ax.plot(x, y, color=color, label=label, linewidth=1.4)
     ax.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
+    count = table.notna().sum(axis=0).to_numpy()
+    partial = (count > 0) & (count < len(table))
+    if partial.any():  # a mean over fewer seeds than ran (the others undefined): ringed
+        ax.plot(x[partial], y[partial], linestyle="none", marker="o", markersize=5,
+                markerfacecolor="none", markeredgecolor=color, gid=PARTIAL_GID)
     return True
 
 
@@ -477,6 +499,11 @@ def plot_by_epoch(summary_file: Path, done: pd.DataFrame, model: str,
                     drawn += _epoch_band(ax, tables[metric].reindex(members), metric,
                                          _level_color(cmap, i, len(levels)),
                                          _level_entry(level, clean_label), last)
+                if any(ln.get_gid() == PARTIAL_GID for ln in ax.get_lines()):
+                    ax.plot([], [], linestyle="none", marker="o", markersize=5,
+                            markerfacecolor="none", markeredgecolor="black",
+                            label="mean of fewer seeds (others undefined)")
+                    ax.legend(fontsize="x-small", handles=ax.get_lines()[-1:])
                 if metric == "alpha":  # alpha moves over decades: log axis, plain numbers
                     ax.set_yscale("log")
                     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

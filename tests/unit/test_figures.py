@@ -110,7 +110,7 @@ def test_regression_models_and_null_predictors_share_one_figure(tmp_path, figure
 def test_metrics_by_epoch_per_level_leave_undefined_epochs_out(tmp_path, figures):
     for seed in (0, 1):
         for level in (0.0, 0.5):
-            kept_acc = [0.6, NAN, 0.7] if level else [0.8, 0.85, 0.9]
+            kept_acc = [0.6, NAN, 0.7 if seed == 0 else NAN] if level else [0.8, 0.85, 0.9]
             _write_done(
                 tmp_path, _nt3_spec("abstaining", [{"kind": "label_flip", "fraction": level}],
                                     seed),
@@ -130,6 +130,9 @@ def test_metrics_by_epoch_per_level_leave_undefined_epochs_out(tmp_path, figures
     x, y = _line(abst[1], "0.5")  # accuracy on the kept samples at level 0.5
     assert list(x) == [1, 2, 3] and math.isnan(y[1])  # a gap, not a 0 or a 1
     np.testing.assert_allclose(y[[0, 2]], [0.6, 0.7])
+    rings = [ln for ln in abst[1].get_lines() if ln.get_gid() == plots.PARTIAL_GID]
+    assert [list(r.get_xdata()) for r in rings] == [[3]]  # epoch 3 rests on one seed of two
+    assert "mean of fewer seeds (others undefined)" in abst[1].get_legend_handles_labels()[1]
     _, abstention = _line(abst[2], "0.5")
     np.testing.assert_allclose(abstention, [0.2, 1.0, 0.4])
     band = abst[2].collections[-1].get_paths()[0].vertices[:, 1]
@@ -141,13 +144,15 @@ def test_metrics_by_epoch_per_level_leave_undefined_epochs_out(tmp_path, figures
     assert [ax.get_ylabel() for ax in base] == [plots.EPOCH_PANELS[0][1]]
 
 
-def test_a_mean_over_fewer_trials_than_finished_is_labelled():
+def test_partial_and_undefined_levels_are_labelled():
     from matplotlib.figure import Figure
 
-    groups = pd.DataFrame({"noise_level": [0.0, 0.4], "n_done": [2, 3],
-                           "val_abstention_accuracy.mean": [0.9, 0.5],
-                           "val_abstention_accuracy.std": [0.1, NAN],
-                           "val_abstention_accuracy.count": [2, 1]})
+    groups = pd.DataFrame({"noise_level": [0.0, 0.4, 0.5], "n_done": [2, 3, 2],
+                           "val_abstention_accuracy.mean": [0.9, 0.5, NAN],
+                           "val_abstention_accuracy.std": [0.1, NAN, NAN],
+                           "val_abstention_accuracy.count": [2, 1, 0]})
     ax = Figure().subplots()
     plots._mean_std_line(ax, groups, "val_abstention_accuracy", "abstaining", "tab:red")
-    assert [t.get_text() for t in ax.texts] == ["1/3"]
+    # level 0.5: every trial abstained on everything, so no point, and the gap is named
+    assert [(t.get_text(), t.xy[0]) for t in ax.texts] == [("undefined", 0.5), ("1/3", 0.4)]
+    np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [0.0, 0.4])
