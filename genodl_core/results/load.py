@@ -28,8 +28,10 @@ from genodl_core.results.summary import (GROUP_KEYS, READABLE_SCHEMA_VERSIONS, S
                                          SUMMARY_FILE)
 
 #: Trial columns joined to :func:`finals` so that its frame can be grouped without a merge.
-KEY_COLUMNS = ("state", "model", "variant", "data_source", "noise_kind", "noise_level",
-               "noise_levels", "seed")
+KEY_COLUMNS = ("state", "model", "variant", "setting", "data_source", "noise_kind",
+               "noise_level", "noise_levels", "seed")
+#: Key columns a summary written before they existed lacks; they read as this value there.
+_LATER_KEYS = {"setting": ""}
 #: Datasets of ``/genes`` that label rows or columns rather than hold per-gene values
 #: (``trial_id`` exists from schema version 2 on).
 _GENE_LABELS = ("gene_ids", "trial_id")
@@ -140,7 +142,7 @@ def finals(path: str | Path, *, keys: bool = True) -> pd.DataFrame:
         ids = _column(h5["trials"]["trial_id"])
         data = {m: h5["finals"][m][()] for m in json.loads(h5["finals"].attrs["metrics"])}
         if keys:
-            data = {**{k: _column(h5["trials"][k]) for k in KEY_COLUMNS}, **data}
+            data = {**{k: _key_column(h5["trials"], k, len(ids)) for k in KEY_COLUMNS}, **data}
     return pd.DataFrame(data, index=pd.Index(ids, name="trial_id"))
 
 
@@ -177,7 +179,9 @@ def curves(path: str | Path, metric: str) -> pd.DataFrame:
 def groups(path: str | Path, metrics: Iterable[str] | None = None) -> pd.DataFrame:
     """Per-group statistics of the final metrics over the group's done trials.
 
-    A group is one combination of model, variant, data source, noise kind and level(s).
+    A group is one combination of model, variant, setting (the other spec parameters that vary
+    in the sweep: :func:`genodl_core.results.summary.assign_settings`), data source, noise kind
+    and level(s).
     Columns: the keys, ``noise_level`` (numeric, first step), ``n_done``, ``n_failed``,
     ``n_running``, ``n_pending``, ``n_corrupt``, then ``<metric>.mean|std|min|max|count`` per metric (std with
     ddof=1; count = finite values among the done trials).
@@ -192,7 +196,15 @@ def groups(path: str | Path, metrics: Iterable[str] | None = None) -> pd.DataFra
         stats = json.loads(group.attrs["stats"])
         names = [*GROUP_KEYS, "noise_level", *(f"n_{state}" for state in STATES)]
         names += [f"{m}.{s}" for m in chosen for s in stats]
-        return pd.DataFrame({n: _column(group[n]) for n in names})
+        n_groups = len(group["noise_level"])
+        return pd.DataFrame({n: _key_column(group, n, n_groups) for n in names})
+
+
+def _key_column(group: h5py.Group, name: str, length: int) -> np.ndarray:
+    """A column of ``group``, or the fixed value of a key column older summaries lack."""
+    if name not in group and name in _LATER_KEYS:
+        return np.full(length, _LATER_KEYS[name], dtype=object)
+    return _column(group[name])
 
 
 def gene_errors(path: str | Path, name: str = "val_mae_per_gene") -> pd.DataFrame:

@@ -19,16 +19,21 @@ A noise kind with no level-0 trial of its own takes the sweep's clean trials (no
 every step at level 0; same model, variant and data source) as its level 0, drawn with a hollow
 marker and named in the legend, so every curve starts from the noise-free model.
 
+A sweep that also varies another parameter (its ``setting``, e.g. the abstention controller)
+gets these figures once per setting, each set in a folder named after it.
+
 Only :class:`matplotlib.figure.Figure` is used (no pyplot), so plotting neither needs a display
 nor changes the backend of the calling program.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -46,6 +51,8 @@ MODEL_GENE_ARRAY = "val_mae_per_gene"
 LR_GENE_ARRAY = "lr_val_mae_per_gene"
 MAX_GENEWISE_PANELS = 4
 DPI = 120
+#: Longest folder name of one setting's figures (longer ones are cut and end in a hash).
+MAX_FOLDER = 80
 
 
 def make_plots(path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -73,7 +80,34 @@ def make_plots(path: str | Path, out_dir: str | Path | None = None) -> list[Path
     if done.empty:
         log.warning("no finished trials in %s: no plots", summary_file)
         return written
-    metrics = set(finals.columns)
+    settings = sorted(done.setting.unique())
+    for setting in settings:
+        where = out if len(settings) == 1 else out / _setting_folder(setting)
+        where.mkdir(parents=True, exist_ok=True)
+        written += _plot_setting(summary_file, groups[groups.setting == setting],
+                                 finals.columns, done[done.setting == setting], where)
+    log.info("wrote %d figures to %s", len(written), out)
+    return written
+
+
+def _setting_folder(setting: str) -> str:
+    """A folder name for a setting: readable, and short enough for any file system."""
+    name = _safe(setting or "default")
+    if len(name) <= MAX_FOLDER:
+        return name
+    digest = hashlib.sha1(setting.encode()).hexdigest()[:8]
+    return f"{name[:MAX_FOLDER - 9]}_{digest}"
+
+
+def _plot_setting(summary_file: Path, groups: pd.DataFrame, columns: Iterable[str],
+                  done: pd.DataFrame, out: Path) -> list[Path]:
+    """The figures of the trials of one setting (see ``setting`` in the summary schema).
+
+    Trials of different settings (e.g. abstention controllers) are never drawn as one line: a
+    sweep that varies a parameter besides model, variant and noise gets one folder per value.
+    """
+    written: list[Path] = []
+    metrics = set(columns)
     for model in sorted(done.model.unique()):
         mdone = done[done.model == model]
         mgroups = groups[groups.model == model]
@@ -90,7 +124,6 @@ def make_plots(path: str | Path, out_dir: str | Path | None = None) -> list[Path
         written += plot_loss_curves(summary_file, mdone, model, out)
         written += plot_by_epoch(summary_file, mdone, model, out)
     written += plot_all_regression(groups, done, out)
-    log.info("wrote %d figures to %s", len(written), out)
     return written
 
 

@@ -46,7 +46,9 @@ KEPT_NULLS = {"val_accuracy": "null_kept_accuracy", "test_accuracy": "test_null_
 #: Metrics where more is better (the others are errors: less is better).
 HIGHER_IS_BETTER = frozenset({"val_accuracy", "test_accuracy", "val_abstention_accuracy",
                               "test_abstention_accuracy"})
-KEY_COLUMNS = ("model", "variant", "data_source", "noise_kind", "noise_levels")
+KEY_COLUMNS = ("model", "variant", "setting", "data_source", "noise_kind", "noise_levels")
+#: Key columns shown only when they tell groups apart.
+_OPTIONAL_KEYS = ("setting", "data_source")
 COUNT_COLUMNS = ("n_done", "n_failed", "n_running", "n_pending", "n_corrupt")
 
 
@@ -99,7 +101,7 @@ def format_table(table: pd.DataFrame, metrics: Iterable[str], digits: int = 4) -
     """
     if table.empty:
         return "no trials gathered"
-    keys = [k for k in KEY_COLUMNS if k != "data_source" or table[k].nunique() > 1]
+    keys = [k for k in KEY_COLUMNS if k not in _OPTIONAL_KEYS or table[k].nunique() > 1]
     out = table[keys].rename(columns={"noise_kind": "noise", "noise_levels": "level"})
     for col in COUNT_COLUMNS:
         if col in ("n_done", "n_failed") or table[col].any():

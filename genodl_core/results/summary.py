@@ -75,6 +75,7 @@ FIXED_COLUMNS: dict[str, str] = {
     "state": "str",
     "model": "str",
     "variant": "str",
+    "setting": "str",
     "data_source": "str",
     "noise_kind": "str",
     "noise_level": "float",
@@ -98,7 +99,11 @@ FIXED_COLUMNS: dict[str, str] = {
     "record_path": "str",
 }
 #: Columns that identify a group; statistics are computed per distinct combination.
-GROUP_KEYS = ("model", "variant", "data_source", "noise_kind", "noise_levels")
+GROUP_KEYS = ("model", "variant", "setting", "data_source", "noise_kind", "noise_levels")
+#: Spec paths that never make a setting: they are a group's other keys, its seeds and noise, or
+#: they cannot change a trial's numbers (the time budget).
+SETTING_EXCLUDED = ("spec.seed", "spec.noise", "spec.model.name", "spec.model.variant",
+                    "spec.data.source", "spec.train.timeout_s")
 #: The statistics stored per group and final metric (``<metric>.<stat>`` columns of ``/groups``).
 GROUP_STATS = ("mean", "std", "min", "max", "count")
 #: Name of the gene id array in a trial's ``arrays.npz``; any array with ``per_gene`` in its
@@ -333,6 +338,7 @@ def _collect_rows(run_dir: Path, previous: "_PreviousSummary | None", stats: Gat
     for trial_id, spec in _sweep_trials(sweep):
         if trial_id not in rows:
             rows[trial_id] = pending_row(trial_id, spec)
+    assign_settings(list(rows.values()))
     ordered = sorted(rows.values(), key=_row_order)
     for row in ordered:
         stats.states[row.state] = stats.states.get(row.state, 0) + 1
@@ -340,6 +346,39 @@ def _collect_rows(run_dir: Path, previous: "_PreviousSummary | None", stats: Gat
             stats.problems.append(problem_line(row))
     stats.n_trials = len(ordered)
     return ordered
+
+
+def assign_settings(rows: list[TrialRow]) -> None:
+    """Fill each row's ``setting`` column: the spec parameters, other than the group's keys,
+    seeds and noise, whose values differ between the gathered trials of the same model
+    (``"model.controller=dac, train.epochs=50"``; empty when nothing else varies).
+
+    Groups are keyed by it, so trials that differ in anything that changes their numbers (an
+    abstention controller, a learning rate, the data's seed) are never averaged together.
+    Models are compared only with themselves: D-GEX and the baselines beside it have different
+    parameters, which say nothing about a setting.
+    """
+    by_model: dict[str, list[TrialRow]] = {}
+    for row in rows:
+        by_model.setdefault(str(row.columns.get("model", "")), []).append(row)
+    for model_rows in by_model.values():
+        keys = {key for row in model_rows for key in row.columns
+                if key.startswith("spec.") and not key.startswith(SETTING_EXCLUDED)}
+        varying = sorted(key for key in keys if len(
+            {_setting_value(row.columns.get(key)) for row in model_rows}) > 1)
+        for row in model_rows:
+            row.columns["setting"] = ", ".join(
+                f"{key[len('spec.'):]}={_setting_value(row.columns.get(key))}"
+                for key in varying)
+
+
+def _setting_value(value: Any) -> str:
+    """A spec value as a setting shows it; absent and NaN read as '-'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, str):
+        return value or "-"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def problem_line(row: TrialRow) -> str:
@@ -359,7 +398,8 @@ def _row_order(row: TrialRow) -> tuple:
     c = row.columns
     level = c["noise_level"]
     # Noise-free trials first: they are every noise curve's reference point.
-    return (c["model"], c["variant"], c["data_source"], c["noise_kind"] != "none",
+    return (c["model"], c["variant"], c.get("setting", ""), c["data_source"],
+            c["noise_kind"] != "none",
             c["noise_kind"],
             -math.inf if math.isnan(level) else level, c["noise_levels"], c["seed"], row.trial_id)
 
@@ -1012,6 +1052,9 @@ COLUMN_DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "state": ("trial state: done, failed, running, pending or corrupt", ""),
     "model": ("model name from the spec", ""),
     "variant": ("model variant ('default' for models with a single form)", ""),
+    "setting": ("the spec parameters besides model, variant, data source, seed and noise that "
+                "vary between the gathered trials, as key=value pairs (empty: none vary); part "
+                "of the group key", ""),
     "data_source": ("data source name from the spec", ""),
     "noise_kind": ("noise steps' kinds joined with '+' ('none' without noise)", ""),
     "noise_level": ("main magnitude of the first noise step (its kind's level field)",
