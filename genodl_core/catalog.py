@@ -12,3 +12,6 @@ from genodl_core.noise import labels, features, regression  # noqa: F401
 from genodl_core.models import nt3  # noqa: F401
 from genodl_core.data import synthetic_dgex, dgex_source  # noqa: F401
 from genodl_core.models import dgex, baselines  # noqa: F401
+from genodl_core.data import dna_synthetic  # noqa: F401
+from genodl_core.models import deepsea  # noqa: F401
+from genodl_core.data import histone_synthetic  # noqa: F401

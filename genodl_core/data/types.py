@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "multilabel"]
 
 #: Upper bounds of the sizes a generating source accepts: far above any real data set (NT3 has
 #: 1,400 samples x 60,483 genes, the D-GEX paper 111,009 x 10,463), far below what would only

@@ -1,0 +1,284 @@
+"""Multi-label training: T independent sigmoid targets (DeepSEA-like chromatin features).
+
+Beside the softmax classifier (:mod:`genodl_core.training.classifier`) because everything
+that makes it a classifier differs: the labels are a ``[n, T]`` 0/1 matrix, the loss is binary
+cross-entropy on logits, and the metrics are per-target areas (ROC AUC, PR AUC; see
+:mod:`genodl_core.training.multilabel_metrics`) computed on the device from all the split's
+scores at once, not accuracies accumulated per batch.
+
+Data: sequences arrive as uint8 codes ``[n, L]`` (:mod:`genodl_core.data.dna_codes`) and labels
+as uint8. The training split is kept **resident** on the device when it fits in
+:data:`RESIDENT_SHARE` of the free device memory; otherwise it stays in host memory (a
+memory-mapped file included) and each step copies only its batch's rows, read in sorted order
+(``extra["data_resident"]`` says which; the models' ``resident`` parameter can force either).
+On the CPU resident arrays are used where they are.
+
+A linear learning-rate warm-up over the first ``warmup_steps`` optimisation steps (seed 003:
+500) multiplies the epoch's rate; its step count is saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genodl_core.errors import DataError
+from genodl_core.spec import derive_seed
+from genodl_core.training.device_data import to_device
+from genodl_core.training.family import FitOutcome, Member, Schedule, training_scope
+from genodl_core.training.multilabel_metrics import per_target_auc, summarise
+from genodl_core.training.objectives import StatelessObjective
+from genodl_core.training.optim import make_optimizer
+from genodl_core.training.plan import ExecutionPlan
+from genodl_core.training.precision import (autocast, cudnn_benchmark, matmul_precision,
+                                            seeded_global_rng)
+
+#: Share of the free device memory the training split may take to stay resident there.
+RESIDENT_SHARE = 0.5
+#: Rows per evaluation batch (evaluation keeps no activations for backward).
+EVAL_BATCH = 512
+
+
+class BinaryCrossEntropyObjective(StatelessObjective):
+    """Mean over targets of the binary cross-entropy on logits, per sample; the epoch's
+    ``loss`` is the sample mean. Metrics beyond the loss come from validation."""
+
+    abstain_class: int | None = None
+    selection: str | None = None
+    fail_on_divergence = True
+
+    def per_sample_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float(),
+                                                  reduction="none").mean(dim=1)
+
+    def batch_sums(self, losses: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor,
+                   y: torch.Tensor) -> torch.Tensor:
+        return losses.detach().double().sum().reshape(1)
+
+    def train_metrics(self, sums: torch.Tensor, n: int) -> dict[str, float]:
+        return {"loss": float(sums[0]) / max(n, 1)}
+
+
+def check_multilabel(member: Member) -> None:
+    """Codes ``[n, L]`` and 0/1 labels ``[n, T]`` with equal L and T in every split.
+
+    Raises
+    ------
+    DataError
+        Naming the split and what differs.
+    """
+    ds = member.dataset
+    source = f"data source {member.spec.data.name!r}"
+    if ds.task != "multilabel":
+        raise DataError(f"{source}: the DNA models need multilabel data, got task={ds.task!r}")
+    splits = [("train", ds.x_train, ds.y_train), ("val", ds.x_val, ds.y_val)]
+    if ds.x_test is not None and len(ds.x_test):
+        splits.append(("test", ds.x_test, ds.y_test))
+    length, targets = ds.x_train.shape[1], np.shape(ds.y_train)[-1]
+    for split, x, y in splits:
+        if x.ndim != 2 or len(x) == 0:
+            raise DataError(f"{source}: x_{split} must be non-empty integer codes [n, L], got "
+                            f"shape {x.shape}")
+        if x.shape[1] != length:
+            raise DataError(f"{source}: x_{split} sequences are {x.shape[1]} long, x_train's "
+                            f"{length}")
+        if y is None or y.ndim != 2 or len(y) != len(x):
+            raise DataError(f"{source}: y_{split} must be [n={len(x)}, T], got shape "
+                            f"{None if y is None else y.shape}")
+        if y.shape[1] != targets:
+            raise DataError(f"{source}: y_{split} has {y.shape[1]} targets, y_train {targets}")
+
+
+def prevalence_bias(y: np.ndarray, floor: float = 1e-4) -> torch.Tensor:
+    """Output biases ``log(p / (1 - p))`` of the training prevalence ``p`` per target (seed
+    003): the untrained model then predicts the base rates, and early losses stay small."""
+    p = np.clip(np.asarray(y, dtype=np.float64).mean(axis=0), floor, 1 - floor)
+    return torch.as_tensor(np.log(p / (1 - p)), dtype=torch.float32)
+
+
+class MultiLabelStack:
+    """One multi-label trial for the engine (these families train alone: ``pack_key`` None)."""
+
+    def __init__(self, member: Member, plan: ExecutionPlan, *, net: nn.Module,
+                 schedule: Schedule, warmup_steps: int = 0, resident: str = "auto",
+                 extra: Callable[[], dict[str, Any]] = dict, groups: Sequence[str] | None = None):
+        self.members = [member]
+        self.plan = plan
+        ds = member.dataset
+        train = member.spec.train
+        device = plan.device
+        self.resident = (resident == "yes" or resident == "auto"
+                         and _fits(ds.x_train.nbytes + ds.y_train.nbytes, device))
+        if self.resident:
+            self.x_train = to_device(ds.x_train, device, torch.uint8)
+            self.y_train = to_device(ds.y_train, device, torch.uint8)
+        else:
+            self.x_host, self.y_host = ds.x_train, ds.y_train
+        self.x_val = to_device(ds.x_val, device, torch.uint8)
+        self.y_val = to_device(ds.y_val, device, torch.uint8)
+        self.n_train = len(ds.x_train)
+        self.batch_size = train.batch_size
+        self.objectives = [BinaryCrossEntropyObjective()]
+        self.schedules = [schedule]
+        self.trial_rows = [[0]]
+        self.step_groups = [[0]]
+        self.shuffles = [torch.Generator().manual_seed(derive_seed(member.spec.seed, "shuffle"))]
+        self.warmup_steps = warmup_steps
+        self.steps = 0
+        self.base_lr = train.learning_rate
+        self.prevalence = np.asarray(ds.y_train, dtype=np.float64).mean(axis=0)
+        self.groups = groups
+        self._extra = extra
+        self.net = net
+        self.n_parameters = sum(p.numel() for p in net.parameters())
+        self.module: nn.Module | None = None
+        self.val_scores: dict[str, np.ndarray] = {}
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        plan = self.plan
+        seed = derive_seed(self.members[0].spec.seed, "dropout")
+        return training_scope([matmul_precision(plan.device, plan.precision),
+                               cudnn_benchmark(plan.switches.cudnn_benchmark),
+                               seeded_global_rng(seed, plan.device)], self._build)
+
+    def _build(self) -> None:
+        if self.module is not None:
+            return
+        self.module = self.net.to(self.plan.device)
+        self.forward = (torch.compile(self.module, dynamic=False) if self.plan.switches.compile
+                        else self.module)
+        member = self.members[0]
+        self.optimizer = make_optimizer(self.module, member.spec.train, self.plan, 1)
+        member.log.info("training %d parameters on %d sequences (%d val), %d epochs, batch %d, "
+                        "%s %s, %s, training data %s", self.n_parameters, self.n_train,
+                        len(self.x_val), member.spec.train.epochs, self.batch_size,
+                        self.plan.device, self.plan.precision, self.plan.switches.label(),
+                        "resident on the device" if self.resident else "streamed per batch")
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        return autocast(self.plan.device, self.plan.precision)
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        self.base_lr = lrs[0]
+        self.optimizer.set_lrs(lrs)
+
+    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.resident:
+            return self.x_train.index_select(0, idx), self.y_train.index_select(0, idx)
+        rows = np.sort(idx.cpu().numpy())  # sorted reads: sequential on a memory-mapped file
+        device = self.plan.device
+        x = torch.from_numpy(np.ascontiguousarray(self.x_host[rows]))
+        y = torch.from_numpy(np.ascontiguousarray(self.y_host[rows]))
+        if device != "cpu":
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(
+                device, non_blocking=True)
+        return x, y
+
+    def step(self, group: Sequence[int], idx: torch.Tensor) -> torch.Tensor:
+        if not self.module.training:
+            self.module.train()
+        if self.warmup_steps and self.steps < self.warmup_steps:
+            self.optimizer.set_lrs([self.base_lr * (self.steps + 1) / self.warmup_steps])
+        elif self.warmup_steps and self.steps == self.warmup_steps:
+            self.optimizer.set_lrs([self.base_lr])
+        self.steps += 1
+        self.optimizer.zero_grad()
+        xb, yb = self._batch(idx[0])
+        with self.amp():
+            logits = self.forward(xb)
+        obj = self.objectives[0]
+        losses = obj.per_sample_loss(logits, yb)
+        loss = losses.mean()
+        loss.backward()
+        self.optimizer.step()
+        return obj.batch_sums(losses, loss, logits, yb).unsqueeze(0)
+
+    @torch.no_grad()
+    def _scores(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Logits ``[n, T]`` (float32, on the device) and the mean loss of one split."""
+        self.module.eval()
+        outs, loss = [], 0.0
+        obj = self.objectives[0]
+        for start in range(0, len(x), EVAL_BATCH):
+            xb, yb = x[start:start + EVAL_BATCH], y[start:start + EVAL_BATCH]
+            with self.amp():
+                logits = self.forward(xb).float()
+            loss += float(obj.per_sample_loss(logits, yb).sum())
+            outs.append(logits)
+        return torch.cat(outs), loss / max(len(x), 1)
+
+    def _split_metrics(self, prefix: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        logits, loss = self._scores(x, y)
+        roc, pr = per_target_auc(logits, y)
+        roc, pr = roc.cpu().numpy(), pr.cpu().numpy()
+        self.val_scores[f"{prefix}_roc_auc_per_target"] = roc
+        self.val_scores[f"{prefix}_pr_auc_per_target"] = pr
+        if prefix == "val":
+            self.val_scores["val_probabilities"] = torch.sigmoid(logits).cpu().numpy()
+        return {f"{prefix}_loss": loss, **summarise(roc, pr, self.prevalence, self.groups,
+                                                      prefix)}
+
+    def validate(self) -> list[dict[str, Any]]:
+        return [self._split_metrics("val", self.x_val, self.y_val)]
+
+    def combine(self, trial: int, rows: list[dict[str, Any]]) -> dict[str, float]:
+        return dict(rows[0])
+
+    def snapshot(self, row: int) -> Any:
+        raise NotImplementedError("multi-label stacks keep the last epoch (no selection)")
+
+    def restore(self, row: int, state: Any) -> None:
+        raise NotImplementedError("multi-label stacks keep the last epoch (no selection)")
+
+    def outcome(self, trial: int, curves: dict[str, list[float]],
+                selected: list[int | None]) -> FitOutcome:
+        final = {key: values[-1] for key, values in curves.items()}
+        final.update(epochs_run=float(len(curves.get("loss", []))),
+                     n_parameters=float(self.n_parameters))
+        ds = self.members[0].dataset
+        if ds.x_test is not None and len(ds.x_test):
+            final.update(self._split_metrics(
+                "test", to_device(ds.x_test, self.plan.device, torch.uint8),
+                to_device(ds.y_test, self.plan.device, torch.uint8)))
+        arrays = {k: np.asarray(v, dtype=np.float32) for k, v in self.val_scores.items()}
+        arrays["train_prevalence"] = self.prevalence.astype(np.float32)
+        extra = {"n_parameters": int(self.n_parameters), "data_resident": self.resident,
+                 "n_targets": int(len(self.prevalence)), "warmup_steps": self.warmup_steps}
+        if ds.target_ids is not None:
+            extra["target_names"] = [str(t) for t in ds.target_ids]
+        if self.groups is not None:
+            extra["target_groups"] = list(self.groups)
+        ceiling = ds.info.get("ceiling")
+        if ceiling:
+            extra["auc_ceiling"] = ceiling
+        extra.update(self._extra())
+        return FitOutcome(curves=curves, final=final, arrays=arrays, extra=extra)
+
+    def close(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = state["steps"]
+
+
+def _fits(nbytes: int, device: str) -> bool:
+    """Whether the training arrays stay on the device (always on the CPU: no copy is made)."""
+    if torch.device(device).type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info()
+    return nbytes <= RESIDENT_SHARE * free
+
+
+__all__ = ["BinaryCrossEntropyObjective", "MultiLabelStack", "check_multilabel",
+           "prevalence_bias", "RESIDENT_SHARE"]
