@@ -1,0 +1,95 @@
+"""DeepSEA, DanQ and the seed's transformer model: shapes, parameter counts, trials end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genodl_core import records
+from genodl_core.models.deepsea import (ARCHITECTURES, DeepSEAParams, TransformerParams,
+                                        build_net, param_count)
+from genodl_core.training.multilabel import prevalence_bias
+from genodl_core.training.trial import run_trial
+
+TINY_DATA = {"source": "synthetic_dna", "n_train": 256, "n_val": 128, "n_test": 64,
+             "length": 120, "central_bin": 48, "n_targets": 6}
+TINY_MODELS = {
+    "deepsea": {"conv": [8, 8, 8], "kernel": 6, "pool": 3, "dense": 16},
+    "danq": {"filters": 8, "kernel": 10, "pool": 5, "lstm": 8, "dense": 16},
+    "deepsea_transformer": {"embedding": 8, "blocks": [16, 16], "expansion": 4, "layers": 1,
+                            "heads": 2, "head_dim": 4, "inner": 16, "hidden": 16,
+                            "warmup_steps": 3},
+}
+
+
+def test_reference_parameter_counts():
+    """Full-size networks at 1,000 bp and 919 targets: the published sizes."""
+    deepsea = param_count("deepsea", DeepSEAParams(), 1000, 919)
+    # 3 convolutions, the 960 x 53 -> 925 dense layer and the 919 outputs.
+    expected = (4 * 8 * 320 + 320 + 320 * 8 * 480 + 480 + 480 * 8 * 960 + 960
+                + 960 * 53 * 925 + 925 + 925 * 919 + 919)
+    assert deepsea == expected
+    assert 46e6 < param_count("danq", ARCHITECTURES["danq"][0](), 1000, 919) < 48e6
+    assert 38e6 < param_count("deepsea_transformer", TransformerParams(), 1000, 919) < 41e6
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_forward_shapes_and_seeded_weights(name):
+    params = ARCHITECTURES[name][0](**{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in TINY_MODELS[name].items()})
+    codes = torch.randint(0, 5, (3, 120), dtype=torch.uint8)
+    state = torch.random.get_rng_state()
+    a, b = build_net(name, params, 120, 6, seed=7), build_net(name, params, 120, 6, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
+    a.eval()
+    assert a(codes).shape == (3, 6)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_prevalence_bias_is_the_log_odds():
+    y = np.array([[1, 0], [0, 0], [0, 0], [0, 1]], dtype=np.uint8)
+    np.testing.assert_allclose(prevalence_bias(y).numpy(), np.log([1 / 3, 1 / 3]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_tiny_trial_end_to_end_with_noise(name, tmp_path):
+    spec = {"seed": 2, "model": {"name": name, **TINY_MODELS[name]}, "data": TINY_DATA,
+            "noise": [{"kind": "missed_peaks", "rate": 0.3}, {"kind": "n_mask"}],
+            "train": {"epochs": 2, "batch_size": 32, "optimizer": "adam",
+                      "learning_rate": 0.003}}
+    result = run_trial(spec, tmp_path, raise_errors=True)
+    assert result.ok
+    final = result.final
+    for key in ("val_roc_auc", "val_pr_auc", "val_roc_auc_weighted", "test_roc_auc",
+                "val_defined_targets", "val_roc_auc_median_tf"):
+        assert key in final
+    assert 0.0 <= final["val_roc_auc"] <= 1.0 and final["val_defined_targets"] <= 6
+    record = json.loads((result.path / records.RESULT_FILE).read_text())
+    noise = record["noise"]
+    assert [n["kind"] for n in noise] == ["missed_peaks", "n_mask"]
+    assert len(noise[0]["n_flipped_per_target"]) == 6
+    assert record["extra"]["target_names"][0].startswith("tf_")
+    assert record["data"]["ceiling"]["val_roc_auc"] > 0.8
+    with np.load(result.path / records.ARRAYS_FILE) as arrays:
+        names = set(arrays.files)
+        assert {"val_roc_auc_per_target", "train_prevalence", "val_probabilities"} <= names
+        mask = arrays[noise[0]["flip_mask"]["array"]]
+        assert mask.shape == (256, 6) and mask.sum() == noise[0]["n_flipped"]
+
+
+def test_streamed_training_matches_resident(tmp_path):
+    """Host-streamed batches train to the same numbers as the resident split (CPU)."""
+    finals = []
+    for resident in ("yes", "no"):
+        spec = {"seed": 1, "model": {"name": "deepsea", **TINY_MODELS["deepsea"],
+                                     "resident": resident, "dropout": [0, 0, 0]},
+                "data": TINY_DATA, "train": {"epochs": 2, "batch_size": 32}}
+        result = run_trial(spec, tmp_path / resident, raise_errors=True)
+        record = json.loads((result.path / records.RESULT_FILE).read_text())
+        assert record["extra"]["data_resident"] is (resident == "yes")
+        finals.append(result.final)
+    assert finals[0]["val_loss"] == pytest.approx(finals[1]["val_loss"], rel=1e-5)
