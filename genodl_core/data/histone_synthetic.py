@@ -87,6 +87,12 @@ class SyntheticHistoneParams:
         if self.scaling != "none":
             raise SpecError(f"{where}.scaling", self.scaling, ["none"],
                             reason="histone models take log1p of the raw counts themselves")
+        # The held-out sets must fit now, not after minutes of generating data.
+        split_indices(self.n_cell_types, self.n_genes, holdout=self.holdout,
+                      n_val_cell_types=self.n_val_cell_types,
+                      n_test_cell_types=self.n_test_cell_types,
+                      val_gene_fraction=self.val_gene_fraction,
+                      test_gene_fraction=self.test_gene_fraction, seed=self.seed)
         cells = self.n_cell_types * self.n_genes * self.n_features()
         if cells > MAX_CELLS:
             raise SpecError(f"{where}.n_genes", self.n_genes,

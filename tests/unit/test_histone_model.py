@@ -84,3 +84,14 @@ def test_deepchrome_classifier_reports_auroc(tmp_path, variant):
     assert any(k.startswith("val_auroc_ct_") for k in result.final)
     if variant == "abstaining":
         assert "val_abstention" in result.final
+
+
+def test_bench_runs_histone_plain_and_packed():
+    from genodl_core.bench import BenchConfig, run_benchmark
+
+    report = run_benchmark(BenchConfig(model="histone", quick=True, device="cpu", epochs=2,
+                                       modes=("plain", "batched"), pack=2))
+    plain, packed = report.modes
+    assert (plain.trials, packed.trials) == (1, 2)
+    assert plain.val_metric == "val_pearson" and report.shape["n_features"] == 500
+    assert plain.tflops > 0 and packed.trials_per_gpu_hour > 0
