@@ -17,3 +17,4 @@ from genodl_core.models import deepsea  # noqa: F401
 from genodl_core.data import histone_synthetic  # noqa: F401
 from genodl_core.noise import dna  # noqa: F401
 from genodl_core.models import histone  # noqa: F401
+from genodl_core.data import dna_files  # noqa: F401

@@ -104,7 +104,7 @@ def check_codes(codes: np.ndarray, where: str) -> None:
     bad = np.argwhere((codes < 0) | (codes > N_CODE))
     if bad.size:
         r, p = (int(v) for v in bad[0])
-        raise DataError(f"{where}: row {r}, position {p} has code {codes[r, p]!r}; allowed codes "
+        raise DataError(f"{where}: row {r}, position {p} has code {int(codes[r, p])}; allowed codes "
                         f"0..4 for {list(ALPHABET)}")
 
 
