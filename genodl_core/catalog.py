@@ -18,3 +18,4 @@ from genodl_core.data import histone_synthetic  # noqa: F401
 from genodl_core.noise import dna  # noqa: F401
 from genodl_core.models import histone  # noqa: F401
 from genodl_core.data import dna_files  # noqa: F401
+from genodl_core.noise import histone as histone_noise  # noqa: F401
