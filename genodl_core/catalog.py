@@ -19,3 +19,4 @@ from genodl_core.noise import dna  # noqa: F401
 from genodl_core.models import histone  # noqa: F401
 from genodl_core.data import dna_files  # noqa: F401
 from genodl_core.noise import histone as histone_noise  # noqa: F401
+from genodl_core.data import histone_readers  # noqa: F401
