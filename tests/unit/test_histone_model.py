@@ -95,3 +95,16 @@ def test_bench_runs_histone_plain_and_packed():
     assert (plain.trials, packed.trials) == (1, 2)
     assert plain.val_metric == "val_pearson" and report.shape["n_features"] == 500
     assert plain.tflops > 0 and packed.trials_per_gpu_hour > 0
+
+
+def test_examples_validate():
+    from pathlib import Path
+
+    from genodl_core.spec import load_spec
+    from workflows.sweep import load_sweep
+
+    root = Path(__file__).resolve().parents[2] / "jobs" / "examples"
+    spec = load_spec(root / "histone_trial_small.toml")
+    assert spec.model.name == "histone" and spec.train.batch_size == 250
+    sweep = load_sweep(root / "histone_noise.toml")
+    assert len(sweep.trials) == 12
