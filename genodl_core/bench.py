@@ -35,7 +35,7 @@ from genodl_core.training.plan import RunSettings
 
 log = logging.getLogger(__name__)
 
-BenchModel = Literal["nt3", "dgex", "histone"]
+BenchModel = Literal["nt3", "dgex", "histone", "deepsea", "danq", "deepsea_transformer"]
 
 #: Modes the benchmark knows: (label, trial precision, fast path setting).
 MODES = {
@@ -51,6 +51,7 @@ MODES = {
     "fast-eager": ("fast path, D-GEX steps without CUDA graphs", "auto", "default"),
     "fast-torchsgd-eager": ("fast path, torch's SGD step, no CUDA graphs", "auto", "default"),
     "batched-unfused": ("batched, ReLU and max-pool as torch's ops", "auto", "batched"),
+    "fast-streamed": ("fast path, DNA batches streamed from host memory", "auto", "default"),
 }
 
 #: Ablation suffixes of modes: the run setting each one turns off.
@@ -165,6 +166,16 @@ def trial_spec(cfg: BenchConfig, *, seed: int, precision: str, epochs: int,
         if cfg.quick:
             model.update(conv=[[8, 5, 1], [8, 5, 1]], pool=[1, 4], dense=[16])
             data.update(n_train=128, n_test=64, n_features=400)
+    elif cfg.model in DNA_MODELS:
+        # DeepSEA-sized synthetic DNA (1,000 bp, 919 targets); the published architectures.
+        model = {"name": cfg.model}
+        data = {"source": "synthetic_dna", "length": 1000, "central_bin": 200,
+                "n_targets": 919, "n_train": 20000, "n_val": 2000, "n_test": 0}
+        train = {"epochs": epochs, "batch_size": 128, "optimizer": "adam",
+                 "learning_rate": 1e-4}
+        if cfg.quick:
+            model.update(DNA_QUICK_MODELS[cfg.model])
+            data.update(length=120, central_bin=48, n_targets=6, n_train=128, n_val=64)
     elif cfg.model == "histone":
         # Seed 002's network and training on synthetic marks (20 cell types x 2,000 genes)
         from genodl_core.models.histone import SEED_TRAIN
@@ -188,6 +199,8 @@ def trial_spec(cfg: BenchConfig, *, seed: int, precision: str, epochs: int,
 def forward_flops(spec: TrialSpec, n_features: int, n_outputs: int) -> float:
     """Multiply-add FLOPs (2 per MAC) of one sample's forward pass."""
     params = spec.model.params
+    if spec.model.name in DNA_MODELS:
+        return dna_forward_flops(spec.model.name, params, n_features, n_outputs)
     if spec.model.name == "nt3":
         from genodl_core.models.nt3 import nt3_widths
 
@@ -215,6 +228,36 @@ def forward_flops(spec: TrialSpec, n_features: int, n_outputs: int) -> float:
         return flops
     widths = [n_features] + [params.width] * params.hidden_layers + [n_outputs]
     return sum(2.0 * a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+#: The multi-label DNA families and the small shapes of their ``quick`` runs.
+DNA_MODELS = ("deepsea", "danq", "deepsea_transformer")
+DNA_QUICK_MODELS: dict[str, dict[str, Any]] = {
+    "deepsea": {"conv": [8, 8, 8], "kernel": 6, "pool": 3, "dense": 16},
+    "danq": {"filters": 8, "kernel": 10, "pool": 5, "lstm": 8, "dense": 16},
+    "deepsea_transformer": {"embedding": 8, "blocks": [16, 16], "expansion": 4, "layers": 1,
+                            "heads": 2, "head_dim": 4, "inner": 16, "hidden": 16},
+}
+
+
+def dna_forward_flops(name: str, params: Any, length: int, n_targets: int) -> float:
+    """FLOPs of one sequence's forward pass, counted by torch on the 'meta' device (no memory,
+    no arithmetic): convolutions, the LSTM's matmuls and attention alike."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from genodl_core.models.deepsea import ARCHITECTURES
+
+    with torch.device("meta"):
+        net = ARCHITECTURES[name][1](params, length, n_targets).eval()
+        codes = torch.zeros(1, length, dtype=torch.uint8)
+    with FlopCounterMode(display=False) as counter:
+        net(codes)
+    return float(counter.get_total_flops())
+
+
+def streamed(spec: TrialSpec) -> TrialSpec:
+    """The DNA trial with its training batches copied from host memory at every step."""
+    return spec.replace(model={**spec.model.to_dict("name"), "resident": "no"})
 
 
 def epoch_flops(spec: TrialSpec, n_train: int, n_val: int, n_features: int,
@@ -281,6 +324,8 @@ def _run_mode(cfg: BenchConfig, mode: str, device: str, epochs: int, out: Path,
         settings = settings.replace(fast_path="off")
     specs = [trial_spec(cfg, seed=seed, precision=precision, epochs=epochs, device=device)
              for seed in (1, 2)]
+    if mode.endswith("-streamed"):
+        specs = [streamed(spec) for spec in specs]
     if fast_setting == "batched":
         return _run_batched(cfg, mode, label, specs, device, epochs, out, report, settings)
     records = []
@@ -336,7 +381,8 @@ def _summarise(cfg: BenchConfig, mode: str, label: str, spec: TrialSpec,
     trial_epochs = 15 if spec.model.name == "histone" else cfg.trial_epochs
     trial_seconds = trial_epochs * per_trial_epoch + overhead
     final = warm["final"]
-    metric = next(m for m in ("val_accuracy", "val_pearson", "val_mae") if m in final)
+    metric = next(m for m in ("val_accuracy", "val_roc_auc", "val_pearson", "val_mae")
+                  if m in final)
     del data
     return ModeResult(
         mode=mode, label=label, precision=warm["precision"], fast_path=fast_label,
@@ -352,6 +398,8 @@ def _shape(spec: TrialSpec, result: dict[str, Any]) -> tuple[int, int, int, int]
     params = spec.data.params
     if spec.model.name == "nt3":
         return params.n_train, params.n_test, params.n_features, params.n_classes
+    if spec.model.name in DNA_MODELS:
+        return params.n_train, params.n_val, params.length, params.n_targets
     if spec.model.name == "histone":
         splits = result["data"]["splits"]
         rows = {k: len(v["cell_types"]) * v["n_genes"] for k, v in splits.items()}
