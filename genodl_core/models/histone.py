@@ -20,8 +20,9 @@ work on counts. Weights are Glorot-uniform, biases zero (Keras' defaults), drawn
 network here is a :class:`StackedConvNet` holding the weights of K trials with a leading K
 axis; convolutions run as one grouped convolution, dense layers as one batched matmul. K = 1 is
 the ordinary trial, so a pack runs the very same computation, and each trial's dropout masks
-come from its own generator (``derive_seed(seed, "dropout")``) in the same order as alone: a
-pack's trials follow the trajectories they would alone, up to floating-point reassociation.
+are a hash of its own seed (``derive_seed(seed, "dropout")``), the step and the position, the
+same alone as in any pack: a pack's trials follow the trajectories they would alone, up to
+floating-point reassociation.
 """
 
 from __future__ import annotations
@@ -125,8 +126,10 @@ class StackedConvNet(nn.Module):
             self.dense_w.append(nn.Parameter(torch.empty(k, fan_in, units)))
             self.dense_b.append(nn.Parameter(torch.zeros(k, 1, units)))
             fan_in = units
-        #: One dropout generator per trial (None: no dropout in training, or not seeded yet).
-        self.generators: list[torch.Generator] | None = None
+        # Dropout masks are a hash of (trial seed, step, position): see _dropout_mask.
+        self.register_buffer("dropout_seeds", torch.zeros(k, dtype=torch.int64))
+        self.register_buffer("dropout_step", torch.zeros((), dtype=torch.int64))
+        self.dropout_seeded = False
 
     @torch.no_grad()
     def initialise(self, seeds: Sequence[int]) -> "StackedConvNet":
@@ -143,8 +146,10 @@ class StackedConvNet(nn.Module):
                 w[t].copy_(torch.empty(w.shape[1:]).uniform_(-bound, bound, generator=gen))
         return self
 
-    def seed_dropout(self, seeds: Sequence[int], device: str) -> None:
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    def seed_dropout(self, seeds: Sequence[int]) -> None:
+        """Each trial's dropout stream: its seed (63-bit) in the hash of every mask."""
+        self.dropout_seeds.copy_(torch.tensor([s & (2**62 - 1) for s in seeds]))
+        self.dropout_seeded = True
 
     @classmethod
     def stack(cls, nets: Sequence["StackedConvNet"]) -> "StackedConvNet":
@@ -155,8 +160,9 @@ class StackedConvNet(nn.Module):
         with torch.no_grad():
             for name, p in out.named_parameters():
                 p.copy_(torch.cat([dict(n.named_parameters())[name] for n in nets]))
-        if all(n.generators for n in nets):
-            out.generators = [n.generators[0] for n in nets]
+            out.dropout_seeds.copy_(torch.cat([n.dropout_seeds for n in nets]))
+            out.dropout_step.copy_(first.dropout_step)
+        out.dropout_seeded = all(n.dropout_seeded for n in nets)
         return out
 
     def _act(self, h: torch.Tensor) -> torch.Tensor:
@@ -195,20 +201,36 @@ class StackedConvNet(nn.Module):
         return h[0] if single else h
 
     def _dropout_mask(self, h: torch.Tensor) -> torch.Tensor:
-        if self.generators is None or len(self.generators) != h.shape[0]:
-            raise RuntimeError("dropout needs one generator per trial: call seed_dropout")
+        """Inverted-dropout scale ``[K, B, F]`` for this training step.
+
+        Counter-based rather than a generator per trial: a mask is a hash of the trial's seed,
+        the step number and the position in the batch, computed for all K trials in a few
+        element-wise kernels (K generators would cost K launches a step, which is what packs
+        avoid). A trial draws the same masks alone as in any pack.
+        """
+        if not self.dropout_seeded:
+            raise RuntimeError("dropout needs its seeds: call seed_dropout first")
         keep = 1.0 - self.layout.dropout
-        shape = h.shape[1:]
-        masks = [torch.rand(shape, generator=g, device=h.device) < keep for g in self.generators]
-        return torch.stack(masks).to(h.dtype) / keep
+        k, batch, width = h.shape
+        self.dropout_step += 1
+        base = _mix(self.dropout_seeds + self.dropout_step * _GOLDEN).view(k, 1, 1)
+        position = torch.arange(batch * width, device=h.device).view(1, batch, width)
+        bits = (_mix(base + position) >> 40) & 0xFFFFFF
+        return (bits < int(keep * (1 << 24))).to(h.dtype) / keep
 
-    def dropout_state(self) -> list[torch.Tensor] | None:
-        return None if self.generators is None else [g.get_state() for g in self.generators]
 
-    def load_dropout_state(self, states: list[torch.Tensor] | None) -> None:
-        if states is not None and self.generators is not None:
-            for g, s in zip(self.generators, states):
-                g.set_state(s)
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (products wrap; shifts made logical by masks)."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _MIX1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _MIX2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
 
 
 @dataclass(frozen=True)
@@ -293,9 +315,8 @@ def build_net(layout: ConvLayout, n_marks: int, n_bins: int, spec: TrialSpec,
               device: str) -> StackedConvNet:
     """One trial's initialised network (K = 1) with its own dropout stream on ``device``."""
     net = StackedConvNet(layout, n_marks, n_bins).initialise([derive_seed(spec.seed, "init")])
-    net = net.to(device)
-    net.seed_dropout([derive_seed(spec.seed, "dropout")], device)
-    return net
+    net.seed_dropout([derive_seed(spec.seed, "dropout")])
+    return net.to(device)
 
 
 # ------------------------------------------------------------------------------ regression
@@ -468,13 +489,11 @@ class HistoneStack:
         return FitOutcome(curves=curves, final=final, arrays=arrays, extra=extra)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "dropout": self.module.dropout_state()}
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.module.load_dropout_state(state["dropout"])
 
     def close(self) -> None:
         self.test_pred = None
@@ -553,13 +572,6 @@ class DeepChromeStack(ClassifierStack):
         for key, value in ds.info.get("oracle", {}).items():
             out.final[f"oracle_{key}"] = float(value)
         return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "dropout": self.module.dropout_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.module.load_dropout_state(state.get("dropout"))
 
 
 MODELS.register("histone", params=HistoneParams, task="regression")(HistoneFamily())

@@ -108,3 +108,17 @@ def test_examples_validate():
     assert spec.model.name == "histone" and spec.train.batch_size == 250
     sweep = load_sweep(root / "histone_noise.toml")
     assert len(sweep.trials) == 12
+
+
+def test_dropout_masks_depend_on_seed_and_step_not_on_the_pack():
+    layout = HistoneParams().layout()
+    nets = [StackedConvNet(layout, 5, 100) for _ in range(2)]
+    for net, seed in zip(nets, (11, 12)):
+        net.seed_dropout([seed])
+    pack = StackedConvNet.stack(nets)
+    h = torch.ones(1, 250, 100)
+    first = nets[0]._dropout_mask(h)
+    assert abs((first > 0).float().mean().item() - 0.7) < 0.01  # keep 1 - 0.3
+    assert not torch.equal(first, nets[0]._dropout_mask(h))      # the next step differs
+    both = pack._dropout_mask(h.expand(2, -1, -1))
+    assert torch.equal(both[0], first[0]) and not torch.equal(both[0], both[1])
