@@ -72,6 +72,11 @@ class TrainSpec:
     min_learning_rate: float = 0.0
     #: Wall-clock budget of the training loop; the trial fails with TrialTimeout past it.
     timeout_s: float | None = 3600.0
+    #: Noisy-label detection (docs/detection.md): "auto" collects per-sample signals when a
+    #: noise step records a flip mask, "on" always (classifiers), "off" never.
+    detect: Literal["auto", "on", "off"] = "auto"
+    #: Epochs at the end of training whose per-sample losses are averaged (loss detector).
+    detect_last_epochs: int = 5
 
     def validate(self, where: str) -> None:
         check_range(where, "epochs", self.epochs, 1)
@@ -86,6 +91,7 @@ class TrainSpec:
         check_range(where, "plateau_min_delta", self.plateau_min_delta, 0)
         check_range(where, "min_learning_rate", self.min_learning_rate, 0, MAX_LEARNING_RATE)
         check_range(where, "timeout_s", self.timeout_s, 0, lo_open=True)
+        check_range(where, "detect_last_epochs", self.detect_last_epochs, 1)
 
 
 #: The names a ``data.validation`` rule may take besides a fraction.
@@ -191,7 +197,7 @@ class TrialSpec:
             "model": self.model.to_dict("name"),
             "data": {**self.data.to_dict("source"), **self.validation.to_dict()},
             "noise": [step.to_dict("kind") for step in self.noise],
-            "train": to_plain(self.train),
+            "train": _train_dict(self.train),
         }
 
     def replace(self, **changes: Any) -> "TrialSpec":
@@ -206,6 +212,19 @@ class TrialSpec:
             check = getattr(step.params, "check_data", None)
             if callable(check):
                 check(f"noise[{i}]", n_features)
+
+
+#: Train settings that only add what a record reports: left out of the resolved spec (and so
+#: of the trial id) while at their defaults, so adding them kept every earlier trial's id.
+_REPORT_ONLY_DEFAULTS = {"detect": "auto", "detect_last_epochs": 5}
+
+
+def _train_dict(train: TrainSpec) -> dict[str, Any]:
+    plain = to_plain(train)
+    for key, default in _REPORT_ONLY_DEFAULTS.items():
+        if plain.get(key) == default:
+            plain.pop(key)
+    return plain
 
 
 def _component(registry, table: Any, key: str, where: str) -> Component:

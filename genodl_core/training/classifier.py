@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from genodl_core.detection.signals import SignalCollector, wanted
 from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
@@ -123,6 +124,12 @@ class ClassifierStack:
         self._test_rows: list[dict[str, float]] | None = None
         #: ``[K, n_test, outputs]`` once the test split was evaluated (the collapse check).
         self.test_logits: torch.Tensor | None = None
+        #: Per-sample detection signals (docs/detection.md), when a member asks for them.
+        self.detecting = [wanted(m.spec) for m in members]
+        self.signals = (SignalCollector(
+            k, self.n_train, n_classes, abstaining=objectives[0].abstain_class is not None,
+            epochs=train.epochs, last_epochs=train.detect_last_epochs, device=device)
+            if any(self.detecting) else None)
 
     def scope(self) -> contextlib.AbstractContextManager:
         plan = self.plan
@@ -169,6 +176,8 @@ class ClassifierStack:
             loss = losses.mean()
             loss.backward()
             self.optimizer.step()
+            if self.signals is not None:
+                self.signals.collect(idx, logits.unsqueeze(0), yb.unsqueeze(0))
             return obj.batch_sums(losses, loss, logits, yb).unsqueeze(0)
         xb = self.x_train[idx] if self.x_train.dim() == 2 else self.x_train[self.rows, idx]
         yb = self.y_train[self.rows, idx]
@@ -178,11 +187,15 @@ class ClassifierStack:
         means, sums = rows_losses_and_sums(self.objectives, self.rows_at_once, logits, yb)
         means.sum().backward()
         self.optimizer.step()
+        if self.signals is not None:
+            self.signals.collect(idx, logits, yb)
         return sums
 
     @torch.no_grad()
     def validate(self) -> list[dict[str, Any]]:
         """Metrics of the (shared) validation split per trial, in eval mode, without grad."""
+        if self.signals is not None:  # once per epoch, right after its training steps
+            self.signals.end_epoch()
         sums, self.val_logits = self._evaluate(self.x_val, self.y_val)
         return self._rates("val", sums, len(self.y_val))
 
@@ -268,9 +281,10 @@ class ClassifierStack:
         if self.k > 1:
             extra["batched_trials"] = self.k
         extra.update(self._extra(trial))
-        return FitOutcome(curves=curves, final=final,
-                          arrays={"val_probabilities": probabilities.astype(np.float32)},
-                          extra=extra)
+        arrays = {"val_probabilities": probabilities.astype(np.float32)}
+        if self.signals is not None and self.detecting[trial]:
+            arrays.update(self.signals.arrays(trial))
+        return FitOutcome(curves=curves, final=final, arrays=arrays, extra=extra)
 
     def _kept_nulls(self, trial: int) -> dict[str, float]:
         """An abstaining trial's majority-class null on the samples it kept, per split: the fair
@@ -319,13 +333,18 @@ class ClassifierStack:
         write_masters = getattr(self.module, "write_masters", None)
         if callable(write_masters):
             write_masters()
-        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": _global_rng_state(self.plan.device)}
+        state = {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "rng": _global_rng_state(self.plan.device)}
+        if self.signals is not None:
+            state["signals"] = self.signals.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         _set_global_rng_state(self.plan.device, state["rng"])
+        if self.signals is not None and "signals" in state:
+            self.signals.load_state_dict(state["signals"])
 
 
 def rows_losses_and_sums(objectives: Sequence[Objective], at_once: bool, logits: torch.Tensor,

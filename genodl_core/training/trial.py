@@ -205,6 +205,7 @@ def _train(family: Any, trials: list["_Trial"], plan: Any) -> list[Any]:
     """The engine's outcomes, or, when training as a whole failed, that error for everyone."""
     from genodl_core.training import engine
     from genodl_core.training.checkpoint import CHECKPOINT_FILE, Checkpoint
+    from genodl_core.training.cpu import cpu_threads
 
     members = [t.member for t in trials]
     identity = {k: v for k, v in plan.to_dict().items() if k != "checkpoint_interval_s"}
@@ -214,10 +215,12 @@ def _train(family: Any, trials: list["_Trial"], plan: Any) -> list[Any]:
     t_fit = time.monotonic()
     stack = None
     try:
-        stack = family.stack(members, plan)
-        for m in members:
-            m.log.info("built in %.2f s", time.monotonic() - t_fit)
-        outcomes = engine.train(stack, members, device=plan.device, checkpoint=checkpoint)
+        # On CPU, the plan's thread count (the worker's cores): no oversubscription.
+        with cpu_threads(plan.cpu_threads):
+            stack = family.stack(members, plan)
+            for m in members:
+                m.log.info("built in %.2f s", time.monotonic() - t_fit)
+            outcomes = engine.train(stack, members, device=plan.device, checkpoint=checkpoint)
     except BaseException as err:  # noqa: BLE001 - every member fails with it
         if not isinstance(err, Exception):
             for trial in trials:
@@ -345,6 +348,10 @@ class _Trial:
             return
         if self.resumed_from is not None:
             self.resumes += 1
+        if any(name.startswith("signal_") for name in outcome.arrays):
+            from genodl_core.detection.detectors import attach
+
+            attach(outcome.final, outcome.arrays, outcome.extra, self.noise_records)
         result = {
             "trial_id": self.spec.trial_id,
             "final": {k: float(v) for k, v in outcome.final.items()},

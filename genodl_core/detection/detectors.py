@@ -1,0 +1,111 @@
+"""Detectors built on the training signals, and their scores in a trial's record.
+
+Each detector turns a signal (:mod:`genodl_core.detection.signals`) into a suspicion score
+(higher = more likely flipped) and a flagged set by a rule that needs no knowledge of the noise:
+
+=================  =================================  ====================================
+detector           score                              flagged when
+=================  =================================  ====================================
+loss               mean CE over the last epochs       CE > ln 2 (p(assigned label) < 1/2)
+aum                minus the area under the margin    AUM < 0 (another class wins on average)
+abstain_final      abstained in the final epoch       abstained in the final epoch
+abstain_fraction   share of epochs abstained          abstained in at least half the epochs
+=================  =================================  ====================================
+
+:func:`attach` scores every detector whose signal a trial collected against the trial's true
+flip mask (the union of its noise steps' ``flip_mask``, restricted to the samples a
+resizing step such as ``drop_flagged`` kept) and adds ``detect_<detector>_<metric>`` finals,
+``detect_<detector>_flagged`` arrays (what a cleaning trial drops) and a ``detection`` note.
+For correlated flips the metrics are also given within the eligible samples
+(``detect_<d>_eligible_<m>``) and the others (``detect_<d>_ineligible_<m>``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from genodl_core.detection.scores import score_detector
+
+#: detector -> (signal array, score from signal, flag rule on the signal).
+DETECTORS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray],
+                           Callable[[np.ndarray], np.ndarray]]] = {
+    "loss": ("signal_loss", lambda s: s, lambda s: s > math.log(2.0)),
+    "aum": ("signal_aum", lambda s: -s, lambda s: s < 0.0),
+    "abstain_final": ("signal_abstain_final", lambda s: s, lambda s: s > 0.5),
+    "abstain_fraction": ("signal_abstain_fraction", lambda s: s, lambda s: s >= 0.5),
+}
+
+#: Metrics reported within the eligible / ineligible samples of correlated flips.
+SUBSET_METRICS = ("auroc", "auprc", "precision", "recall", "flagged_share")
+
+
+def true_masks(noise_records: Sequence[Mapping[str, Any]], n: int
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The flip mask and eligible mask (or None) of the ``n`` training samples a trial kept.
+
+    Returns ``(None, None)`` when no noise step recorded a flip mask.
+    """
+    flips: np.ndarray | None = None
+    eligible: np.ndarray | None = None
+    for record in noise_records:
+        if "flip_mask" in record:
+            mask = np.asarray(record["flip_mask"], dtype=bool)
+            flips = mask if flips is None else flips | mask
+        if "eligible_mask" in record:
+            mask = np.asarray(record["eligible_mask"], dtype=bool)
+            eligible = mask if eligible is None else eligible | mask
+        if "kept_mask" in record:
+            kept = np.asarray(record["kept_mask"], dtype=bool)
+            flips = None if flips is None else flips[kept]
+            eligible = None if eligible is None else eligible[kept]
+    if flips is not None and flips.size != n:
+        raise ValueError(f"the recorded flip mask covers {flips.size} samples but training had "
+                         f"{n}; a noise step changed the sample count without a kept_mask")
+    return flips, eligible
+
+
+def detector_scores(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """detector -> (suspicion scores, flagged mask) for every signal present in ``arrays``."""
+    out = {}
+    for name, (signal, score, flag) in DETECTORS.items():
+        if signal in arrays:
+            values = np.asarray(arrays[signal], dtype=np.float64)
+            out[name] = (score(values), flag(values))
+    return out
+
+
+def attach(final: dict[str, float], arrays: dict[str, np.ndarray], extra: dict[str, Any],
+           noise_records: Sequence[Mapping[str, Any]]) -> None:
+    """Add the detection finals, flagged arrays and note of one trial (in place); nothing when
+    the trial collected no signal."""
+    detectors = detector_scores(arrays)
+    if not detectors:
+        return
+    n = len(next(iter(detectors.values()))[0])
+    flips, eligible = true_masks(noise_records, n)
+    truth = np.zeros(n, dtype=bool) if flips is None else flips
+    note: dict[str, Any] = {"detectors": sorted(detectors), "n_flipped": int(truth.sum()),
+                            "n_samples": n}
+    if flips is None or not truth.any():
+        note["note"] = ("no training label was flipped: the ranking and recall metrics are NaN; "
+                        "precision is 0 for any flagged sample")
+    for name, (scores, flagged) in detectors.items():
+        arrays[f"detect_{name}_flagged"] = flagged
+        for metric, value in score_detector(scores, flagged, truth).items():
+            final[f"detect_{name}_{metric}"] = value
+        if eligible is not None:
+            for part, subset in (("eligible", eligible), ("ineligible", ~eligible)):
+                if not subset.any():
+                    continue
+                values = score_detector(scores[subset], flagged[subset], truth[subset])
+                for metric in SUBSET_METRICS:
+                    final[f"detect_{name}_{part}_{metric}"] = values[metric]
+    if eligible is not None:
+        note["n_eligible"] = int(eligible.sum())
+    extra["detection"] = note
+
+
+__all__ = ["DETECTORS", "attach", "detector_scores", "true_masks"]

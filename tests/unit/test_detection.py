@@ -1,0 +1,191 @@
+"""Noisy-label detection: signals gathered during training, scored against the flip masks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genodl_core import records
+from genodl_core.detection.detectors import attach, true_masks
+from genodl_core.detection.scores import (auroc, average_precision, flagged_metrics,
+                                          score_detector, top_k_metrics)
+from genodl_core.detection.signals import SignalCollector
+from genodl_core.spec import read_table, spec_from_dict
+from genodl_core.training.trial import run_trial, run_trials
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = REPO / "jobs" / "examples" / "nt3_trial_small.toml"
+
+
+def planted(fraction: float = 0.2, epochs: int = 6, **train) -> dict:
+    """A well separated synthetic NT3 case: a small CNN learns the classes in a few epochs and
+    cannot fit the flipped labels in that time, so the flipped samples stand apart."""
+    spec = read_table(SMALL)
+    spec["data"].update(n_train=150, n_test=40, n_features=200, informative_fraction=0.5,
+                        effect_size=4.0, zero_fraction=0.0, ambiguous_fraction=0.0)
+    spec["model"].update(conv=[[4, 10, 1], [4, 5, 1]], dense=[8])
+    spec["train"].update(epochs=epochs, optimizer="adam", learning_rate=0.003, momentum=0.0,
+                         **train)
+    if fraction:
+        spec["noise"] = [{"kind": "label_flip", "fraction": fraction}]
+    return spec
+
+
+# --- metrics against hand-computed values ---------------------------------------------------
+
+def test_auroc_and_average_precision_by_hand():
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    truth = np.array([0, 0, 1, 1], dtype=bool)
+    # Pairs (pos, neg): (0.35 > 0.1), (0.35 < 0.4), (0.8 > both): 3 of 4.
+    assert auroc(scores, truth) == pytest.approx(0.75)
+    # Thresholds 0.8 (P=1, R=.5), 0.4 (P=.5, R=.5), 0.35 (P=2/3, R=1): .5*1 + .5*2/3.
+    assert average_precision(scores, truth) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # Ties count half: every pair tied.
+    assert auroc(np.ones(4), truth) == pytest.approx(0.5)
+    # A tie group is admitted whole: one threshold, precision 1/2, recall 1.
+    assert average_precision(np.ones(4), truth) == pytest.approx(0.5)
+
+
+def test_flagged_and_top_k_by_hand():
+    truth = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
+    flagged = np.array([1, 0, 1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
+    m = flagged_metrics(flagged, truth)
+    assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == pytest.approx(0.5)
+    assert m["f1"] == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+    assert m["n_flagged"] == 3 and m["flagged_share"] == pytest.approx(0.3)
+    scores = np.array([9, 1, 8, 0, 0, 0, 0, 0, 0, 0], dtype=float)
+    top = top_k_metrics(scores, truth)  # K = 2: samples 0 and 2, one flipped
+    assert top["precision_at_k"] == pytest.approx(0.5)
+    assert top["lift_at_k"] == pytest.approx(0.5 / 0.2)
+
+
+def test_no_flips_gives_nan_not_errors():
+    scores = np.arange(5.0)
+    clean = np.zeros(5, dtype=bool)
+    m = score_detector(scores, scores > 2, clean)
+    for key in ("auroc", "auprc", "recall", "f1", "precision_at_k", "lift_at_k"):
+        assert math.isnan(m[key]), key
+    assert m["precision"] == 0.0 and m["n_flagged"] == 2
+    final, extra = {}, {}
+    attach(final, {"signal_loss": np.arange(5.0, dtype=np.float32)}, extra,
+           [{"kind": "gaussian"}])
+    assert math.isnan(final["detect_loss_auroc"])
+    assert "no training label was flipped" in extra["detection"]["note"]
+
+
+def test_true_masks_union_subset_and_eligible_split():
+    flips = np.array([1, 0, 0, 1, 0, 0], dtype=bool)
+    eligible = np.array([1, 1, 1, 1, 0, 0], dtype=bool)
+    more = np.array([0, 1, 0, 0, 0, 0], dtype=bool)
+    kept = np.array([1, 1, 0, 1, 1, 1], dtype=bool)
+    recs = [{"flip_mask": flips, "eligible_mask": eligible}, {"flip_mask": more},
+            {"kept_mask": kept}]
+    truth, elig = true_masks(recs, 5)
+    assert truth.tolist() == [True, True, True, False, False]
+    assert elig.tolist() == [True, True, True, False, False]
+    final, arrays = {}, {"signal_aum": np.array([-1.0, -2.0, -0.5, 1.0, -3.0])}
+    attach(final, arrays, {}, recs)
+    assert arrays["detect_aum_flagged"].tolist() == [True, True, True, False, True]
+    assert final["detect_aum_eligible_recall"] == 1.0
+    assert final["detect_aum_ineligible_flagged_share"] == 0.5
+    assert math.isnan(final["detect_aum_ineligible_auroc"])  # no flips outside eligible
+    with pytest.raises(ValueError, match="covers 6 samples but training had 4"):
+        true_masks(recs[:1], 4)
+
+
+# --- the collector --------------------------------------------------------------------------
+
+def test_collector_writes_rows_and_samples_by_index():
+    col = SignalCollector(2, 4, 2, abstaining=True, epochs=2, last_epochs=1, device="cpu")
+    idx = torch.tensor([[3, 1], [0, 2]])
+    y = torch.tensor([[0, 1], [1, 1]])
+    # Outputs: two real classes and the abstention column.
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]],
+                           [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    for epoch in range(2):
+        col.collect(idx, logits, y)
+        col.collect(torch.tensor([[0, 2], [1, 3]]), torch.zeros(2, 2, 3), y)
+        col.end_epoch()
+    row0, row1 = col.arrays(0), col.arrays(1)
+    assert row0["signal_aum"][[3, 1]] == pytest.approx([2.0, 1.0])
+    assert row1["signal_aum"][[0, 2]] == pytest.approx([-1.0, 0.0])
+    assert row0["signal_loss"][3] == pytest.approx(math.log(1 + math.exp(-2.0)))
+    # Sample 1 of row 0 abstained (column 2 is the largest) in both epochs.
+    assert row0["signal_abstain_final"][1] == 1.0 and row0["signal_abstain_fraction"][1] == 1.0
+    assert row0["signal_abstain_fraction"][3] == 0.0 and row1["signal_abstain_final"].sum() == 0
+
+
+def test_collector_averages_loss_over_the_last_epochs_only():
+    col = SignalCollector(1, 1, 2, abstaining=False, epochs=3, last_epochs=2, device="cpu")
+    for value in (0.0, 1.0, 2.0):  # the assigned class's logit, against 0
+        col.collect(torch.tensor([[0]]), torch.tensor([[[value, 0.0]]]), torch.tensor([[0]]))
+        col.end_epoch()
+    expected = np.mean([math.log(1 + math.exp(-v)) for v in (1.0, 2.0)])
+    assert col.arrays(0)["signal_loss"][0] == pytest.approx(expected, rel=1e-6)
+    assert col.arrays(0)["signal_aum"][0] == pytest.approx(1.0)
+
+
+def test_abstention_detectors_find_planted_abstentions():
+    """Planted: the model abstains on exactly the flipped samples (and on one clean one)."""
+    n = 40
+    flips = np.zeros(n, dtype=bool)
+    flips[::5] = True
+    col = SignalCollector(1, n, 2, abstaining=True, epochs=4, last_epochs=2, device="cpu")
+    for epoch in range(4):
+        logits = torch.zeros(1, n, 3)
+        logits[0, :, 0] = 2.0
+        logits[0, torch.as_tensor(flips), 2] = 5.0 if epoch >= 1 else 0.0
+        logits[0, 1, 2] = 5.0 if epoch == 3 else 0.0
+        col.collect(torch.arange(n).view(1, n), logits, torch.zeros(1, n, dtype=torch.int64))
+        col.end_epoch()
+    final: dict = {}
+    attach(final, col.arrays(0), {}, [{"flip_mask": flips}])
+    assert final["detect_abstain_fraction_auroc"] > 0.95
+    assert final["detect_abstain_final_recall"] == 1.0
+    assert final["detect_abstain_final_precision"] == pytest.approx(8 / 9)
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+def test_planted_trial_detectors_find_the_flips(tmp_path, torch_one_thread):
+    result = run_trial(planted(), tmp_path)
+    assert result.ok, result.error
+    rec = records.load_record(result.path)
+    final = rec.result["final"]
+    for detector in ("loss", "aum"):
+        assert final[f"detect_{detector}_auroc"] > 0.95, detector
+        assert final[f"detect_{detector}_recall"] > 0.9, detector
+    assert rec.result["extra"]["detection"]["n_flipped"] == 24
+    with np.load(result.path / records.ARRAYS_FILE) as npz:
+        assert npz["detect_loss_flagged"].dtype == bool and npz["signal_aum"].shape == (120,)
+
+
+def test_detect_off_and_clean_trials_collect_nothing_and_keep_their_ids(tmp_path,
+                                                                       torch_one_thread):
+    clean = planted(fraction=0.0, epochs=1)
+    assert "detect" not in spec_from_dict(clean).to_dict()["train"]  # ids of old records kept
+    off = planted(epochs=1, detect="off")
+    assert spec_from_dict(off).trial_id != spec_from_dict(planted(epochs=1)).trial_id
+    for spec in (clean, off):
+        result = run_trial(spec, tmp_path)
+        assert result.ok, result.error
+        assert not any(k.startswith("detect_") for k in result.final)
+    on = run_trial(planted(fraction=0.0, epochs=1, detect="on"), tmp_path)
+    assert math.isnan(on.final["detect_loss_auroc"])
+
+
+def test_packed_trials_get_their_own_signals(tmp_path, torch_one_thread):
+    specs = [planted(epochs=2), {**planted(epochs=2), "seed": 1}]
+    alone = [run_trial(s, tmp_path / "alone") for s in specs]
+    packed = run_trials(specs, tmp_path / "packed", pack_size=2)
+    for a, p in zip(alone, packed):
+        assert p.ok, p.error
+        with np.load(a.path / records.ARRAYS_FILE) as one, \
+                np.load(p.path / records.ARRAYS_FILE) as two:
+            np.testing.assert_allclose(one["signal_aum"], two["signal_aum"], atol=1e-3)
+        assert records.load_record(p.path).result["extra"]["batched_trials"] == 2
+    assert alone[0].final["detect_aum_auroc"] != alone[1].final["detect_aum_auroc"]
