@@ -46,9 +46,20 @@ def resolve_device(requested: str) -> str:
 def resolve_precision(requested: str, device: str) -> str:
     """'auto' -> 'bf16' on CUDA (bf16 autocast, fp32 master weights) and 'fp32' on CPU.
 
-    On CPU every precision runs in fp32, so CPU results stay bit-for-bit deterministic.
+    On CPU, fp32 (bit-for-bit deterministic for a thread count) unless the spec asks for
+    'bf16' explicitly, which needs a CPU with native bf16 arithmetic.
+
+    Raises
+    ------
+    SpecError
+        'bf16' on a CPU without native bf16 (:func:`genodl_core.training.cpu.check_bf16`).
     """
     if device != "cuda":
+        if requested == "bf16":
+            from genodl_core.training.cpu import check_bf16
+
+            check_bf16()
+            return "bf16"
         return "fp32"
     return "bf16" if requested == "auto" else requested
 

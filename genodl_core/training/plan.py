@@ -9,11 +9,12 @@ anything up themselves, and the plan is written into every trial's ``provenance.
 ``engine``) and carried into ``summary.h5``, so that two trials computed differently can always
 be told apart. Why the plan is not part of the trial id is explained in docs/models.md.
 
-The switches (all off on CPU, which keeps CPU results bit-for-bit reproducible; each only
-changes how the same computation runs; their measured effect is in docs/performance.md):
+The switches (each only changes how the same computation runs; their measured effect is in
+docs/performance.md):
 
 - ``channels_last``: convolutions run as ``conv2d`` with ``1 x k`` kernels on channels-last
-  tensors, for which cuDNN has much faster kernels.
+  tensors, for which cuDNN (and, on CPU, oneDNN) has faster kernels. The only switch on CPU
+  (:data:`CPU_SWITCHES`): it keeps fp32 results bit-for-bit reproducible for a thread count.
 - ``fused_optimizer``: torch's single-kernel optimizer step.
 - ``eval_batch_size``: validation at a larger batch (it needs no gradients).
 - ``cudnn_benchmark``: cuDNN times its algorithms once per shape (scoped, then restored).
@@ -31,6 +32,9 @@ changes how the same computation runs; their measured effect is in docs/performa
 
 A model family declares which switches it can use (:attr:`Family.switches`); the others are
 off in its plans, so a plan lists only what really ran.
+
+On CPU the plan also fixes the intra-op threads of the trial (``cpu_threads``: the worker's
+share of the cores, see :mod:`genodl_core.training.cpu`), in the plain port as on the fast path.
 """
 
 from __future__ import annotations
@@ -103,6 +107,10 @@ CUDA_SWITCHES = Switches(channels_last=True, fused_optimizer=True, eval_batch_si
                          cudnn_benchmark=True, compile=True, bf16_inputs=True, conv_kernel=True,
                          fused_update=True, fused_activations=True, step_graphs=True)
 
+#: The CPU fast path: oneDNN's channels-last convolutions. Measured and left off on CPU:
+#: ``compile`` (see docs/performance.md), the CUDA-only switches.
+CPU_SWITCHES = Switches(channels_last=True)
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -123,6 +131,8 @@ class RunSettings:
     checkpoint_interval_s: float | None = DEFAULT_CHECKPOINT_INTERVAL_S
     #: Keep the last checkpoint of a completed trial (default: removed).
     keep_checkpoints: bool = False
+    #: Intra-op threads of a CPU trial (None: :func:`~genodl_core.training.cpu.worker_threads`).
+    cpu_threads: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RunSettings":
@@ -134,7 +144,11 @@ class RunSettings:
             A variable holds something other than 'on', 'off' or nothing (or, for the
             checkpoint interval, a number of seconds or 'off').
         """
+        from genodl_core.training.cpu import CPU_THREADS_ENV, worker_threads
+
         env = os.environ if env is None else env
+        # Unset: decided when a trial is planned (torch's thread setting may change till then).
+        threads = worker_threads(env) if env.get(CPU_THREADS_ENV, "").strip() else None
         interval: float | None = DEFAULT_CHECKPOINT_INTERVAL_S
         raw = env.get(CHECKPOINT_ENV, "").strip().lower()
         if raw in ("off", "0"):
@@ -153,7 +167,7 @@ class RunSettings:
                    fused_update=_switch(env, FUSED_UPDATE_ENV) != "off",
                    fused_activations=_switch(env, FUSED_ACTIVATIONS_ENV) != "off",
                    step_graphs=_switch(env, STEP_GRAPHS_ENV) != "off",
-                   checkpoint_interval_s=interval)
+                   checkpoint_interval_s=interval, cpu_threads=threads)
 
     def replace(self, **changes: Any) -> "RunSettings":
         return dataclasses.replace(self, **changes)
@@ -177,6 +191,8 @@ class ExecutionPlan:
     pack_size: int = 1
     checkpoint_interval_s: float | None = None
     keep_checkpoints: bool = False
+    #: Intra-op threads the trial runs with on CPU (None on CUDA).
+    cpu_threads: int | None = None
 
     @property
     def mode(self) -> Mode:
@@ -190,7 +206,8 @@ class ExecutionPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """What ``provenance.json`` records under ``engine`` (see docs/summary-schema.md)."""
-        return {"mode": self.mode, "device": self.device, "precision": self.precision,
+        cpu = {} if self.cpu_threads is None else {"cpu_threads": self.cpu_threads}
+        return {**cpu, "mode": self.mode, "device": self.device, "precision": self.precision,
                 "pack_size": self.pack_size, "switches": dataclasses.asdict(self.switches),
                 "label": self.label, "checkpoint_interval_s": self.checkpoint_interval_s}
 
@@ -213,9 +230,11 @@ def choose_plan(device: str, precision: str, switches_used: frozenset[str], *,
     triton
         Whether Triton kernels can run (default: detected).
 
-    CPU: no switch (bit-for-bit reproducible runs). CUDA: :data:`CUDA_SWITCHES`, with
-    ``bf16_inputs``, ``conv_kernel`` and ``fused_update`` only at bf16 (the last two only with
-    Triton), minus what ``settings`` turns off, minus what the family cannot use.
+    CPU: :data:`CPU_SWITCHES` (fp32 stays bit-for-bit reproducible for a thread count) and
+    ``cpu_threads`` from ``settings`` (the worker's share of the cores). CUDA:
+    :data:`CUDA_SWITCHES`, with ``bf16_inputs``, ``conv_kernel`` and ``fused_update`` only at
+    bf16 (the last two only with Triton), minus what ``settings`` turns off, minus what the
+    family cannot use.
     """
     settings = RunSettings.from_env() if settings is None else settings
     switches = Switches()
@@ -231,12 +250,20 @@ def choose_plan(device: str, precision: str, switches_used: frozenset[str], *,
             fused_update=kernels and settings.fused_update,
             fused_activations=settings.fused_activations,
             step_graphs=settings.step_graphs).keep(switches_used)
+    threads = None
+    if device == "cpu":
+        from genodl_core.training.cpu import worker_threads
+
+        threads = settings.cpu_threads or worker_threads()
+        if settings.fast_path != "off":
+            switches = CPU_SWITCHES.keep(switches_used)
     return ExecutionPlan(device=device, precision=precision, switches=switches,
                          pack_size=pack_size,
                          checkpoint_interval_s=settings.checkpoint_interval_s,
-                         keep_checkpoints=settings.keep_checkpoints)
+                         keep_checkpoints=settings.keep_checkpoints, cpu_threads=threads)
 
 
-__all__ = ["Mode", "Switches", "CUDA_SWITCHES", "RunSettings", "ExecutionPlan", "choose_plan",
+__all__ = ["Mode", "Switches", "CUDA_SWITCHES", "CPU_SWITCHES", "RunSettings",
+           "ExecutionPlan", "choose_plan",
            "FAST_PATH_ENV", "CONV_KERNEL_ENV", "FUSED_UPDATE_ENV", "FUSED_ACTIVATIONS_ENV",
            "STEP_GRAPHS_ENV", "CHECKPOINT_ENV", "DEFAULT_CHECKPOINT_INTERVAL_S"]

@@ -1,10 +1,12 @@
-"""Numeric-precision scopes for training: TF32 matmuls and bf16 autocast, on CUDA only.
+"""Numeric-precision scopes for training: TF32 matmuls (CUDA) and bf16 autocast (CUDA, CPU).
 
 The trial runner resolves ``spec.precision`` to 'fp32', 'tf32' or 'bf16' (see
 :mod:`genodl_core.training.device`); the training loop turns that choice into context managers
 here. Everything is scoped and restored on exit, because TF32 switches are process-wide and a
 persistent worker runs many trials one after another, possibly with different precisions.
-On CPU every precision runs in fp32, so CPU results stay bit-for-bit reproducible.
+On CPU, fp32 is the default (bit-for-bit reproducible for a thread count); bf16 autocast runs
+only when a spec asks for ``precision='bf16'`` explicitly, on a CPU with native bf16
+(:func:`genodl_core.training.cpu.check_bf16` refuses it elsewhere).
 """
 
 from __future__ import annotations
@@ -57,14 +59,14 @@ def matmul_precision(device: str | torch.device, precision: str) -> Iterator[Non
 
 
 def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for forward passes when ``precision='bf16'`` on CUDA; otherwise a no-op.
+    """bf16 autocast for forward passes when ``precision='bf16'`` (CUDA or CPU); else a no-op.
 
     Weights, optimizer state and losses stay fp32 (the loss functions cast logits up), so bf16
     changes only the speed and rounding of the large matmuls and convolutions.
     """
     _check(precision)
-    if precision == "bf16" and is_cuda(device):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

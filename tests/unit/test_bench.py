@@ -25,8 +25,8 @@ def test_quick_report_has_every_figure():
         assert m.tflops > 0 and 0 < m.share_of_matmul
         assert m.overhead_s >= 0 and m.val_metric == "val_accuracy"
         assert 0 <= m.val_value <= 1
-    # On CPU the default path is the plain one, in fp32.
-    assert report.modes[1].fast_path == "plain" and report.modes[1].precision == "fp32"
+    # On CPU the default path runs channels-last convolutions, in fp32.
+    assert report.modes[1].fast_path == "nhwc" and report.modes[1].precision == "fp32"
 
 
 def test_cli_prints_table_and_json(capsys):

@@ -19,7 +19,8 @@ from genodl_core.spec import spec_from_dict
 from genodl_core.training import engine
 from genodl_core.training.device import resolve_precision
 from genodl_core.training.family import Member
-from genodl_core.training.plan import (CONV_KERNEL_ENV, CUDA_SWITCHES, FAST_PATH_ENV,
+from genodl_core.training.plan import (CONV_KERNEL_ENV, CPU_SWITCHES, CUDA_SWITCHES,
+                                       FAST_PATH_ENV,
                                        FUSED_ACTIVATIONS_ENV, FUSED_UPDATE_ENV, STEP_GRAPHS_ENV,
                                        ExecutionPlan, RunSettings, Switches, choose_plan)
 from genodl_core.training.precision import cudnn_benchmark
@@ -76,8 +77,8 @@ def plan_switches(device, precision, used=EVERY_SWITCH, env=None, triton=True):
 
 @pytest.mark.parametrize("triton", [True, False])
 def test_default_path_per_device(triton):
-    assert plan_switches("cpu", "fp32", triton=triton) == Switches()
-    assert plan_switches("cpu", "bf16", triton=triton) == Switches()
+    assert plan_switches("cpu", "fp32", triton=triton) == CPU_SWITCHES
+    assert plan_switches("cpu", "bf16", triton=triton) == CPU_SWITCHES
     assert plan_switches("cuda", "bf16", triton=triton) == CUDA_SWITCHES.replace(
         conv_kernel=triton, fused_update=triton)
     # A family's plans hold only the switches it can use (alone or in packs).
@@ -147,15 +148,16 @@ def curves(spec, tmp, switches=None, settings=None):
     return outcome.curves
 
 
-def test_cpu_path_is_unchanged_and_deterministic(tmp_path):
+def test_cpu_path_is_the_planned_one_and_deterministic(tmp_path):
     spec = small_spec()
     default = curves(spec, tmp_path / "a")
-    plain = curves(spec, tmp_path / "b", Switches())
+    planned = curves(spec, tmp_path / "b", CPU_SWITCHES)
     for key in default:
         if key != "epoch_seconds":
-            assert default[key] == plain[key], key
+            assert default[key] == planned[key], key
     record = load_record(run_trial(spec, tmp_path / "c", raise_errors=True).path).result
-    assert record["engine"]["mode"] == "plain" and record["engine"]["label"] == "plain"
+    assert record["engine"]["mode"] == "fast" and record["engine"]["label"] == "nhwc"
+    assert record["engine"]["cpu_threads"] == torch.get_num_threads()
 
 
 @pytest.mark.parametrize("variant", ["base", "abstaining"])
