@@ -535,6 +535,7 @@ class DeepChromeFamily(Family):
         m, b = shape_of(ds.info, ds.n_features)
         member.spec.model.params.layout(2).widths(b)
         check_classification(member, 2)
+        row_cell_types(ds.info, "val")
 
     def stack(self, members: Sequence[Member], plan: ExecutionPlan) -> "DeepChromeStack":
         params: DeepChromeParams = members[0].spec.model.params

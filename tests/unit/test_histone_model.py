@@ -51,14 +51,18 @@ def test_keras_same_padding_puts_the_odd_pad_right():
     assert net.eval()(x)[0, 0].item() == pytest.approx(expected.item())
 
 
-def test_a_pack_of_two_equals_two_single_trials(tmp_path):
-    specs = [_spec("histone", "synthetic_histone", seed=s) for s in (1, 2)]
+@pytest.mark.parametrize("model, source, keys", [
+    ("histone", "synthetic_histone", ("loss", "val_mse", "val_pearson", "test_pearson")),
+    ("deepchrome", "synthetic_histone_labels", ("loss", "val_loss", "val_auroc")),
+])
+def test_a_pack_of_two_equals_two_single_trials(tmp_path, model, source, keys):
+    specs = [_spec(model, source, seed=s) for s in (1, 2)]
     alone = [run_trial(s, tmp_path / "alone", raise_errors=True) for s in specs]
     packed = run_pack(specs, tmp_path / "pack", raise_errors=True)
     for a, p in zip(alone, packed):
-        for key in ("loss", "val_mse", "val_pearson", "test_pearson"):
+        for key in keys:
             assert p.final[key] == pytest.approx(a.final[key], rel=1e-4, abs=1e-5), key
-    assert alone[0].final["val_mse"] != alone[1].final["val_mse"]
+    assert alone[0].final[keys[1]] != alone[1].final[keys[1]]
 
 
 def test_regression_record_has_per_cell_type_values(tmp_path):
