@@ -43,6 +43,7 @@ MODES = {
     "plain-tf32": ("plain port, TF32", "tf32", "off"),
     "plain-bf16": ("plain port, bf16 autocast", "bf16", "off"),
     "fast": ("default fast path", "auto", "default"),
+    "fast-bf16": ("fast path, bf16 autocast (CPU: explicit)", "bf16", "default"),
     "batched": ("fast path, trials batched", "auto", "batched"),
     "fast-cudnn": ("fast path, cuDNN convolutions", "auto", "default"),
     "batched-cudnn": ("batched, cuDNN convolutions", "auto", "batched"),
@@ -57,6 +58,19 @@ MODES = {
 #: Ablation suffixes of modes: the run setting each one turns off.
 _ABLATIONS = {"-cudnn": "conv_kernel", "-torchsgd": "fused_update", "-eager": "step_graphs",
               "-unfused": "fused_activations"}
+
+
+def default_modes(device: str) -> tuple[str, ...]:
+    """The modes ``genodl bench`` compares by default: on CPU also bf16 where the CPU has it.
+
+    Why: on CPU fp32 is the default precision and bf16 an explicit choice (refused on CPUs
+    without native bf16), so the CPU table shows both beside the plain port.
+    """
+    if device != "cpu":
+        return ("plain", "fast")
+    from genodl_core.training.cpu import bf16_supported
+
+    return ("plain", "fast", "fast-bf16") if bf16_supported() else ("plain", "fast")
 
 
 @dataclass(frozen=True)
@@ -414,18 +428,21 @@ def _shape(spec: TrialSpec, result: dict[str, Any]) -> tuple[int, int, int, int]
 
 def format_report(report: BenchReport) -> str:
     """The side-by-side table the ``genodl bench`` command prints."""
+    # A CPU reaches tens to hundreds of GFLOP/s: TFLOP/s would print as 0.0.
+    scale, unit = (1e3, "GFLOP/s") if report.device == "cpu" else (1.0, "TFLOP/s")
     lines = [f"genodl bench: {report.model} on {report.device_name} ({report.device}), "
              f"torch {report.torch_version}",
              f"shape: {report.shape}; {report.epochs} epochs per trial, 2 trials per mode",
-             f"dense {report.matmul_dtype} matmul: {report.matmul_tflops:.1f} TFLOP/s", ""]
+             f"dense {report.matmul_dtype} matmul: {report.matmul_tflops * scale:.1f} {unit}",
+             ""]
     header = (f"{'mode':<11} {'precision':<9} {'s/epoch':>9} {'s/trial-ep':>10} "
-              f"{'trials/GPU-h':>12} {'TFLOP/s':>8} {'of matmul':>9} {'overhead s':>10} "
+              f"{'trials/GPU-h':>12} {unit:>8} {'of matmul':>9} {'overhead s':>10} "
               f"{'cold ovh s':>10} {'val':>8}  fast path")
     lines += [header, "-" * len(header)]
     for m in report.modes:
         lines.append(f"{m.mode:<11} {m.precision:<9} {m.seconds_per_epoch:>9.4f} "
                      f"{m.seconds_per_trial_epoch:>10.4f} {m.trials_per_gpu_hour:>12.1f} "
-                     f"{m.tflops:>8.2f} {m.share_of_matmul:>9.1%} {m.overhead_s:>10.2f} "
+                     f"{m.tflops * scale:>8.2f} {m.share_of_matmul:>9.1%} {m.overhead_s:>10.2f} "
                      f"{m.cold_overhead_s:>10.2f} {m.val_value:>8.4f}  {m.fast_path}")
     if len(report.modes) >= 2:
         base = report.modes[0]
@@ -437,5 +454,5 @@ def format_report(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BenchConfig", "BenchReport", "ModeResult", "MODES", "matmul_tflops", "trial_spec",
+__all__ = ["BenchConfig", "BenchReport", "ModeResult", "MODES", "default_modes", "matmul_tflops", "trial_spec",
            "forward_flops", "epoch_flops", "run_benchmark", "format_report"]

@@ -33,7 +33,7 @@ def test_cli_prints_table_and_json(capsys):
     assert main(["bench", "--quick", "--device", "cpu", "--epochs", "2", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("plain") for line in out)
-    assert any("TFLOP/s" in line for line in out)
+    assert any("GFLOP/s" in line for line in out)
     data = json.loads(out[-1])
     assert data["model"] == "nt3" and len(data["modes"]) == 2
 

@@ -131,3 +131,14 @@ def test_bf16_on_cpu_autocasts_and_matches_fp32_accuracy(tmp_path, monkeypatch):
     assert abs(bf16["final"]["val_accuracy"] - fp32["final"]["val_accuracy"]) <= 0.1 + 1e-9
     np.testing.assert_allclose(bf16["curves"]["loss"], fp32["curves"]["loss"], rtol=0.05,
                                atol=0.01)
+
+
+def test_cpu_bench_shows_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from genodl_core import bench
+
+    monkeypatch.setattr(cpu, "bf16_supported", lambda: True)
+    assert bench.default_modes("cpu") == ("plain", "fast", "fast-bf16")
+    assert bench.MODES["fast-bf16"][1] == "bf16"
+    monkeypatch.setattr(cpu, "bf16_supported", lambda: False)
+    assert bench.default_modes("cpu") == ("plain", "fast")
+    assert bench.default_modes("cuda") == ("plain", "fast")

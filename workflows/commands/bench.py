@@ -19,9 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs per benchmark trial (default: 3 quick, 6 NT3, 4 D-GEX and histone)")
-    p.add_argument("--modes", default="plain,fast",
-                   help="comma-separated modes: plain, plain-tf32, plain-bf16, fast, batched "
-                        "(default: %(default)s)")
+    p.add_argument("--modes", default=None,
+                   help="comma-separated modes: plain, plain-tf32, plain-bf16, fast, fast-bf16, "
+                        "batched (default: plain,fast; with --device cpu also fast-bf16 where "
+                        "the CPU has native bf16)")
     p.add_argument("--pack", type=int, default=4,
                    help="trials per batched computation in the 'batched' mode (default: 4)")
     p.add_argument("--out", default=None,
@@ -32,9 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Exit status 0; errors (bad mode, failed trial) propagate as GenodlError (status 2)."""
-    from genodl_core.bench import BenchConfig, format_report, run_benchmark
+    from genodl_core.bench import BenchConfig, default_modes, format_report, run_benchmark
 
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    modes = (default_modes(args.device) if args.modes is None
+             else tuple(m.strip() for m in args.modes.split(",") if m.strip()))
     cfg = BenchConfig(model=args.model, quick=args.quick, device=args.device, epochs=args.epochs,
                       modes=modes, pack=args.pack)
     report = run_benchmark(cfg, args.out)
