@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 #: Version of the resolved-sweep format written to ``sweep.json``.
 FORMAT = 1
 
-_SWEEP_KEYS = {"name", "description", "axes", "zip", "trials_per_level", "max_trials"}
+_SWEEP_KEYS = {"name", "description", "axes", "zip", "trials_per_level", "max_trials",
+               "adaptive"}
 _RUN_KEYS = {"site", "retries", "options", "threads_per_trial", "progress_interval_s",
              "pack_size", "checkpoint_interval_s", "grace_period_s"}
 _TOP_KEYS = {"sweep", "run", "trial"}
@@ -130,6 +131,9 @@ class Sweep:
     source: str | None = None
     #: The cap the sweep was expanded under (``[sweep] max_trials``).
     max_trials: int = DEFAULT_MAX_TRIALS
+    #: The ``[sweep.adaptive]`` table (workflows.adaptive_spec.AdaptiveSpec): then ``trials``
+    #: are its first round, and workflows.adaptive runs the later ones.
+    adaptive: Any = None
 
     @property
     def trial_ids(self) -> list[str]:
@@ -158,6 +162,7 @@ class Sweep:
             "base": self.base,
             "trials": [{"index": t.index, "trial_id": t.trial_id, "point": t.point,
                         "spec": t.spec} for t in self.trials],
+            **({"adaptive": self.adaptive.to_dict()} if self.adaptive is not None else {}),
         }
 
 
@@ -205,13 +210,22 @@ def sweep_from_dict(table: Mapping[str, Any], source: str | None = None) -> Swee
     axes = _parse_axes(meta.get("axes", {}), max_trials)
     axes = _add_trials_per_level(axes, meta.get("trials_per_level"), base, max_trials)
     zipped = _parse_zip(meta.get("zip", []), axes)
-    check_trial_count(axes, zipped, max_trials)
+    adaptive = None
+    if "adaptive" in meta:
+        from workflows.adaptive_spec import first_round_axes, parse_adaptive
+
+        adaptive = parse_adaptive(meta["adaptive"], {a.path for a in axes},
+                                  "trials_per_level" in meta or any(a.path == "seed" for a in axes))
+        axes = first_round_axes(adaptive, axes, base)
+    count = check_trial_count(axes, zipped, max_trials)
+    if adaptive is not None:
+        adaptive.check_first_round(count)
     run = _parse_run(table.get("run", {}))
     trials = expand(dict(base), axes, zipped)
     log.debug("sweep %s: %d axes, %d trials", name, len(axes), len(trials))
     return Sweep(name=name, description=description, axes=tuple(axes), zipped=zipped,
                  base=copy.deepcopy(dict(base)), trials=tuple(trials), run=run, source=source,
-                 max_trials=max_trials)
+                 max_trials=max_trials, adaptive=adaptive)
 
 
 def check_sweep_name(name: Any, source: str | None) -> str:

@@ -86,6 +86,9 @@ def make_plots(path: str | Path, out_dir: str | Path | None = None) -> list[Path
         where.mkdir(parents=True, exist_ok=True)
         written += _plot_setting(summary_file, groups[groups.setting == setting],
                                  finals.columns, done[done.setting == setting], where)
+    from genodl_core.results.breakdown import plot_breakdown
+
+    written += plot_breakdown(summary_file, out)  # adaptive runs: curve, levels, estimate
     log.info("wrote %d figures to %s", len(written), out)
     return written
 

@@ -217,6 +217,9 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
             parts.append("  note: an abstaining model's accuracy counts abstentions as wrong; "
                          "it is judged against the null on the samples it kept "
                          "(val_abstention_accuracy vs null_kept_accuracy)")
+    from genodl_core.results.breakdown import report_lines
+
+    parts += report_lines(load.summary_path(path))
     collapsed = collapse_warning(collapsed_in_table(load.trials(path)))
     if collapsed:
         parts.append("\n" + collapsed)

@@ -841,6 +841,9 @@ def _write_summary(h5: h5py.File, run_dir: Path, rows: list[TrialRow],
     finals = _write_finals(h5.create_group("finals"), rows)
     _write_groups(h5.create_group("groups"), rows, finals)
     _write_genes(h5, run_dir, rows, previous, stats)
+    from genodl_core.results.breakdown import write_breakdown
+
+    write_breakdown(h5, run_dir)  # adaptive runs only: the breakdown level per group
     index = h5.create_group("index")
     index.attrs["description"] = "bookkeeping for incremental gathering; not for analysis"
     _str_dataset(index, "trial_id", [r.trial_id for r in rows])

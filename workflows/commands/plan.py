@@ -39,6 +39,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"sweep {sweep.name}: {len(sweep.trials)} trials; axes: {axes}")
     for group in sweep.zipped:
         print(f"zipped: {' + '.join(group)}")
+    if sweep.adaptive is not None:
+        from workflows.adaptive_spec import plan_lines
+
+        for line in plan_lines(sweep.adaptive, len(sweep.trials)):
+            print(line)
     print(f"run: site {sweep.run.site}, retries {sweep.run.retries}"
           + (f", options {sweep.run.options}" if sweep.run.options else ""))
     for name in missing:

@@ -143,7 +143,12 @@ def main(args: argparse.Namespace) -> int:
         if report is not None and getattr(args, "json", False):
             print_report_json(report)
         return 0 if report is None else exit_status(report)
-    report = run_sweep(sweep, out, settings)
+    if sweep.adaptive is not None:
+        from workflows.adaptive import run_adaptive
+
+        report = run_adaptive(sweep, out, settings).report
+    else:
+        report = run_sweep(sweep, out, settings)
     if getattr(args, "json", False):
         print_report_json(report)
     return exit_status(report)

@@ -52,12 +52,19 @@ def main(args: argparse.Namespace) -> int:
         data = report.to_dict()
         for trial in data["trials"]:
             trial["reason"] = report.states[trial["trial_id"]].reason
+        from workflows.adaptive import read_rounds
+
+        data["adaptive"] = read_rounds(report.run_dir)
         print(json.dumps({**data, "outside_sweep": outside,
                           "execution_plans": [g.to_dict() for g in plans]}, indent=1))
         for warning in warnings:
             print(warning, file=sys.stderr)
     else:
         print(format_status(report, show_all=args.all))
+        from workflows.adaptive import status_lines
+
+        for line in status_lines(report.run_dir, report.states):
+            print(line)
         for line in corrupt_lines(report):
             print(line)
         if outside:
