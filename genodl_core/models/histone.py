@@ -401,8 +401,8 @@ class HistoneStack:
         self.shared_x = all(a is xs[0] for a in xs[1:])
         self.x_train = (to_device(xs[0], device, torch.float32) if self.shared_x else
                         torch.stack([to_device(a, device, torch.float32) for a in xs]))
-        self.y_train = torch.stack([torch.as_tensor(m.dataset.y_train, dtype=torch.float32)
-                                    for m in self.members]).to(device)
+        self.y_train = torch.from_numpy(np.stack([m.dataset.y_train for m in self.members]
+                                                 ).astype(np.float32)).to(device)
         ds = self.members[0].dataset
         self.x_val = to_device(ds.x_val, device, torch.float32)
         self.rows = torch.arange(self.k, device=device).view(self.k, 1)

@@ -27,6 +27,7 @@ from genodl_core.results.collapse import collapse_warning, collapsed_in_table
 #: Metrics shown by default when present (the others only with ``--metrics`` or in the CSV).
 HEADLINE_METRICS = ("val_accuracy", "test_accuracy", "val_abstention",
                     "val_abstention_accuracy", "val_loss", "val_mae", "test_mae", "val_pearson_r",
+                    "val_pearson", "val_pearson_ct_min", "val_auroc",
                     "lr_val_mae", "relative_improvement", "share_genes_better_than_lr",
                     "share_genes_better_than_median")
 #: The null baselines shown beside a metric's figure: ``metric -> ((label, null metric), ...)``.
@@ -45,7 +46,10 @@ NULL_BASELINES = {
 KEPT_NULLS = {"val_accuracy": "null_kept_accuracy", "test_accuracy": "test_null_kept_accuracy"}
 #: Metrics where more is better (the others are errors: less is better).
 HIGHER_IS_BETTER = frozenset({"val_accuracy", "test_accuracy", "val_abstention_accuracy",
-                              "test_abstention_accuracy"})
+                              "test_abstention_accuracy",
+                              # histone models: correlations and AUROC
+                              "val_pearson", "test_pearson", "val_spearman", "test_spearman",
+                              "val_pearson_ct_mean", "val_pearson_ct_min", "val_auroc"})
 KEY_COLUMNS = ("model", "variant", "setting", "data_source", "noise_kind", "noise_levels")
 #: Key columns shown only when they tell groups apart.
 _OPTIONAL_KEYS = ("setting", "data_source")
@@ -217,9 +221,6 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
             parts.append("  note: an abstaining model's accuracy counts abstentions as wrong; "
                          "it is judged against the null on the samples it kept "
                          "(val_abstention_accuracy vs null_kept_accuracy)")
-    from genodl_core.results.breakdown import report_lines
-
-    parts += report_lines(load.summary_path(path))
     collapsed = collapse_warning(collapsed_in_table(load.trials(path)))
     if collapsed:
         parts.append("\n" + collapsed)
