@@ -23,7 +23,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from genodl_core import records
 from genodl_core.errors import SpecError
@@ -169,9 +169,13 @@ def _round_robin(lists: list[list[Any]]) -> list[list[Any]]:
     return [[x[i] for x in lists if i < len(x)] for i in range(longest)]
 
 
-def run_adaptive(sweep: Sweep, out: str | Path,
-                 settings: RunSettings | None = None) -> AdaptiveReport:
+def run_adaptive(sweep: Sweep, out: str | Path, settings: RunSettings | None = None, *,
+                 runner: Callable[[Sweep, str | Path, RunSettings], RunReport] = run_sweep,
+                 ) -> AdaptiveReport:
     """Run the rounds of an adaptive sweep in ``out`` (or resume them there).
+
+    ``runner`` runs one round (the sweep of every trial planned so far): the Parsl driver by
+    default, the MPI path in :func:`run_adaptive_mpi`.
 
     Raises
     ------
@@ -192,7 +196,7 @@ def run_adaptive(sweep: Sweep, out: str | Path,
     reason = ""
     while True:
         current = explicit_sweep(sweep, points)
-        report = run_sweep(current, out, per_round)
+        report = runner(current, out, per_round)
         run = RunDir(report.run_dir)
         estimates = estimate_groups(spec, run, list(current.trials))
         rounds.append({"round": len(rounds),
@@ -216,6 +220,36 @@ def run_adaptive(sweep: Sweep, out: str | Path,
     if settings.gather and reason != "stopped":
         report.summary = gather_summary(run)
     return AdaptiveReport(report, rounds, estimates, reason)
+
+
+def run_adaptive_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None = None, *,
+                     comm: Any = None) -> AdaptiveReport | None:
+    """:func:`run_adaptive` over MPI ranks; call on every rank (``genodl run --site mpi``).
+
+    Rank 0 plans the rounds and sends each round's trial list to the other ranks, which then
+    join that round's :func:`workflows.mpi.run_sweep_mpi`; None on the other ranks.
+    """
+    from workflows.mpi import _mpi, run_sweep_mpi
+
+    comm = comm or _mpi().COMM_WORLD
+    if comm.Get_rank() != 0:
+        while True:
+            round_settings = comm.bcast(None, root=0)
+            if round_settings is None:
+                return None
+            points, round_settings = round_settings
+            run_sweep_mpi(explicit_sweep(sweep, points), out, round_settings, comm=comm)
+
+    def one_round(current: Sweep, where: str | Path, round_settings: RunSettings) -> RunReport:
+        comm.bcast(([t.point for t in current.trials], round_settings), root=0)
+        report = run_sweep_mpi(current, where, round_settings, comm=comm)
+        assert report is not None  # rank 0 always reports
+        return report
+
+    try:
+        return run_adaptive(sweep, out, settings, runner=one_round)
+    finally:
+        comm.bcast(None, root=0)  # no more rounds
 
 
 def _write_rounds(run: RunDir, spec: AdaptiveSpec, rounds: list[dict[str, Any]],
@@ -280,6 +314,6 @@ def estimates_table(data: dict[str, Any] | None) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["ADAPTIVE_FILE", "STOP_REASONS", "AdaptiveReport", "run_adaptive", "explicit_sweep",
+__all__ = ["ADAPTIVE_FILE", "STOP_REASONS", "AdaptiveReport", "run_adaptive", "run_adaptive_mpi", "explicit_sweep",
            "next_round", "estimate_groups", "group_key", "read_rounds", "status_lines",
            "rounds_by_trial", "estimates_table", "describe"]

@@ -98,3 +98,22 @@ def test_killed_run_resumes_to_the_same_rounds(tmp_path):
     assert resumed.stop_reason == straight.stop_reason
     stored = json.loads((killed / "sweep.json").read_text())
     assert len(stored["trials"]) == len(straight.report.states)
+
+
+def test_rounds_over_mpi_ranks(tmp_path):
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install mpi4py mpich)")
+    from .test_mpi import MPIEXEC, mpirun
+
+    if not MPIEXEC.exists():
+        pytest.skip("no mpiexec next to the interpreter or on PATH (pip install mpich)")
+    table = lr_adaptive()
+    table["sweep"]["adaptive"]["budget"] = 8
+    spec = write_spec(tmp_path / "adaptive.json", table)
+    out = tmp_path / "run"
+    done = mpirun(2, "run", str(spec), "--out", str(out), "--site", "mpi")
+    assert done.returncode == 0, done.stderr
+    rounds = read_rounds(out)
+    assert [len(r["trial_ids"]) for r in rounds["rounds"]] == [6, 2]
+    assert rounds["stop_reason"] == "budget"
+    with h5py.File(out / "summary.h5") as h5:
+        assert len(h5["breakdown/group"]) == 1

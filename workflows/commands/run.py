@@ -139,7 +139,13 @@ def main(args: argparse.Namespace) -> int:
     if (settings.site or sweep.run.site) == MPI_SITE:
         from workflows.mpi import run_sweep_mpi
 
-        report = run_sweep_mpi(sweep, out, settings)
+        if sweep.adaptive is not None:
+            from workflows.adaptive import run_adaptive_mpi
+
+            done = run_adaptive_mpi(sweep, out, settings)
+            report = None if done is None else done.report
+        else:
+            report = run_sweep_mpi(sweep, out, settings)
         if report is not None and getattr(args, "json", False):
             print_report_json(report)
         return 0 if report is None else exit_status(report)
