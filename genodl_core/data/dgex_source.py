@@ -22,9 +22,9 @@ from typing import Literal
 
 import numpy as np
 
-from genodl_core.data.matrices import (ExpressionMatrix, GeneSelection, Layout, MatrixFormat,
-                                       check_finite, check_numeric, positional_ids, read_id_list,
-                                       read_matrix, select_genes)
+from genodl_core.data.matrices import (ArrayKeys, ExpressionMatrix, GeneOrder, GeneSelection,
+                                       Layout, MatrixFormat, check_finite, check_numeric,
+                                       positional_ids, read_id_list, read_matrix, select_genes)
 from genodl_core.data.types import Dataset
 from genodl_core.errors import DataError, SpecError
 from genodl_core.registry import DATASETS
@@ -153,20 +153,26 @@ def _check_fractions(where: str, val_fraction: float, test_fraction: float) -> N
 class ExpressionMatrixParams:
     """A landmark -> target task from one expression matrix file.
 
-    Landmarks: ``landmark_ids`` (a file with one gene id per line) or ``n_landmarks`` (the
-    first genes in ``gene_order``). Targets: ``target_ids``, ``n_targets``, or by default every
-    gene that is not a landmark. Samples: ``split_file`` (``sample_id,split`` lines) or a
-    random split by ``val_fraction``/``test_fraction`` with ``split_seed``.
+    Landmarks: ``landmark_ids`` (a file with one gene id per line, e.g. the 978 L1000
+    landmarks) or ``n_landmarks`` (the first genes in ``gene_order``: file order, seeded
+    random, or ranked by variance or mean over the training samples). Targets:
+    ``target_ids``, ``n_targets``, or by default every gene that is not a landmark. Samples:
+    ``split_file`` (``sample_id,split`` lines) or a random split by
+    ``val_fraction``/``test_fraction`` with ``split_seed``. ``matrix_key``, ``ids_key`` and
+    ``sample_ids_key`` name the arrays of an ``.npz``/HDF5/AnnData file (``"auto"``: detected).
     """
 
     path: str
     format: MatrixFormat = "auto"
     layout: Layout = "samples_by_genes"
+    matrix_key: str = "auto"
+    ids_key: str = "auto"
+    sample_ids_key: str = "auto"
     landmark_ids: str | None = None
     n_landmarks: int | None = None
     target_ids: str | None = None
     n_targets: int | None = None
-    gene_order: Literal["first", "random"] = "first"
+    gene_order: GeneOrder = "first"
     gene_seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -193,6 +199,27 @@ class ExpressionMatrixParams:
         check_range(where, "gene_seed", self.gene_seed, 0)
         check_range(where, "split_seed", self.split_seed, 0)
         _check_fractions(where, self.val_fraction, self.test_fraction)
+        for name in ("matrix_key", "ids_key", "sample_ids_key"):
+            value = getattr(self, name)
+            if not value.strip():
+                raise SpecError(f"{where}.{name}", value, "\"auto\", \"none\" (ids only) or "
+                                "the name of an array in the file", reason="empty name")
+        if self.matrix_key == "none":
+            raise SpecError(f"{where}.matrix_key", self.matrix_key,
+                            "\"auto\" or the name of the matrix array",
+                            reason="the matrix cannot be left out")
+
+    def keys(self) -> ArrayKeys:
+        """The array names to read, as :func:`~genodl_core.data.matrices.read_matrix` takes them."""
+        return ArrayKeys(self.matrix_key, self.ids_key, self.sample_ids_key)
+
+
+def gene_choice(order: str, split: dict[str, np.ndarray]) -> dict:
+    """What the dataset's ``info`` records about how genes chosen by count were ordered."""
+    facts: dict = {"order": order}
+    if order in ("most_variable", "highest_mean"):
+        facts.update(computed_on="train", n_rows=int(len(split["train"])))
+    return facts
 
 
 def load_expression_task(p: ExpressionMatrixParams) -> Dataset:
@@ -204,7 +231,13 @@ def load_expression_task(p: ExpressionMatrixParams) -> Dataset:
         For unreadable files, non-finite values, unknown or overlapping gene ids, counts larger
         than the matrix, and bad split files (each naming the file and the position).
     """
-    matrix = read_matrix(p.path, p.format, p.layout)
+    matrix = read_matrix(p.path, p.format, p.layout, p.keys())
+    # Samples are split first: a data-driven gene order ranks genes on training samples only.
+    if p.split_file:
+        split = read_split_file(p.split_file, matrix.sample_ids)
+    else:
+        split = random_split(matrix.n_samples, p.val_fraction, p.test_fraction, p.split_seed,
+                             p.path)
     genes = select_genes(
         matrix,
         landmark_ids=read_id_list(p.landmark_ids) if p.landmark_ids else None,
@@ -212,13 +245,10 @@ def load_expression_task(p: ExpressionMatrixParams) -> Dataset:
         target_ids=read_id_list(p.target_ids) if p.target_ids else None,
         n_targets=p.n_targets, order=p.gene_order, seed=p.gene_seed,
         landmark_source=p.landmark_ids or "n_landmarks",
-        target_source=p.target_ids or "n_targets")
-    if p.split_file:
-        split = read_split_file(p.split_file, matrix.sample_ids)
-    else:
-        split = random_split(matrix.n_samples, p.val_fraction, p.test_fraction, p.split_seed,
-                             p.path)
-    return assemble(matrix, genes, split, {"source": "expression_matrix", "path": p.path})
+        target_source=p.target_ids or "n_targets", train_rows=split["train"])
+    return assemble(matrix, genes, split, {"source": "expression_matrix", "path": p.path,
+                                           "arrays": matrix.keys,
+                                           "gene_choice": gene_choice(p.gene_order, split)})
 
 
 @DATASETS.register("expression_matrix", params=ExpressionMatrixParams, task="regression")
@@ -246,7 +276,7 @@ class NCI60Params:
     path: str | None = None
     n_landmarks: int = 200
     n_targets: int | None = 1000
-    gene_order: Literal["first", "random"] = "random"
+    gene_order: GeneOrder = "random"
     gene_seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -330,12 +360,15 @@ def read_nci60(path: str | Path | None = None) -> ExpressionMatrix:
 def nci60(params: NCI60Params, seed: int | None = None) -> Dataset:
     """Registered entry point of the ``nci60`` source (``seed`` is unused)."""
     matrix = read_nci60(params.path)
-    genes = select_genes(matrix, n_landmarks=params.n_landmarks, n_targets=params.n_targets,
-                         order=params.gene_order, seed=params.gene_seed)
     split = random_split(matrix.n_samples, params.val_fraction, params.test_fraction,
                          params.split_seed, matrix.source)
-    return assemble(matrix, genes, split, {"source": "nci60", "path": matrix.source})
+    genes = select_genes(matrix, n_landmarks=params.n_landmarks, n_targets=params.n_targets,
+                         order=params.gene_order, seed=params.gene_seed,
+                         train_rows=split["train"])
+    return assemble(matrix, genes, split, {"source": "nci60", "path": matrix.source,
+                                           "gene_choice": gene_choice(params.gene_order, split)})
 
 
-__all__ = ["ExpressionMatrixParams", "NCI60Params", "load_expression_task", "random_split",
+__all__ = ["ExpressionMatrixParams", "NCI60Params", "load_expression_task", "gene_choice",
+           "random_split",
            "read_split_file", "assemble", "locate_nci60", "read_nci60"]

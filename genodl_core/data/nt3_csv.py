@@ -63,7 +63,9 @@ class NT3CsvParams:
     n_classes
         Number of classes; every label must lie in ``range(n_classes)``.
     scaling
-        ``"maxabs"`` (CANDLE's choice) or ``"none"``; applied by the trial runner.
+        ``"maxabs"`` (CANDLE's choice), ``"standard"`` (z-score per gene: ``(x - mean) /
+        std``; a gene without spread becomes all zeros) or ``"none"``; applied by the trial
+        runner with statistics from ``scale_fit``, and recorded in the trial's data ``info``.
     scale_fit
         ``"train"`` (default) fits the scale on the training file only; ``"train+test"``
         reproduces CANDLE, which fits it on both files (a leak of validation data).
@@ -73,7 +75,7 @@ class NT3CsvParams:
     test_path: str
     cache_dir: str | None = None
     n_classes: int = 2
-    scaling: Literal["maxabs", "none"] = "maxabs"
+    scaling: Literal["maxabs", "standard", "none"] = "maxabs"
     scale_fit: Literal["train", "train+test"] = "train"
 
     def validate(self, where: str) -> None:

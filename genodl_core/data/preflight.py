@@ -115,36 +115,6 @@ def _npy_header_shape(fh) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _npz_contents(path: str | Path) -> tuple[dict[str, tuple[int, ...]], Any]:
-    """Shapes of every array in a ``.npz`` archive (from the headers) and its gene ids (a 1-D
-    array, small), without reading the matrix."""
-    from genodl_core.data.matrices import GENE_IDS_KEY
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    with zipfile.ZipFile(path) as zf:
-        for name in zf.namelist():
-            if name.endswith(".npy"):
-                with zf.open(name) as fh:
-                    shapes[name[:-4]] = _npy_header_shape(fh)
-    genes = None
-    if GENE_IDS_KEY in shapes:
-        with np.load(path, allow_pickle=False) as npz:
-            genes = npz[GENE_IDS_KEY]
-    return shapes, genes
-
-
-def _hdf5_contents(path: str | Path) -> tuple[dict[str, tuple[int, ...]], Any]:
-    """Shapes of the top-level datasets of an HDF5 file and its gene ids."""
-    import h5py
-
-    from genodl_core.data.matrices import GENE_IDS_KEY
-
-    with h5py.File(path, "r") as fh:
-        shapes = {k: tuple(v.shape) for k, v in fh.items() if isinstance(v, h5py.Dataset)}
-        genes = fh[GENE_IDS_KEY][()] if GENE_IDS_KEY in shapes else None
-    return shapes, genes
-
-
 def _str_ids(raw: Any) -> list[str]:
     return [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(raw).ravel()]
 
@@ -202,34 +172,24 @@ def check_nt3_csv(spec) -> list[Problem]:
     return problems
 
 
-def _matrix_genes(path: str, fmt: str, layout: str) -> tuple[int | None, list[str] | None,
-                                                               list[Problem]]:
-    """The gene count and gene ids of a matrix file, from its header; ``None`` when the format
-    needs a full read (GCTX) or carries no ids (positional ids are then used)."""
-    from genodl_core.data.matrices import MATRIX_KEY, detect_format
+def _matrix_genes(params) -> tuple[int | None, list[str] | None, list[Problem]]:
+    """The gene count and gene ids of an ``expression_matrix`` source's file, from headers and
+    id arrays only (:func:`~genodl_core.data.matrices.inspect_matrix`, which applies the
+    source's ``matrix_key`` / ``ids_key`` / ``sample_ids_key``); ids are ``None`` when the file
+    stores none (positional ids are then used). A missing or ambiguous array is a problem whose
+    text lists the arrays the file holds."""
+    from genodl_core.data.matrices import inspect_matrix
 
-    kind = detect_format(path) if fmt == "auto" else fmt
-    if kind == "gctx":
-        return None, None, []
-    if kind == "npy":
-        shapes, genes = {MATRIX_KEY: npy_shape(path)}, None
-    elif kind == "npz":
-        shapes, genes = _npz_contents(path)
-    else:
-        shapes, genes = _hdf5_contents(path)
-    shape = shapes.get(MATRIX_KEY)
-    if shape is None:
-        return None, None, [Problem(path, f"no array named {MATRIX_KEY!r}; found {sorted(shapes)}",
-                                    f"an array {MATRIX_KEY!r} (samples x genes)")]
-    if len(shape) != 2:
-        return None, None, [Problem(path, f"array {MATRIX_KEY!r} has shape {shape}",
-                                    "a 2-D matrix")]
-    n_genes = shape[1] if layout == "samples_by_genes" else shape[0]
-    ids = _str_ids(genes) if genes is not None else None
-    if ids is not None and len(ids) != n_genes:
-        return None, None, [Problem(path, f"{len(ids)} gene ids for {n_genes} genes",
-                                    "one gene id per gene")]
-    return n_genes, ids, []
+    try:
+        header = inspect_matrix(params.path, params.format, params.layout, params.keys())
+    except GenodlError as err:
+        text = str(err)
+        prefix = f"{params.path}: "
+        return None, None, [Problem(params.path, text[len(prefix):] if text.startswith(prefix)
+                                    else text, "a matrix the data parameters name "
+                                               "(matrix_key, ids_key, sample_ids_key)")]
+    ids = _str_ids(header.gene_ids) if header.gene_ids is not None else None
+    return header.n_genes, ids, []
 
 
 def _id_list_problems(id_file: str | None, genes: list[str] | None, n_genes: int | None,
@@ -262,12 +222,12 @@ def check_expression_matrix(spec) -> list[Problem]:
     p = spec.data.params
     problems = _missing(p.split_file, "a split file (data.split_file)")
     n_genes, genes = None, None
-    matrix_missing = _missing(p.path, "an expression matrix (.npy, .npz, .h5, .gctx)")
+    matrix_missing = _missing(p.path, "an expression matrix (.npy, .npz, .h5, .h5ad, .gctx)")
     if matrix_missing:
         problems += matrix_missing
     else:
         try:
-            n_genes, genes, found = _matrix_genes(p.path, p.format, p.layout)
+            n_genes, genes, found = _matrix_genes(p)
         except (OSError, ValueError, zipfile.BadZipFile, GenodlError) as err:
             found = [Problem(p.path, f"unreadable header ({err})", "a complete matrix file")]
         problems += found

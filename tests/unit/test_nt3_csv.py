@@ -257,7 +257,7 @@ def test_directory_instead_of_file(tmp_path):
 @pytest.mark.parametrize("changes, field", [
     ({"train_path": "", "test_path": "b"}, "data.train_path"),
     ({"train_path": "a", "test_path": "b", "n_classes": 1}, "data.n_classes"),
-    ({"train_path": "a", "test_path": "b", "scaling": "standard"}, "data.scaling"),
+    ({"train_path": "a", "test_path": "b", "scaling": "zscore"}, "data.scaling"),
     ({"train_path": "a", "test_path": "b", "scale_fit": "all"}, "data.scale_fit"),
     ({"test_path": "b"}, "data.train_path"),
 ])

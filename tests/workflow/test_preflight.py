@@ -143,9 +143,12 @@ def test_matrix_without_the_named_array_lists_what_it_found(tmp_path):
     np.savez(tmp_path / "x.npz", X=np.ones((3, 4)))
     spec = {"model": {"name": "lr"},
             "data": {"source": "expression_matrix", "path": str(tmp_path / "x.npz"),
-                     "n_landmarks": 2, "n_targets": 1}}
+                     "matrix_key": "counts", "n_landmarks": 2, "n_targets": 1}}
     problems = preflight.check_specs([spec])
-    assert len(problems) == 1 and "found ['X']" in problems[0].what
+    assert len(problems) == 1 and "no array 'counts'" in problems[0].what
+    assert "found: X (3, 4) float64" in problems[0].what
+    spec["data"].pop("matrix_key")
+    assert preflight.check_specs([spec]) == []
 
 
 def test_npy_too_few_genes(tmp_path):
