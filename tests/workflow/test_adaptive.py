@@ -117,3 +117,14 @@ def test_rounds_over_mpi_ranks(tmp_path):
     assert rounds["stop_reason"] == "budget"
     with h5py.File(out / "summary.h5") as h5:
         assert len(h5["breakdown/group"]) == 1
+
+
+def test_nt3_example_plans_its_first_round():
+    from pathlib import Path
+
+    from workflows.sweep import load_sweep
+
+    sweep = load_sweep(Path(__file__).resolve().parents[2] / "jobs/examples/nt3_adaptive.toml")
+    assert sweep.adaptive.axis == "noise[0].fraction" and sweep.adaptive.target == "halfway"
+    assert len(sweep.trials) == 10 <= sweep.adaptive.budget
+    assert {t.spec["noise"][0]["kind"] for t in sweep.trials} == {"label_flip"}
