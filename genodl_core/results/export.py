@@ -8,6 +8,9 @@ are written, one row per record and every row carrying its key:
 * ``curves``: long form, one row per trial, epoch and metric (``trial_id, epoch, metric,
   value``); epochs count from 1 and the NaN padding after a trial's last epoch is dropped;
 * ``groups``: one row per group with its statistics.
+
+The formats ``mlflow`` and ``tensorboard`` log the trial records to an experiment tracker
+instead (see :mod:`genodl_core.results.tracking`); they read the records, not the summary.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from genodl_core.results import load
 
 #: Output formats, with the file suffix each writes.
 FORMATS = {"csv": ".csv", "parquet": ".parquet"}
+#: Formats that log the records to an experiment tracker instead of writing tables.
+TRACKING_FORMATS = ("mlflow", "tensorboard")
 #: Tables written, in order.
 TABLES = ("trials", "finals", "curves", "groups")
 
@@ -57,8 +62,14 @@ def check_format(fmt: str) -> None:
     SpecError
         Naming the format and what is allowed (or how to install pyarrow).
     """
+    if fmt in TRACKING_FORMATS:
+        from genodl_core.results.tracking import check_tracker
+
+        check_tracker(fmt)
+        return
     if fmt not in FORMATS:
-        raise SpecError("--format", fmt, sorted(FORMATS), reason="unknown export format")
+        raise SpecError("--format", fmt, sorted(FORMATS) + list(TRACKING_FORMATS),
+                        reason="unknown export format")
     if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
         raise SpecError("--format", fmt, "csv, or parquet after `pip install pyarrow` "
                         "(or `pip install genodl[parquet]`)",
@@ -87,4 +98,5 @@ def export(path: str | Path, fmt: str = "csv", out: str | Path | None = None) ->
     return written
 
 
-__all__ = ["FORMATS", "TABLES", "curves_long", "tables", "check_format", "export"]
+__all__ = ["FORMATS", "TRACKING_FORMATS", "TABLES", "curves_long", "tables", "check_format",
+           "export"]
