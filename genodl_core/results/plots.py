@@ -124,6 +124,10 @@ def _plot_setting(summary_file: Path, groups: pd.DataFrame, columns: Iterable[st
                 fig = plot_genewise(summary_file, mdone, model, out)
                 if fig is not None:
                     written.append(fig)
+        if "val_pearson" in metrics and mdone.val_pearson.notna().any():
+            from genodl_core.results.histone_plots import plot_histone
+
+            written += plot_histone(mgroups, mdone, model, out)
         written += plot_loss_curves(summary_file, mdone, model, out)
         written += plot_by_epoch(summary_file, mdone, model, out)
     written += plot_all_regression(groups, done, out)
