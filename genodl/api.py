@@ -151,7 +151,12 @@ def run(sweep: Any, out: str | Path, *, site: str = "local_threads",
                         f"(settled, total, trial_id, state) or None")
     settings = RunSettings(site=site, options=dict(options or {}), pack_size=pack_size,
                            retries=retries, gather=gather, progress_callback=progress)
-    return run_sweep(as_sweep(sweep), out, settings)
+    resolved = as_sweep(sweep)
+    if resolved.adaptive is not None:  # rounds of runs; the last round's report
+        from workflows.adaptive import run_adaptive
+
+        return run_adaptive(resolved, out, settings).report
+    return run_sweep(resolved, out, settings)
 
 
 def check_at_least(name: str, value: int | None, least: int) -> None:

@@ -188,6 +188,7 @@ def run_adaptive(sweep: Sweep, out: str | Path, settings: RunSettings | None = N
         raise SpecError("sweep.adaptive", None, "a [sweep.adaptive] table",
                         reason="not an adaptive sweep")
     settings = settings or RunSettings()
+    claim_directory(sweep, out, replace=settings.update_sweep)
     per_round = dataclasses.replace(settings, update_sweep=True, gather=False)
     first_seed = sweep.base.get("seed", 0)
     points = [dict(t.point) for t in sweep.trials]
@@ -252,10 +253,45 @@ def run_adaptive_mpi(sweep: Sweep, out: str | Path, settings: RunSettings | None
         comm.bcast(None, root=0)  # no more rounds
 
 
+def claim_directory(sweep: Sweep, out: str | Path, *, replace: bool = False) -> None:
+    """Mark ``out`` as this adaptive sweep's before its first round runs there.
+
+    Every round replaces ``sweep.json`` by a larger trial list, so the check that a plain run
+    makes (``out`` holds another sweep: refused unless ``--update-sweep``) is made here, once,
+    on the adaptive spec, the base trial and the other axes.
+
+    Raises
+    ------
+    SpecError
+        When ``out`` holds another sweep and ``replace`` is false.
+    """
+    path = Path(out)
+    mine = {"name": sweep.name, "adaptive": sweep.adaptive.to_dict(), "base": sweep.base,
+            "first_round": [t.trial_id for t in sweep.trials]}
+    stored = read_rounds(path)
+    if (path / "sweep.json").exists() and not replace:
+        if stored is None or stored.get("claim") != json_ready(mine):
+            raise SpecError("--out", str(path), "a new directory, or the one this adaptive "
+                            "sweep ran in (--update-sweep replaces what is there)",
+                            reason="the directory holds another sweep")
+    if stored is None or stored.get("claim") != json_ready(mine):
+        path.mkdir(parents=True, exist_ok=True)
+        records.atomic_write_json(path / ADAPTIVE_FILE, {"claim": mine, "rounds": []})
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples as lists), for comparing with a stored one."""
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
 def _write_rounds(run: RunDir, spec: AdaptiveSpec, rounds: list[dict[str, Any]],
                   reason: str) -> None:
+    claim = (read_rounds(run.path) or {}).get("claim")
     records.atomic_write_json(run.path / ADAPTIVE_FILE, {
-        "adaptive": spec.to_dict(), "rounds": rounds, "stop_reason": reason or None,
+        "claim": claim, "adaptive": spec.to_dict(), "rounds": rounds,
+        "stop_reason": reason or None,
         "estimates": rounds[-1]["estimates"] if rounds else {}})
 
 

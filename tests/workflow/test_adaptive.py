@@ -14,6 +14,7 @@ import time
 import h5py
 import pytest
 
+from genodl_core.errors import SpecError
 from genodl_core.results.breakdown import ADAPTIVE_FILE
 from genodl_core.results.report import report
 from workflows.adaptive import read_rounds, run_adaptive, status_lines
@@ -65,6 +66,10 @@ def test_rounds_share_one_directory_and_reach_summary_report_and_status(tmp_path
     assert f"{bd.estimate:.4g}  95% interval [{bd.low:.4g}, {bd.high:.4g}]" in text
     lines = status_lines(out)
     assert lines[0] == "round 0: 6 trials" and lines[-1].startswith("rounds ended")
+    other = lr_adaptive()
+    other["sweep"]["adaptive"]["width"] = 0.2
+    with pytest.raises(SpecError, match="holds another sweep"):
+        run_adaptive(sweep_from_dict(other), out, RunSettings())
     capsys.readouterr()
     assert cli_main(["status", str(out)]) == 0
     assert "round 1: " in capsys.readouterr().out
@@ -83,8 +88,8 @@ def test_killed_run_resumes_to_the_same_rounds(tmp_path):
     killed = tmp_path / "killed"
     proc = start_cli("run", str(spec), "--out", str(killed), log_path=tmp_path / "run.log")
     try:
-        wait_for(lambda: (killed / ADAPTIVE_FILE).exists() or proc.poll() is not None,
-                 120, "the first round's record")
+        wait_for(lambda: proc.poll() is not None or (killed / ADAPTIVE_FILE).exists()
+                 and (read_rounds(killed) or {}).get("rounds"), 120, "the first round's record")
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
