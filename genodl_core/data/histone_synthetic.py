@@ -18,14 +18,16 @@ The embedded default data of the histone families, deterministic from one seed:
 r with the expression (and, for labels, its AUROC) is recorded per split in
 ``info["oracle"]``; with the defaults the oracle r is about 0.8.
 
-Small (tests, laptops): the defaults, 10 cell types x 1,000 genes. Seed-size:
-``n_cell_types = 56, n_genes = 17447, n_val_cell_types = 3, n_test_cell_types = 3`` (the seed
-held out 6 cell types and 1,447 genes; float32 counts take 56 x 17,447 x 500 x 4 bytes, 2 GB).
+Sizes (``size``; a size given explicitly wins over the preset): ``small`` (tests, laptops),
+10 cell types x 1,000 genes; ``seed``, 56 cell types x 17,447 genes with 6 cell types and
+1,447 genes held out, as seed 002 (float32 counts take 56 x 17,447 x 500 x 4 bytes, 2 GB).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -37,6 +39,15 @@ from genodl_core.errors import SpecError
 from genodl_core.registry import DATASETS
 from genodl_core.typed import check_range
 
+#: Sizes of the presets: ``small`` for tests and laptops, ``seed`` as seed 002's data (56 cell
+#: types x 17,447 genes; 3 + 3 cell types and 724 + 723 genes held out, 1,447 as the seed's).
+SIZES = {
+    "small": {"n_cell_types": 10, "n_genes": 1000, "n_val_cell_types": 2,
+              "n_test_cell_types": 2, "val_gene_fraction": 0.2, "test_gene_fraction": 0.2},
+    "seed": {"n_cell_types": 56, "n_genes": 17447, "n_val_cell_types": 3,
+             "n_test_cell_types": 3, "val_gene_fraction": 724 / 17447,
+             "test_gene_fraction": 723 / 17447},
+}
 #: Version of the generating procedure, recorded with the data; bump on any change of output.
 GENERATOR_VERSION = "synthetic_histone/1"
 
@@ -49,8 +60,9 @@ class SyntheticHistoneParams:
     (:func:`genodl_core.data.histone.split_tensor`); ``seed`` fixes data and splits.
     """
 
-    n_cell_types: int = 10
-    n_genes: int = 1000
+    size: Literal["small", "seed"] = "small"
+    n_cell_types: int | None = None
+    n_genes: int | None = None
     n_marks: int = 5
     n_bins: int = 100
     reads_per_mark: float = 300.0
@@ -59,17 +71,26 @@ class SyntheticHistoneParams:
     mark_noise_std: float = 0.3
     expression_noise_std: float = 0.8
     holdout: Holdout = "both"
-    n_val_cell_types: int = 2
-    n_test_cell_types: int = 2
-    val_gene_fraction: float = 0.2
-    test_gene_fraction: float = 0.2
+    n_val_cell_types: int | None = None
+    n_test_cell_types: int | None = None
+    val_gene_fraction: float | None = None
+    test_gene_fraction: float | None = None
     seed: int = 0
     scaling: str = "none"
 
     def n_features(self) -> int:
         return self.n_marks * self.n_bins
 
+    def resolved(self) -> "SyntheticHistoneParams":
+        """The parameters with every size left unset taken from the ``size`` preset."""
+        preset = SIZES[self.size]
+        return dataclasses.replace(self, **{k: v for k, v in preset.items()
+                                            if getattr(self, k) is None})
+
     def validate(self, where: str) -> None:
+        if any(getattr(self, k) is None for k in SIZES[self.size]):
+            self.resolved().validate(where)
+            return
         check_range(where, "n_cell_types", self.n_cell_types, 1)
         check_range(where, "n_genes", self.n_genes, 2)
         check_range(where, "n_marks", self.n_marks, 1, len(MARKS))
@@ -117,6 +138,7 @@ def mark_shapes(marks: tuple[str, ...], n_bins: int) -> np.ndarray:
 
 def generate_tensor(p: SyntheticHistoneParams) -> tuple[HistoneTensor, np.ndarray]:
     """The tensor described by ``p`` and the latent activity ``z [C, G]`` (the oracle)."""
+    p = p.resolved()
     marks = MARKS[:p.n_marks]
     world = np.random.default_rng([p.seed, 0])
     c, g = p.n_cell_types, p.n_genes
@@ -144,6 +166,7 @@ def generate_tensor(p: SyntheticHistoneParams) -> tuple[HistoneTensor, np.ndarra
 
 def generate(p: SyntheticHistoneParams, task: HistoneTask) -> Dataset:
     """The dataset of ``p`` for ``task``, with the oracle's r (and AUROC) per split in info."""
+    p = p.resolved()
     tensor, z = generate_tensor(p)
     index = split_indices(p.n_cell_types, p.n_genes, holdout=p.holdout,
                           n_val_cell_types=p.n_val_cell_types,

@@ -104,3 +104,19 @@ def test_metrics_against_known_values():
     assert spearman(x, -np.exp(x)) == pytest.approx(-1.0)
     assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
     assert np.isnan(auroc(x, np.ones(4))) and np.isnan(pearson(x, np.ones(4)))
+
+
+def test_seed_size_preset_holds_out_what_the_seed_did():
+    p = SyntheticHistoneParams(size="seed").resolved()
+    assert (p.n_cell_types, p.n_genes) == (56, 17447)
+    p.validate("data")
+    index = split_indices(p.n_cell_types, p.n_genes, holdout="both",
+                          n_val_cell_types=p.n_val_cell_types,
+                          n_test_cell_types=p.n_test_cell_types,
+                          val_gene_fraction=p.val_gene_fraction,
+                          test_gene_fraction=p.test_gene_fraction, seed=0)
+    (tc, tg), (vc, vg), (sc, sg) = index["train"], index["val"], index["test"]
+    assert (len(tc), len(tg)) == (50, 16000) and len(vg) + len(sg) == 1447
+    assert len(vc) + len(sc) == 6
+    # an explicit size wins over the preset
+    assert SyntheticHistoneParams(size="seed", n_genes=500).resolved().n_genes == 500
