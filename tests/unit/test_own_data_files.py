@@ -182,6 +182,9 @@ def test_h5ad_written_by_anndata(tmp_path):
     adata = anndata.AnnData(X=values, obs=pd.DataFrame(index=CELLS),
                             var=pd.DataFrame({"symbol": [f"S{i}" for i in range(5)]}, index=GENES))
     adata.layers["counts"] = values * 3
+    if hasattr(anndata.settings, "allow_write_nullable_strings"):
+        # pandas 3 makes string columns nullable arrays, which anndata writes only on request.
+        anndata.settings.allow_write_nullable_strings = True
     adata.write_h5ad(tmp_path / "a.h5ad")
     m = read_matrix(tmp_path / "a.h5ad")
     np.testing.assert_array_equal(m.values, values)
@@ -189,3 +192,20 @@ def test_h5ad_written_by_anndata(tmp_path):
     m = read_matrix(tmp_path / "a.h5ad", keys=ArrayKeys("layers/counts", "symbol"))
     np.testing.assert_array_equal(m.values, values * 3)
     assert m.gene_ids.tolist()[0] == "S0"
+
+
+def test_sparse_h5ad_written_by_anndata(tmp_path):
+    anndata = pytest.importorskip("anndata", reason="reading files written by anndata itself")
+    sparse = pytest.importorskip("scipy.sparse", reason="anndata's sparse X")
+    values = _values()
+    adata = anndata.AnnData(X=sparse.csr_matrix(values))
+    adata.obs_names = list(CELLS)
+    adata.var_names = list(GENES)
+    adata.raw = adata
+    if hasattr(anndata.settings, "allow_write_nullable_strings"):
+        anndata.settings.allow_write_nullable_strings = True
+    adata.write_h5ad(tmp_path / "s.h5ad")
+    for key in ("auto", "raw/X"):
+        m = read_matrix(tmp_path / "s.h5ad", keys=ArrayKeys(key))
+        np.testing.assert_array_equal(m.values, values)
+        assert m.gene_ids.tolist() == GENES.tolist() and m.sample_ids.tolist() == CELLS.tolist()
