@@ -38,7 +38,7 @@ from workflows.sweep import Axis, Sweep, expand, format_value, short_path
 log = logging.getLogger(__name__)
 
 #: Why the rounds ended.
-STOP_REASONS = ("width", "budget", "max_rounds", "exhausted", "stopped")
+STOP_REASONS = ("width", "budget", "max_rounds", "exhausted", "outside_range", "stopped")
 
 
 @dataclass
@@ -139,8 +139,8 @@ def next_round(spec: AdaptiveSpec, estimates: dict[str, Breakdown],
     wanted: list[list[dict[str, Any]]] = []
     open_groups = 0
     for key, bd in sorted(estimates.items(), key=lambda kv: -kv[1].width):
-        if spec.width is not None and bd.width <= spec.width:
-            continue
+        if bd.side != "inside" or spec.width is not None and bd.width <= spec.width:
+            continue  # done, or no level in range would move a crossing outside it
         open_groups += 1
         mine: list[dict[str, Any]] = []
         for level in new_levels(bd, points=spec.points, lo=spec.lo, hi=spec.hi,
@@ -161,7 +161,10 @@ def next_round(spec: AdaptiveSpec, estimates: dict[str, Breakdown],
         chosen = chosen[:spec.budget - len(points)]
     if chosen:
         return chosen, ""
-    return [], "width" if open_groups == 0 else "exhausted"
+    if open_groups:
+        return [], "exhausted"
+    inside = any(bd.side == "inside" for bd in estimates.values())
+    return [], "width" if inside else "outside_range"
 
 
 def _round_robin(lists: list[list[Any]]) -> list[list[Any]]:

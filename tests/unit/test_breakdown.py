@@ -132,3 +132,12 @@ def test_plan_shows_the_first_round_and_what_ends_it():
     assert "first round 20 trials" in text and "0, 0.125, 0.25, 0.375, 0.5" in text
     assert "budget 40 trials" in text and "interval width 0.02" in text
     assert sweep.to_dict()["adaptive"]["range"] == [0.0, 0.5]
+
+
+def test_rounds_end_when_no_curve_crosses_inside_the_range():
+    spec = sweep_from_dict(table()).adaptive
+    points = [{"noise[0].fraction": x, "seed": s} for x in (0.0, 0.25, 0.5) for s in (0, 1)]
+    bd = estimate_breakdown([p["noise[0].fraction"] for p in points], [0.95] * 6,
+                            target="halfway", chance=0.5, lo=0.0, hi=0.5)
+    assert bd.side == "above" and bd.estimate is None and (bd.low, bd.high) == (0.5, 0.5)
+    assert next_round(spec, {"all": bd}, points, first_seed=0) == ([], "outside_range")
