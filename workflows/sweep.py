@@ -24,6 +24,10 @@ A sweep is a TOML (or JSON) file with three tables::
     name = "nt3"
     ...
 
+A ``[sweep.adaptive]`` table makes one more axis adaptive: the expanded trials are then its first
+round, and ``workflows.adaptive`` chooses the later rounds' levels (see
+:mod:`workflows.adaptive_spec` and docs/adaptive.md).
+
 Axis paths address the trial spec: ``model.variant``, ``data.n_samples``, ``noise[0].fraction``,
 ``train.epochs``, ``seed``. A path may also name a whole table (``noise[0]``, ``data``) or the
 whole noise list (``noise``); such values replace what the base trial had there, and are applied
@@ -60,9 +64,10 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 
 _SWEEP_KEYS = {"name", "description", "axes", "zip", "trials_per_level", "max_trials",
-               "adaptive"}
+               "adaptive", "cleaning"}
 _RUN_KEYS = {"site", "retries", "options", "threads_per_trial", "progress_interval_s",
-             "pack_size", "checkpoint_interval_s", "grace_period_s"}
+             "pack_size", "checkpoint_interval_s", "grace_period_s", "tracking",
+             "tracking_uri"}
 _TOP_KEYS = {"sweep", "run", "trial"}
 _PATH_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 #: Significant digits kept for float ranges, so that 0.1 + 0.2 is written 0.3 (and hashes so).
@@ -115,6 +120,10 @@ class RunDefaults:
     checkpoint_interval_s: float | None = None
     #: Seconds running trials get to finish or checkpoint after SIGINT/SIGTERM.
     grace_period_s: float = 30.0
+    #: Log each trial as it settles to "mlflow" or "tensorboard" (None: no tracking), at
+    #: ``tracking_uri`` (None: a folder inside the run directory).
+    tracking: str | None = None
+    tracking_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,9 @@ class Sweep:
     #: The ``[sweep.adaptive]`` table (workflows.adaptive_spec.AdaptiveSpec): then ``trials``
     #: are its first round, and workflows.adaptive runs the later ones.
     adaptive: Any = None
+    #: ``[sweep] cleaning``: detectors whose flagged samples a second round drops and retrains
+    #: without (workflows.cleaning); empty: no cleaning stage.
+    cleaning: tuple[str, ...] = ()
 
     @property
     def trial_ids(self) -> list[str]:
@@ -158,11 +170,13 @@ class Sweep:
                     "progress_interval_s": self.run.progress_interval_s,
                     "pack_size": self.run.pack_size,
                     "checkpoint_interval_s": self.run.checkpoint_interval_s,
-                    "grace_period_s": self.run.grace_period_s},
+                    "grace_period_s": self.run.grace_period_s,
+                    "tracking": self.run.tracking, "tracking_uri": self.run.tracking_uri},
             "base": self.base,
             "trials": [{"index": t.index, "trial_id": t.trial_id, "point": t.point,
                         "spec": t.spec} for t in self.trials],
             **({"adaptive": self.adaptive.to_dict()} if self.adaptive is not None else {}),
+            **({"cleaning": list(self.cleaning)} if self.cleaning else {}),
         }
 
 
@@ -221,11 +235,16 @@ def sweep_from_dict(table: Mapping[str, Any], source: str | None = None) -> Swee
     if adaptive is not None:
         adaptive.check_first_round(count)
     run = _parse_run(table.get("run", {}))
+    cleaning: tuple[str, ...] = ()
+    if "cleaning" in meta:
+        from workflows.cleaning import parse_cleaning
+
+        cleaning = parse_cleaning(meta["cleaning"])
     trials = expand(dict(base), axes, zipped)
     log.debug("sweep %s: %d axes, %d trials", name, len(axes), len(trials))
     return Sweep(name=name, description=description, axes=tuple(axes), zipped=zipped,
                  base=copy.deepcopy(dict(base)), trials=tuple(trials), run=run, source=source,
-                 max_trials=max_trials, adaptive=adaptive)
+                 max_trials=max_trials, adaptive=adaptive, cleaning=cleaning)
 
 
 def check_sweep_name(name: Any, source: str | None) -> str:
@@ -296,7 +315,8 @@ def sweep_from_resolved(data: Mapping[str, Any]) -> Sweep:
     table: dict[str, Any] = {
         "sweep": {"name": data["name"], "description": data.get("description", ""),
                   "axes": data["axes"], "zip": data.get("zip", []),
-                  "max_trials": data.get("max_trials", DEFAULT_MAX_TRIALS)},
+                  "max_trials": data.get("max_trials", DEFAULT_MAX_TRIALS),
+                  **({"cleaning": data["cleaning"]} if data.get("cleaning") else {})},
         "run": {k: v for k, v in data.get("run", {}).items() if v is not None},
         "trial": data["base"],
     }
@@ -627,10 +647,29 @@ def _parse_run(raw: Any) -> RunDefaults:
     if (isinstance(grace, bool) or not isinstance(grace, (int, float))
             or not (grace >= 0 and math.isfinite(grace))):
         raise SpecError("run.grace_period_s", grace, "finite seconds >= 0", reason="out of range")
-    return RunDefaults(site=site, retries=retries, options=dict(options),
+    tracking, tracking_uri = _parse_tracking(raw)
+    return RunDefaults(tracking=tracking, tracking_uri=tracking_uri,
+                       site=site, retries=retries, options=dict(options),
                        threads_per_trial=threads, progress_interval_s=float(interval),
                        pack_size=pack, grace_period_s=float(grace),
                        checkpoint_interval_s=None if checkpoint is None else float(checkpoint))
+
+
+def _parse_tracking(raw: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``[run] tracking`` ("mlflow", "tensorboard" or "none") and ``tracking_uri``, checked
+    (whether the tracker's package is installed is checked when a run starts)."""
+    tracking = raw.get("tracking")
+    if tracking is not None:
+        from genodl_core.results.tracking import TRACKERS
+
+        if tracking not in (*TRACKERS, "none"):
+            raise SpecError("run.tracking", tracking, [*TRACKERS, "none"],
+                            reason="unknown tracker")
+    uri = raw.get("tracking_uri")
+    if uri is not None and (not isinstance(uri, str) or not uri):
+        raise SpecError("run.tracking_uri", uri, "an MLflow tracking URI or a folder",
+                        reason="expected a non-empty string")
+    return (None if tracking == "none" else tracking), uri
 
 
 def plan_table(sweep: Sweep, limit: int | None = None) -> str:
