@@ -126,3 +126,33 @@ def test_dropout_masks_depend_on_seed_and_step_not_on_the_pack():
     assert not torch.equal(first, nets[0]._dropout_mask(h))      # the next step differs
     both = pack._dropout_mask(h.expand(2, -1, -1))
     assert torch.equal(both[0], first[0]) and not torch.equal(both[0], both[1])
+
+
+class _Interrupt(Exception):
+    """A failure after an epoch, as a killed worker would leave the trial."""
+
+
+def test_interrupted_histone_trial_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    from genodl_core import records
+    from genodl_core.training import trial as trial_module
+    from genodl_core.training.plan import RunSettings
+
+    every_epoch = RunSettings(checkpoint_interval_s=1e-9)
+    spec = {**_spec("histone", "synthetic_histone"), "train": {**TRAIN, "epochs": 3}}
+    whole = records.load_record(run_trial(spec, tmp_path / "whole", raise_errors=True).path)
+    original = trial_module._Progress.__call__
+    fired = []
+
+    def call(self, epoch, metrics):
+        original(self, epoch, metrics)
+        if epoch == 1 and not fired:
+            fired.append(epoch)
+            raise _Interrupt("interrupted after epoch 1")
+
+    monkeypatch.setattr(trial_module._Progress, "__call__", call)
+    assert not run_trial(spec, tmp_path / "resumed", settings=every_epoch).ok
+    resumed = run_trial(spec, tmp_path / "resumed", settings=every_epoch, raise_errors=True)
+    again = records.load_record(resumed.path)
+    assert again.result["resumed_from_epoch"] == 1
+    for key in ("loss", "val_mse", "val_pearson"):  # dropout masks resume with the step count
+        np.testing.assert_array_equal(whole.result["curves"][key], again.result["curves"][key])
