@@ -75,6 +75,9 @@ def pack_key(spec: TrialSpec) -> str | None:
     from genodl_core.training.family import Family
 
     family = family_of(spec)
+    # A step that drops samples (cleaning) gives each trial its own training-split size.
+    if any(NOISES.get(step.name).meta.get("resizes") for step in spec.noise):
+        return None
     return family.pack_key(spec) if isinstance(family, Family) else None
 
 

@@ -189,3 +189,71 @@ def test_packed_trials_get_their_own_signals(tmp_path, torch_one_thread):
             np.testing.assert_allclose(one["signal_aum"], two["signal_aum"], atol=1e-3)
         assert records.load_record(p.path).result["extra"]["batched_trials"] == 2
     assert alone[0].final["detect_aum_auroc"] != alone[1].final["detect_aum_auroc"]
+
+
+# --- cleaning -------------------------------------------------------------------------------
+
+def _source_dir(tmp_path: Path, flagged: np.ndarray) -> Path:
+    trial_dir = tmp_path / "0123456789abcdef"
+    trial_dir.mkdir()
+    np.savez(trial_dir / records.ARRAYS_FILE, detect_aum_flagged=flagged)
+    return trial_dir
+
+
+def test_drop_flagged_drops_exactly_the_flags_and_checks_the_fingerprint(tmp_path):
+    from genodl_core.data.types import TrainArrays
+    from genodl_core.detection.cleaning import cleaning_spec, drop_flagged
+    from genodl_core.errors import DataError
+    from genodl_core.registry import NOISES
+    from genodl_core.training.trial import pack_key
+
+    flagged = np.array([1, 0, 0, 1, 0], dtype=bool)
+    source = _source_dir(tmp_path, flagged)
+    spec = cleaning_spec(spec_from_dict(planted()).to_dict() | {"trial_id": "x"}, source, "aum")
+    step = spec["noise"][-1]
+    assert step["source_trial"] == source.name and spec["model"]["variant"] == "base"
+    resolved = spec_from_dict(spec)
+    assert pack_key(resolved) is None  # its training split has its own size
+    params = resolved.noise[-1].params
+    x, y = np.arange(10.0).reshape(5, 2), np.array([0, 1, 0, 1, 1])
+    out = NOISES.get("drop_flagged").fn(TrainArrays(x, y, 2), params, None)
+    assert out.arrays.y.tolist() == [1, 0, 1] and out.arrays.x[:, 0].tolist() == [2, 4, 8]
+    assert out.record["n_dropped"] == 2 and out.record["kept_mask"].tolist() == [0, 1, 1, 0, 1]
+    np.savez(source / records.ARRAYS_FILE, detect_aum_flagged=~flagged)
+    with pytest.raises(DataError, match="changed since this cleaning trial was planned"):
+        drop_flagged(TrainArrays(x, y, 2), params, None)
+    with pytest.raises(DataError, match=r"no flags of detector 'loss'; it has \['aum'\]"):
+        cleaning_spec(spec, source, "loss")
+
+
+def test_recovered_share():
+    from genodl_core.detection.cleaning import recovered_share
+
+    assert recovered_share(0.9, 0.7, 0.85) == pytest.approx(0.75)
+    assert recovered_share(0.9, 0.7, 0.6) == pytest.approx(-0.5)
+    assert math.isnan(recovered_share(0.8, 0.8, 0.85))
+
+
+@pytest.mark.slow
+def test_cleaning_recovers_accuracy(tmp_path, torch_one_thread):
+    """Flipped labels cost a small CNN test accuracy; retraining without the samples the area
+    under the margin flagged wins most of it back."""
+    from genodl_core.detection.cleaning import cleaning_spec, recovered_share
+
+    def spec(fraction):
+        s = planted(fraction=fraction, epochs=20)
+        s["data"].update(effect_size=2.0, n_test=200, n_features=100)
+        s["train"].update(learning_rate=0.01)
+        return s
+
+    clean = run_trial(spec(0.0), tmp_path)
+    noisy = run_trial(spec(0.3), tmp_path)
+    source = records.load_record(noisy.path).spec
+    cleaned = run_trial(cleaning_spec(source, noisy.path, "aum"), tmp_path)
+    assert cleaned.ok, cleaned.error
+    acc = [r.final["test_accuracy"] for r in (clean, noisy, cleaned)]
+    assert acc[0] - acc[1] > 0.05, acc  # the noise cost accuracy
+    assert recovered_share(*acc) > 0.5, acc
+    rec = records.load_record(cleaned.path).result
+    # The cleaned trial scores its detectors on the samples it kept.
+    assert rec["extra"]["detection"]["n_samples"] == 120 - rec["noise"][-1]["n_dropped"]

@@ -153,6 +153,10 @@ def main(args: argparse.Namespace) -> int:
         from workflows.adaptive import run_adaptive
 
         report = run_adaptive(sweep, out, settings).report
+    elif sweep.cleaning:
+        from workflows.cleaning import run_with_cleaning
+
+        report = run_with_cleaning(sweep, out, sweep.cleaning, settings)
     else:
         report = run_sweep(sweep, out, settings)
     if getattr(args, "json", False):

@@ -1,0 +1,53 @@
+"""The cleaning stage of a sweep: a second round retraining without each detector's flags."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import h5py
+import pytest
+
+from genodl_core import records
+from genodl_core.errors import SpecError
+from tests.workflow.conftest import tiny_sweep
+from workflows.cleaning import CLEANING_FILE, run_with_cleaning
+from workflows.driver import RunSettings
+from workflows.sweep import sweep_from_dict, sweep_from_resolved
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_cleaning_round_runs_after_its_sources_and_resumes(tmp_path):
+    sweep = sweep_from_dict(tiny_sweep(trials_per_level=1, cleaning=["aum", "loss"]))
+    assert sweep.cleaning == ("aum", "loss") and len(sweep.trials) == 2
+    out = tmp_path / "run"
+    report = run_with_cleaning(sweep, out, sweep.cleaning, RunSettings())
+    assert report.ok, report.states
+    # Level 0 flipped nothing: only the noisy trial gets cleaning trials, one per detector.
+    assert report.total == 4
+    stored = json.loads((out / "sweep.json").read_text())
+    assert stored["cleaning"] == ["aum", "loss"]
+    assert sweep_from_resolved(stored).trial_ids == [t["trial_id"] for t in stored["trials"]]
+    noisy = sweep.trials[1].trial_id
+    table = json.loads((out / CLEANING_FILE).read_text())["rows"]
+    assert sorted(r["detector"] for r in table) == ["aum", "loss"]
+    for row in table:
+        assert row["source_trial"] == noisy == row["noisy_trial"]
+        assert row["clean_trial"] == sweep.trials[0].trial_id
+        assert 0 <= row["clean"] <= 1 and 0 <= row["cleaned"] <= 1
+        spec = records.read_json(out / "trials" / row["trial_id"] / records.SPEC_FILE)
+        assert spec["noise"][-1]["kind"] == "drop_flagged"
+    with h5py.File(report.summary) as h5:
+        assert "detect_aum_auroc" in h5["finals"]
+        values = h5["finals/detect_aum_auroc"][:]
+        assert sum(not math.isnan(v) for v in values) >= 1
+    again = run_with_cleaning(sweep, out, sweep.cleaning, RunSettings(gather=False))
+    assert again.ok and again.submitted == 0 and again.already_done == 4
+
+
+def test_cleaning_key_names_the_detectors():
+    with pytest.raises(SpecError, match="unknown detector"):
+        sweep_from_dict(tiny_sweep(cleaning=["confidence"]))
+    with pytest.raises(SpecError, match="not a list"):
+        sweep_from_dict(tiny_sweep(cleaning="aum"))
