@@ -295,16 +295,26 @@ def hdf5_arrays(fh: h5py.File, source: str) -> dict[str, ArrayInfo]:
     indices, indptr) counting as one 2-D array."""
     arrays: dict[str, ArrayInfo] = {}
 
-    def visit(prefix: str, group: h5py.Group) -> None:
+    def visit(prefix: str, group: h5py.Group, skip: tuple[str, ...] = ()) -> None:
         for name, node in group.items():
             full = f"{prefix}{name}"
-            if is_sparse_group(node) or isinstance(node, h5py.Dataset):
+            if name in skip:
+                continue
+            if is_sparse_group(node):
+                arrays[full] = h5ad.node_info(full, node, source)
+                # 10x Genomics keeps the ids inside the matrix group (matrix/barcodes, ...).
+                visit(f"{full}/", node, skip=_SPARSE_PARTS)
+            elif isinstance(node, h5py.Dataset):
                 arrays[full] = h5ad.node_info(full, node, source)
             elif isinstance(node, h5py.Group):
                 visit(f"{full}/", node)
 
     visit("", fh)
     return arrays
+
+
+#: Members of a sparse HDF5 group that make up the matrix (not listed as arrays of their own).
+_SPARSE_PARTS = ("data", "indices", "indptr", "shape")
 
 
 def _read_hdf5(path: Path, layout: Layout, keys: ArrayKeys) -> ExpressionMatrix:

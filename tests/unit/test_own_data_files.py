@@ -209,3 +209,29 @@ def test_sparse_h5ad_written_by_anndata(tmp_path):
         m = read_matrix(tmp_path / "s.h5ad", keys=ArrayKeys(key))
         np.testing.assert_array_equal(m.values, values)
         assert m.gene_ids.tolist() == GENES.tolist() and m.sample_ids.tolist() == CELLS.tolist()
+
+
+def test_10x_genomics_hdf5_by_named_keys(tmp_path):
+    values = _values()                                   # cells x genes
+    data, indices, indptr = _csr(values)                 # = CSC of the genes x cells matrix
+    with h5py.File(tmp_path / "filtered_feature_bc_matrix.h5", "w") as fh:
+        g = fh.create_group("matrix")
+        g.create_dataset("data", data=data.astype(np.int32))
+        g.create_dataset("indices", data=indices)
+        g.create_dataset("indptr", data=indptr)
+        g.create_dataset("shape", data=np.array([5, 4], dtype=np.int32))
+        g.create_dataset("barcodes", data=CELLS.astype("S"))
+        g.create_dataset("features/id", data=GENES.astype("S"))
+        g.create_dataset("features/name", data=np.array([b"A", b"B", b"C", b"D", b"E"]))
+    keys = ArrayKeys("matrix", "matrix/features/id", "matrix/barcodes")
+    m = read_matrix(tmp_path / "filtered_feature_bc_matrix.h5", layout="genes_by_samples",
+                    keys=keys)
+    np.testing.assert_array_equal(m.values, values)
+    assert m.gene_ids.tolist() == GENES.tolist() and m.sample_ids.tolist() == CELLS.tolist()
+    header = inspect_matrix(tmp_path / "filtered_feature_bc_matrix.h5",
+                            layout="genes_by_samples", keys=keys)
+    assert (header.n_samples, header.n_genes) == (4, 5)
+    with pytest.raises(DataError, match=r"no array 'features/id' \(data.ids_key\); found: "
+                                        r"matrix \(5, 4\) int32 sparse, matrix/barcodes"):
+        read_matrix(tmp_path / "filtered_feature_bc_matrix.h5", layout="genes_by_samples",
+                    keys=ArrayKeys("matrix", "features/id"))
