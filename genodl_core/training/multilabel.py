@@ -263,13 +263,21 @@ class MultiLabelStack:
         pass
 
     def state_dict(self) -> dict[str, Any]:
+        # The global generators draw the dropout masks: saved, so a resumed trial draws the
+        # masks the uninterrupted one would.
+        rng = {"cpu": torch.random.get_rng_state()}
+        if torch.device(self.plan.device).type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
         return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "steps": self.steps}
+                "steps": self.steps, "rng": rng}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = state["steps"]
+        torch.random.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
 
 
 def _fits(nbytes: int, device: str) -> bool:

@@ -93,3 +93,40 @@ def test_streamed_training_matches_resident(tmp_path):
         assert record["extra"]["data_resident"] is (resident == "yes")
         finals.append(result.final)
     assert finals[0]["val_loss"] == pytest.approx(finals[1]["val_loss"], rel=1e-5)
+
+
+class _Crash(Exception):
+    """Stands for a crash (a walltime) in the middle of training."""
+
+
+def test_transformer_warms_up_and_resumes_from_a_checkpoint(tmp_path, monkeypatch):
+    """The warm-up's step count survives a checkpoint: a resumed trial ends as an
+    uninterrupted one, bit for bit, on the CPU."""
+    from genodl_core.training import trial as trial_module
+    from genodl_core.training.checkpoint import CHECKPOINT_FILE
+    from genodl_core.training.plan import RunSettings
+
+    spec = {"seed": 4, "model": {"name": "deepsea_transformer",
+                                 **{**TINY_MODELS["deepsea_transformer"], "warmup_steps": 12}},
+            "data": TINY_DATA, "train": {"epochs": 3, "batch_size": 64, "optimizer": "adam",
+                                         "learning_rate": 0.002}}
+    every_epoch = RunSettings(checkpoint_interval_s=1e-9)
+    whole = records.load_record(run_trial(spec, tmp_path / "whole", raise_errors=True).path)
+    assert whole.result["extra"]["warmup_steps"] == 12
+    original = trial_module._Progress.__call__
+    fired = []
+
+    def crash_once(self, epoch, metrics):
+        original(self, epoch, metrics)
+        if epoch == 1 and not fired:
+            fired.append(epoch)
+            raise _Crash("walltime")
+
+    monkeypatch.setattr(trial_module._Progress, "__call__", crash_once)
+    broken = run_trial(spec, tmp_path / "resumed", settings=every_epoch)
+    assert not broken.ok and (broken.path / CHECKPOINT_FILE).is_file()
+    resumed = run_trial(spec, tmp_path / "resumed", settings=every_epoch, raise_errors=True)
+    again = records.load_record(resumed.path).result
+    assert again["resumed_from_epoch"] == 1
+    for key in ("loss", "val_loss", "val_roc_auc"):
+        np.testing.assert_array_equal(whole.result["curves"][key], again["curves"][key])
