@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+import numpy as np
+
 from genodl_core.errors import DataError
 
 AUTO = "auto"
@@ -38,30 +40,27 @@ SAMPLE_ID_NAMES: tuple[str, ...] = ("sample_ids", "samples", "obs_names", "cell_
 
 @dataclass(frozen=True)
 class ArrayInfo:
-    """Name, shape and dtype of one stored array (a sparse matrix counts as one 2-D array)."""
+    """Name, shape and dtype of one stored array (a sparse matrix counts as one 2-D array).
+
+    ``kind`` is ``number``, ``text`` or ``other``; :meth:`of` derives it from the dtype.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     sparse: bool = False
+    kind: str = "other"
 
-    @property
-    def kind(self) -> str:
-        """``number``, ``text`` or ``other``, from the dtype's kind character."""
-        code = _dtype_kind(self.dtype)
-        return "number" if code in "biuf" else "text" if code in "USOT" else "other"
+    @classmethod
+    def of(cls, name: str, shape: tuple[int, ...], dtype: np.dtype | str,
+           sparse: bool = False) -> "ArrayInfo":
+        """An entry for an array of numpy/h5py ``dtype`` (variable-length strings are text)."""
+        code = np.dtype(dtype).kind
+        kind = "number" if code in "biuf" else "text" if code in "USOT" else "other"
+        return cls(name, tuple(int(n) for n in shape), str(dtype), sparse, kind)
 
     def __str__(self) -> str:
         return f"{self.name} {self.shape} {self.dtype}{' sparse' if self.sparse else ''}"
-
-
-def _dtype_kind(dtype: str) -> str:
-    import numpy as np
-
-    try:
-        return np.dtype(dtype).kind
-    except TypeError:
-        return "T" if "str" in dtype else "V"
 
 
 def describe(arrays: Mapping[str, ArrayInfo]) -> str:

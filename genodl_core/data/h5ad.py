@@ -45,9 +45,9 @@ def matrices(fh: h5py.File, source: str) -> dict[str, ArrayInfo]:
 def node_info(name: str, node: Any, source: str) -> ArrayInfo:
     """Shape and dtype of a dataset or sparse group."""
     if is_sparse_group(node):
-        return ArrayInfo(name, sparse_group_shape(node, source), str(node["data"].dtype), True)
+        return ArrayInfo.of(name, sparse_group_shape(node, source), node["data"].dtype, True)
     if isinstance(node, h5py.Dataset):
-        return ArrayInfo(name, tuple(node.shape), str(node.dtype))
+        return ArrayInfo.of(name, tuple(node.shape), node.dtype)
     return ArrayInfo(name, (), "group")
 
 

@@ -247,12 +247,12 @@ def npz_arrays(path: str | Path) -> dict[str, ArrayInfo]:
                     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                             else np.lib.format.read_array_header_2_0)
                     shape, _, dtype = read(fh)
-                arrays[name[:-4]] = ArrayInfo(name[:-4], tuple(shape), str(dtype))
+                arrays[name[:-4]] = ArrayInfo.of(name[:-4], tuple(shape), dtype)
     if is_scipy_npz(set(arrays)):
         with np.load(path, allow_pickle=False) as npz:
             shape = tuple(int(n) for n in npz["shape"])
-        return {SPARSE_NPZ_NAME: ArrayInfo(SPARSE_NPZ_NAME, shape, arrays["data"].dtype,
-                                           sparse=True)}
+        return {SPARSE_NPZ_NAME: ArrayInfo.of(SPARSE_NPZ_NAME, shape, arrays["data"].dtype,
+                                              sparse=True)}
     return arrays
 
 
