@@ -130,3 +130,15 @@ def test_per_target_auc_matches_the_definitions_with_ties_and_nan():
     assert out["val_defined_targets"] == 4.0
     assert out["val_roc_auc"] == pytest.approx(float(np.nanmean(roc.numpy())))
     assert out["val_roc_auc_median_a"] == pytest.approx(float(np.median(roc[:2].numpy())))
+
+
+def test_per_target_auc_in_column_chunks_equals_one_pass(monkeypatch):
+    from genodl_core.training import multilabel_metrics
+
+    rng = np.random.default_rng(1)
+    y = torch.tensor((rng.random((50, 7)) < 0.3).astype(np.uint8))
+    s = torch.tensor(rng.random((50, 7)))
+    whole = per_target_auc(s, y)
+    monkeypatch.setattr(multilabel_metrics, "CHUNK_CELLS", 120)  # 2 columns a chunk
+    chunked = per_target_auc(s, y)
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
