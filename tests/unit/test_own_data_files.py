@@ -235,3 +235,20 @@ def test_10x_genomics_hdf5_by_named_keys(tmp_path):
                                         r"matrix \(5, 4\) int32 sparse, matrix/barcodes"):
         read_matrix(tmp_path / "filtered_feature_bc_matrix.h5", layout="genes_by_samples",
                     keys=ArrayKeys("matrix", "features/id"))
+
+
+def test_h5ad_of_anndata_before_0_7_with_compound_frames(tmp_path):
+    values = _values()
+    str_dt = h5py.string_dtype()
+    with h5py.File(tmp_path / "old.h5ad", "w") as fh:
+        fh.create_dataset("X", data=values)
+        fh.create_dataset("obs", data=np.array([(c,) for c in CELLS],
+                                               dtype=[("index", str_dt)]))
+        fh.create_dataset("var", data=np.array([(g, f"S{i}") for i, g in enumerate(GENES)],
+                                               dtype=[("index", str_dt), ("symbol", str_dt)]))
+    m = read_matrix(tmp_path / "old.h5ad")
+    assert m.gene_ids.tolist() == GENES.tolist() and m.sample_ids.tolist() == CELLS.tolist()
+    assert read_matrix(tmp_path / "old.h5ad", keys=ArrayKeys(ids_key="symbol")).gene_ids[0] == "S0"
+    with pytest.raises(DataError, match=r"/var has no column 'name' \(data.ids_key\); "
+                                        r"columns: \['index', 'symbol'\]"):
+        read_matrix(tmp_path / "old.h5ad", keys=ArrayKeys(ids_key="name"))
