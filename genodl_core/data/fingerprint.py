@@ -45,24 +45,29 @@ _memo_lock = threading.Lock()
 
 
 def data_files(params: Any) -> list[str]:
-    """The existing files a data component's parameters name (absolute, symlinks resolved).
+    """The existing files and folders a data component's parameters name (absolute, symlinks
+    resolved).
 
     Every string parameter that names an existing file counts (the NT3 CSV source's
-    ``train_path``/``test_path``, the expression sources' ``path``, id lists and split files);
-    directories (``cache_dir``) do not.
+    ``train_path``/``test_path``, the expression sources' ``path``, id lists and split files),
+    and so does one that names a folder of data files (a folder of per-cell-type CSVs, a folder
+    of memory-mapped arrays): its fingerprint covers every file in it. Cache folders
+    (parameters named ``*cache*``) are the source's own output, not its data, and do not count.
     """
     if not dataclasses.is_dataclass(params):
         return []
     files = []
     for field in dataclasses.fields(params):
         value = getattr(params, field.name)
-        if isinstance(value, str) and value and os.path.isfile(value):
+        if not isinstance(value, str) or not value or "cache" in field.name:
+            continue
+        if os.path.isfile(value) or os.path.isdir(value):
             files.append(os.path.realpath(value))
     return sorted(set(files))
 
 
 def data_fingerprints(params: Any) -> dict[str, dict[str, Any]]:
-    """``{path: fingerprint}`` of every file a data component's parameters name."""
+    """``{path: fingerprint}`` of every file or folder a data component's parameters name."""
     cache_dir = getattr(params, "cache_dir", None)
     return {path: file_fingerprint(path, cache_dir=cache_dir) for path in data_files(params)}
 
@@ -70,7 +75,7 @@ def data_fingerprints(params: Any) -> dict[str, dict[str, Any]]:
 def file_fingerprint(path: str | os.PathLike[str], *,
                      cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """``{"size", "mtime_ns", "sha256"}`` of a file, the hash read from its sidecar when the
-    size and modification time still match.
+    size and modification time still match; for a folder, :func:`folder_fingerprint`.
 
     Raises
     ------
@@ -78,6 +83,8 @@ def file_fingerprint(path: str | os.PathLike[str], *,
         When the file cannot be read.
     """
     path = os.path.realpath(path)
+    if os.path.isdir(path):
+        return folder_fingerprint(path, cache_dir=cache_dir)
     st = os.stat(path)
     key = (path, st.st_size, st.st_mtime_ns)
     with _memo_lock:
@@ -90,6 +97,46 @@ def file_fingerprint(path: str | os.PathLike[str], *,
     with _memo_lock:
         _memo[key] = sha
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
+
+
+def folder_fingerprint(path: str | os.PathLike[str], *,
+                       cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The fingerprint of a folder of data files: one sha256 over the relative name and the
+    sha256 of every file below it (hidden names, such as the sidecar folder, left out), so a
+    file changed, added, removed or renamed changes it. ``size`` is the total of the files'
+    sizes, ``mtime_ns`` the newest file's, ``files`` their number.
+
+    Raises
+    ------
+    OSError
+        When the folder or a file in it cannot be read.
+    """
+    root = os.path.realpath(path)
+    digest = hashlib.sha256()
+    size = newest = count = 0
+    for rel in _folder_files(root):
+        fp = file_fingerprint(os.path.join(root, rel), cache_dir=cache_dir)
+        digest.update(f"{rel}\0{fp['sha256']}\n".encode())
+        size += fp["size"]
+        newest = max(newest, fp["mtime_ns"])
+        count += 1
+    return {"size": size, "mtime_ns": newest, "sha256": digest.hexdigest(), "files": count}
+
+
+def _folder_files(root: str) -> list[str]:
+    """Relative names of the regular files below ``root``, sorted; hidden entries skipped."""
+    found = []
+    for folder, dirs, names in os.walk(root, onerror=_raise):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            full = os.path.join(folder, name)
+            if not name.startswith(".") and os.path.isfile(full):
+                found.append(os.path.relpath(full, root))
+    return sorted(found)
+
+
+def _raise(err: OSError) -> None:
+    raise err
 
 
 def _hash_file(path: str) -> str:
