@@ -77,6 +77,9 @@ def test_most_variable_and_highest_mean_rank_on_training_rows_only():
     assert rank_genes(m.values, train, "highest_mean")[0] == 2
     sel = select_genes(m, n_landmarks=2, n_targets=2, order="most_variable", train_rows=train)
     assert sel.landmarks.tolist() == [1, 4] and sel.targets.tolist() == [3, 5]
+    sel = select_genes(m, landmark_ids=["g4"], n_targets=2, order="most_variable",
+                       train_rows=train)                    # listed landmarks, ranked targets
+    assert sel.landmarks.tolist() == [4] and sel.targets.tolist() == [1, 5]
     sel = select_genes(m, n_landmarks=1, order="highest_mean", train_rows=train)
     assert sel.landmarks.tolist() == [2] and sel.targets.tolist() == [0, 1, 3, 4, 5]
     ties = ExpressionMatrix(np.ones((3, 4), np.float32), np.array(list("abcd")),
