@@ -26,6 +26,7 @@ from genodl_core.errors import SpecError
 
 from workflows.progress import Progress
 from workflows.retry import failure_fields, record_driver_failure, retry_handler
+from workflows.run_observers import run_observers
 from workflows.rundir import STATES, RunDir, TrialState
 from workflows.sweep import Sweep, SweepTrial
 
@@ -58,6 +59,13 @@ class RunSettings:
     #: Called as ``(settled, total, trial_id, state)`` when a trial starts ("running") or
     #: settles, for callers that show progress themselves (notebooks; see ``genodl.run``).
     progress_callback: Callable[[int, int, str, str], Any] | None = None
+    #: Draw the live progress view on the terminal (``workflows.progress_view``) instead of
+    #: logging the plain progress lines on the console (the workflow log gets them either way).
+    live_view: bool = False
+    #: Log each trial as it settles to this tracker ("mlflow" or "tensorboard"; None: the
+    #: sweep's ``[run] tracking``, "none": off), at ``tracking_uri`` (default: inside DIR).
+    tracking: str | None = None
+    tracking_uri: str | None = None
 
     def resolve(self, sweep: Sweep) -> "RunSettings":
         """Fill unset fields from the sweep; options given here override the sweep's."""
@@ -82,6 +90,9 @@ class RunSettings:
             grace_period_s=(sweep.run.grace_period_s if self.grace_period_s is None
                             else self.grace_period_s),
             progress_callback=self.progress_callback,
+            live_view=self.live_view,
+            tracking=_tracking_choice(self.tracking, getattr(sweep.run, "tracking", None)),
+            tracking_uri=self.tracking_uri or getattr(sweep.run, "tracking_uri", None),
         )
 
     def worker_options(self, threads: int | None) -> dict[str, Any]:
@@ -156,6 +167,10 @@ def run_sweep(sweep: Sweep, out: str | Path, settings: RunSettings | None = None
 
     # Site name and options are checked before the run directory is touched.
     get_site(settings.site).resolve(settings.options)
+    if settings.tracking:
+        from genodl_core.results.tracking import check_tracker
+
+        check_tracker(settings.tracking)
     t0 = time.monotonic()
     # The lock comes first: a refused second driver must not touch sweep.json.
     run = RunDir.create(out)
@@ -178,7 +193,8 @@ def _drive(run: RunDir, sweep: Sweep, settings: RunSettings, only: Iterable[str]
              sweep.name, len(sweep.trials), already_done, len(todo), run.path)
     abandoned: list[str] = []
     if todo and not halt.requested:
-        abandoned = _run_with_parsl(run, todo, settings, already_done=already_done, halt=halt)
+        abandoned = _run_with_parsl(run, todo, settings, already_done=already_done, halt=halt,
+                                    prior_walls=recorded_walls(run, sweep, todo))
     summary = gather_summary(run) if settings.gather else None
     states = run.scan(sweep.trial_ids)
     if halt.requested:
@@ -238,8 +254,35 @@ def make_units(todo: list[SweepTrial], pack_size: int) -> list[list[SweepTrial]]
     return [[todo[i] for i in pack] for pack in packs]
 
 
+def _tracking_choice(given: str | None, sweep_default: str | None) -> str | None:
+    """The tracker a run logs to: the one given, else the sweep's; "none" turns it off."""
+    choice = given if given is not None else sweep_default
+    return None if choice in (None, "", "none") else choice
+
+
+def recorded_walls(run: RunDir, sweep: Sweep, todo: list[SweepTrial], *,
+                   limit: int = 500) -> list[float]:
+    """Wall times of up to ``limit`` done trials of the sweep that this run does not run, so
+    that a resumed run has an ETA before its own trials finish (read from their status
+    files; a sample is enough for a mean)."""
+    running = {t.trial_id for t in todo}
+    walls: list[float] = []
+    for tid in sweep.trial_ids:
+        if len(walls) >= limit:
+            break
+        if tid in running:
+            continue
+        status = records.read_status(run.trial_dir(tid)) or {}
+        wall = status.get("wall_s")
+        if status.get("state") == records.DONE and isinstance(wall, (int, float)) \
+                and not isinstance(wall, bool) and wall >= 0:
+            walls.append(float(wall))
+    return walls
+
+
 def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, *,
-                    already_done: int, halt: "StopRequest") -> list[str]:
+                    already_done: int, halt: "StopRequest",
+                    prior_walls: list[float] | None = None) -> list[str]:
     """Submit the units of ``todo`` and follow them until they settle, or a stop ends the wait.
 
     Returns the ids of trials still training when the grace period of a stop ran out (they
@@ -264,13 +307,16 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
     # the ETA reaches zero), plus the complete ones for orientation.
     progress = Progress(already_done + len(todo), already_done,
                         interval_s=settings.progress_interval_s,
-                        slots=trial_slots(slots, units))
+                        slots=trial_slots(slots, units), prior_walls=prior_walls or ())
+    observers = run_observers(run.path, todo, progress, live_view=settings.live_view,
+                              tracking=settings.tracking, tracking_uri=settings.tracking_uri)
     wanted = {t.trial_id for t in todo}
     worker = settings.worker_options(threads)
     offset = _file_size(run.attempts_file)  # only this run's attempts count for progress
     dfk = parsl.load(config)
     pending: set[Future] = set()
     try:
+        observers.__enter__()
         futures: dict[Future, list[str]] = {}
         for unit in units:
             if halt.requested:
@@ -297,18 +343,23 @@ def _run_with_parsl(run: RunDir, todo: list[SweepTrial], settings: RunSettings, 
                     continue
                 if event.get("event") == "start":
                     progress.started(tid)
+                    observers.started(tid)
                     notify_progress(settings.progress_callback, progress, tid, "running")
                 elif (event.get("event") == "end" and event.get("state") == records.FAILED
                       and event.get("deterministic") is False):
                     # The attempt failed in a way Parsl retries. A final attempt is counted
                     # when its future settles.
                     progress.requeued(tid)
+                    observers.finished(tid, "requeued")
             for future in finished:
                 for tid, state, wall in settle_unit(run, futures[future], future):
                     progress.finished(tid, state, wall)
+                    observers.finished(tid, state)
                     notify_progress(settings.progress_callback, progress, tid, state)
             progress.tick()
+            observers.poll()
     finally:
+        observers.__exit__(None, None, None)
         shutdown_parsl(dfk, wait=not (halt.requested and pending))
     return [tid for future in pending for tid in futures[future]]
 

@@ -2,7 +2,13 @@
 
 A line is logged whenever the counts change and at least every ``interval_s`` seconds while
 nothing changes, so a long trial never looks like a hung driver. The driver's logger writes to
-stderr and to ``DIR/logs/workflow.log``.
+stderr and to ``DIR/logs/workflow.log``. On a terminal, ``workflows.progress_view`` draws the
+same counts as a live view instead.
+
+The ETA is the mean trial time so far times the trials left, over the trials running at once.
+A resumed run starts from the times of the trials already recorded (``prior_walls``), so its
+first line has an ETA; once :data:`MIN_OWN_WALLS` trials of this run have finished, their times
+alone count, since a resume may run on other hardware.
 """
 
 from __future__ import annotations
@@ -10,10 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 from genodl_core.stop import INTERRUPTED
 
 log = logging.getLogger(__name__)
+
+#: Trials this run must finish before its own times replace the recorded ones in the ETA.
+MIN_OWN_WALLS = 3
 
 
 @dataclass(frozen=True)
@@ -47,11 +57,14 @@ class Progress:
     slots
         How many trials can run at once (workers/GPUs); used for the ETA until enough trials
         have been seen running together.
+    prior_walls
+        Wall times of trials already recorded (a resumed run's done trials), for the ETA before
+        this run's own trials finish.
     """
 
     def __init__(self, total: int, already_done: int = 0, *, interval_s: float = 30.0,
                  slots: int | None = None, logger: logging.Logger | None = None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, prior_walls: Sequence[float] = ()):
         self.total = total
         self.already_done = already_done
         self.interval_s = interval_s
@@ -65,6 +78,7 @@ class Progress:
         self.running: set[str] = set()
         self.retried = 0
         self.walls: list[float] = []
+        self.prior_walls = [float(w) for w in prior_walls if w is not None and w >= 0]
         self.max_parallel = 0
         self._last_line: float | None = None
         self._last_state: tuple[Counts, int] | None = None
@@ -103,9 +117,11 @@ class Progress:
         remaining = counts.pending + counts.running
         if remaining == 0:
             return 0.0
-        if not self.walls:
+        walls = self.walls if len(self.walls) >= MIN_OWN_WALLS else \
+            self.walls + self.prior_walls
+        if not walls:
             return None
-        mean = sum(self.walls) / len(self.walls)
+        mean = sum(walls) / len(walls)
         parallel = max(self.max_parallel, min(self.slots or 1, remaining), 1)
         # Running trials are about half done on average.
         return mean * (counts.pending + 0.5 * counts.running) / parallel
@@ -147,4 +163,4 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-__all__ = ["Progress", "Counts", "format_duration"]
+__all__ = ["Progress", "Counts", "format_duration", "MIN_OWN_WALLS"]

@@ -59,6 +59,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "batched computation per worker (default: the sweep's [run] pack_size, "
                         "else 1 = off)")
     p.add_argument("--no-gather", action="store_true", help="skip writing summary.h5")
+    p.add_argument("--view", default="auto", choices=["auto", "live", "plain"],
+                   help="progress on the console: a live view (running trials with epoch, "
+                        "metric and curve; needs `pip install genodl[progress]`) or the plain "
+                        "lines of batch logs; auto: live when stdout is a terminal and no "
+                        "--json (default: auto)")
+    p.add_argument("--tracking", default=None, choices=["mlflow", "tensorboard", "none"],
+                   help="log each trial as it settles to MLflow or TensorBoard, from the "
+                        "driver (default: the sweep's [run] tracking, else none)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI or folder, or TensorBoard log folder (default: "
+                        "the sweep's [run] tracking_uri, else DIR/mlruns or DIR/tensorboard)")
     p.add_argument("--grace-period", type=float, default=None, metavar="S",
                    help="after SIGINT/SIGTERM, seconds running trials get to finish or "
                         "checkpoint before the run exits 130/143, resumable (default: the "
@@ -86,7 +97,20 @@ def settings_from_args(args: argparse.Namespace):
                        gather=not args.no_gather,
                        update_sweep=getattr(args, "update_sweep", False),
                        rerun_changed_data=getattr(args, "rerun_changed_data", False),
-                       grace_period_s=grace_period_from_args(args))
+                       grace_period_s=grace_period_from_args(args),
+                       live_view=live_view_from_args(args),
+                       tracking=getattr(args, "tracking", None),
+                       tracking_uri=getattr(args, "tracking_uri", None))
+
+
+def live_view_from_args(args: argparse.Namespace) -> bool:
+    """Whether to draw the live progress view (see ``workflows.progress_view``)."""
+    import sys
+
+    from workflows.progress_view import wants_live_view
+
+    return wants_live_view(getattr(args, "view", "plain"), is_terminal=sys.stdout.isatty(),
+                           json_output=getattr(args, "json", False))
 
 
 def grace_period_from_args(args: argparse.Namespace) -> float | None:
