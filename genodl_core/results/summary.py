@@ -111,6 +111,8 @@ GROUP_STATS = ("mean", "std", "min", "max", "count")
 GENE_IDS_ARRAY = "target_ids"
 GENE_IDS_FALLBACK = ("gene_ids",)
 PER_GENE_MARK = "per_gene"
+#: Per-target arrays of multi-label models (per-target AUCs) are stored the same way.
+PER_TARGET_MARK = "per_target"
 #: Variant of models that have a single form (e.g. D-GEX).
 DEFAULT_VARIANT = "default"
 #: Parameter names tried, in order, when a noise kind does not declare its ``level_field``.
@@ -461,7 +463,7 @@ def read_trial_row(trial_dir: str | Path, record_path: str | None = None) -> Tri
         _flatten_into(columns, "timings", result.get("timings"))
         _flatten_into(columns, "extra", result.get("extra"))
         names = [n for n in result.get("arrays") or [] if isinstance(n, str)]
-        gene_arrays = sorted(n for n in names if PER_GENE_MARK in n)
+        gene_arrays = sorted(n for n in names if PER_GENE_MARK in n or PER_TARGET_MARK in n)
         if gene_arrays:
             try:
                 ids = read_gene_ids(trial_dir)

@@ -251,6 +251,8 @@ class MultiLabelStack:
                  "n_targets": int(len(self.prevalence)), "warmup_steps": self.warmup_steps}
         if ds.target_ids is not None:
             extra["target_names"] = [str(t) for t in ds.target_ids]
+            # The gather stores per-target arrays in summary.h5 aligned to these names.
+            arrays["target_ids"] = np.asarray(extra["target_names"])
         if self.groups is not None:
             extra["target_groups"] = list(self.groups)
         ceiling = ds.info.get("ceiling")

@@ -79,6 +79,13 @@ def test_tiny_trial_end_to_end_with_noise(name, tmp_path):
         assert {"val_roc_auc_per_target", "train_prevalence", "val_probabilities"} <= names
         mask = arrays[noise[0]["flip_mask"]["array"]]
         assert mask.shape == (256, 6) and mask.sum() == noise[0]["n_flipped"]
+    if name == "deepsea":  # the gather keeps per-target areas with the target names
+        h5py = pytest.importorskip("h5py", reason="summary.h5 needs h5py")
+        from genodl_core.results.summary import gather
+
+        with h5py.File(gather(tmp_path), "r") as f:
+            assert f["genes/val_roc_auc_per_target"].shape == (1, 6)
+            assert f["genes/gene_ids"][0].decode() == record["extra"]["target_names"][0]
 
 
 def test_streamed_training_matches_resident(tmp_path):
