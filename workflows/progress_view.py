@@ -2,9 +2,10 @@
 with their epoch, latest metric and its curve so far, and failures as they happen.
 
 Trials report their epochs through the ``progress.json`` each one already keeps in its record
-folder (written at most once per epoch and at most every few seconds, see
-``genodl_core.training.trial``); the view reads those files from the driver, only for the
-trials running, and only when a file changed. Training does no extra work for the view.
+folder (written at most once per epoch and at most every few seconds, listing the epochs since
+its previous write; see ``genodl_core.training.trial``); the view reads those files from the
+driver, only for the trials running, and only when a file changed. Training does no extra I/O
+for the view.
 
 The view needs the optional ``rich`` package (``pip install genodl[progress]``). Without a
 terminal (batch jobs, pipes, ``--json``) or without ``rich``, ``genodl run`` logs the plain
@@ -172,6 +173,7 @@ class TrialWatch:
         if not isinstance(epoch, int) or epoch < trial._last_epoch:
             # A file left by an earlier attempt (a retry restarts at epoch 1): start again.
             trial.curve.clear()
+            trial._last_epoch = 0
         trial.epoch = epoch if isinstance(epoch, int) else 0
         trial.epochs = report.get("epochs") if isinstance(report.get("epochs"), int) else 0
         picked = pick_metric(report.get("metrics") or {})
@@ -179,10 +181,29 @@ class TrialWatch:
             if picked[0] != trial.metric:
                 trial.curve.clear()
             trial.metric, trial.value = picked
-            if trial.epoch > trial._last_epoch or not trial.curve:
+            for point in _new_points(report, trial._last_epoch, picked[0]):
+                trial.curve.append(point)
+            if not trial.curve:
                 trial.curve.append(picked[1])
-                del trial.curve[:-CURVE_POINTS]
+            del trial.curve[:-CURVE_POINTS]
         trial._last_epoch = trial.epoch
+
+
+def _new_points(report: Mapping[str, Any], after: int, metric: str) -> list[float]:
+    """Values of ``metric`` for the epochs after ``after`` that a progress file reports: every
+    epoch since its previous write (``recent``), else only the latest."""
+    epoch = report.get("epoch")
+    recent = report.get("recent")
+    pairs = recent if isinstance(recent, list) else [[epoch, report.get("metrics") or {}]]
+    points = []
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], int)
+                and isinstance(pair[1], dict)) or pair[0] <= after:
+            continue
+        value = pair[1].get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            points.append(float(value))
+    return points
 
 
 def render(progress: Progress, watch: TrialWatch, *, max_rows: int = MAX_ROWS) -> Any:

@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 class TrialTracking:
     """Logs each trial that settles (done or failed) to MLflow or TensorBoard.
 
-    The tracker opens on the first trial that settles, so a run whose trials all fail before
-    that still costs no import of the tracker's package. A trial that cannot be logged is
-    logged as a warning; ``genodl export DIR --format KIND`` logs it later (trials already
-    logged are skipped there).
+    The tracker opens before the first trial is submitted, so that a store that cannot be
+    opened is said at once (the run then goes on without tracking). A trial that cannot be
+    logged is logged as a warning; ``genodl export DIR --format KIND`` logs it later (trials
+    already logged are skipped there).
     """
 
     def __init__(self, run_dir: str | Path, kind: str, target: str | None = None):
@@ -77,6 +77,7 @@ class TrialTracking:
                         self.run_dir, self.kind)
 
     def __enter__(self) -> "TrialTracking":
+        self._open()
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -35,6 +35,8 @@ from genodl_core.stop import INTERRUPTED
 
 #: Seconds between progress-file updates during training.
 PROGRESS_INTERVAL_S = 5.0
+#: Epochs a progress-file update lists at most besides the latest (see ``_Progress``).
+PROGRESS_RECENT = 100
 
 
 @dataclass
@@ -415,21 +417,31 @@ class _Trial:
 
 
 class _Progress:
-    """Per-epoch callback: logs the epoch and refreshes ``progress.json`` now and then."""
+    """Per-epoch callback: logs the epoch and refreshes ``progress.json`` now and then.
+
+    Each write also lists the epochs since the previous one (``recent``: ``[epoch, metrics]``
+    pairs, at most :data:`PROGRESS_RECENT` of them), so that the driver's live view gets every
+    epoch of a curve although the file is written at most every few seconds.
+    """
 
     def __init__(self, trial_dir: Path, epochs: int, log: logging.Logger):
         self.path = trial_dir / "progress.json"
         self.epochs = epochs
         self.log = log
         self.last_write = 0.0
+        self.recent: list[list[Any]] = []
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
         self.log.info("epoch %d/%d %s", epoch + 1, self.epochs, _brief(metrics))
+        self.recent.append([epoch + 1, dict(metrics)])
+        del self.recent[:-PROGRESS_RECENT]
         now = time.monotonic()
         if now - self.last_write >= PROGRESS_INTERVAL_S or epoch + 1 == self.epochs:
             self.last_write = now
             records.atomic_write_json(self.path, {"epoch": epoch + 1, "epochs": self.epochs,
-                                                  "time": time.time(), "metrics": metrics})
+                                                  "time": time.time(), "metrics": metrics,
+                                                  "recent": self.recent})
+            self.recent = []
 
 
 def _trial_logger(trial_id: str, trial_dir: Path) -> tuple[logging.Logger, logging.Handler]:

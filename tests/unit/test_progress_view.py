@@ -114,6 +114,23 @@ def test_the_watch_reads_changed_progress_files_at_most_every_poll_interval(tmp_
     assert trial.curve == [0.4]
 
 
+def test_every_epoch_reaches_the_view_although_the_file_is_written_every_few_seconds(
+        tmp_path, monkeypatch):
+    from genodl_core.training import trial as trial_module
+
+    monkeypatch.setattr(trial_module, "PROGRESS_INTERVAL_S", 3600.0)
+    (tmp_path / "t1").mkdir()
+    report = trial_module._Progress(tmp_path / "t1", 6, logging.getLogger("t"))
+    watch = TrialWatch(tmp_path)
+    watch.started("t1")
+    for epoch in range(6):
+        report(epoch, {"loss": 1.0 - epoch / 10, "val_accuracy": epoch / 10})
+        watch.poll(force=True)
+    stored = records.read_json(tmp_path / "t1" / "progress.json")
+    assert [pair[0] for pair in stored["recent"]] == [2, 3, 4, 5, 6]  # written at 1 and 6 only
+    assert watch.running["t1"].curve == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+
+
 def test_failures_are_kept_with_their_errors(tmp_path):
     (tmp_path / "t2").mkdir()
     records.write_status(tmp_path / "t2", records.FAILED, error_type="ValueError",
