@@ -75,5 +75,6 @@ def device_info(device: str) -> dict[str, Any]:
                     gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     gpu_uuid=str(getattr(props, "uuid", "")), cuda=torch.version.cuda)
     else:
-        info.update(torch_threads=torch.get_num_threads())
+        info.update(torch_threads=torch.get_num_threads(),
+                    omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
     return info

@@ -142,3 +142,20 @@ def test_cpu_bench_shows_bf16_only_where_the_cpu_has_it(monkeypatch):
     monkeypatch.setattr(cpu, "bf16_supported", lambda: False)
     assert bench.default_modes("cpu") == ("plain", "fast")
     assert bench.default_modes("cuda") == ("plain", "fast")
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("active", "active")])
+def test_openmp_threads_sleep_unless_the_user_says_otherwise(given, expected):
+    """Set before torch loads OpenMP: importing genodl_core must come first in a process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    out = subprocess.run([sys.executable, "-c", "import os, genodl_core; "
+                          "print(os.environ['OMP_WAIT_POLICY'])"],
+                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == expected
+    assert device.device_info("cpu")["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY")
