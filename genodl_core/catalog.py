@@ -21,3 +21,5 @@ from genodl_core.data import dna_files  # noqa: F401
 from genodl_core.noise import histone as histone_noise  # noqa: F401
 from genodl_core.data import histone_readers  # noqa: F401
 from genodl_core.detection import cleaning  # noqa: F401
+from genodl_core.data import cnnc_synthetic  # noqa: F401
+from genodl_core.models import cnnc  # noqa: F401

@@ -40,7 +40,8 @@ class TrialOptimizer:
     read the same parameter group.
     """
 
-    def __init__(self, module: nn.Module, train: TrainSpec, plan: ExecutionPlan):
+    def __init__(self, module: nn.Module, train: TrainSpec, plan: ExecutionPlan,
+                 nesterov: bool = False):
         fused = {"fused": True} if plan.switches.fused_optimizer else {}
         self.backward_states: list[Any] = []
         if train.optimizer == "sgd" and plan.switches.fused_update:
@@ -54,7 +55,7 @@ class TrialOptimizer:
                                     if isinstance(m, UpdatingLinear)]
         elif train.optimizer == "sgd":
             self.torch = torch.optim.SGD(module.parameters(), lr=train.learning_rate,
-                                         momentum=train.momentum,
+                                         momentum=train.momentum, nesterov=nesterov,
                                          weight_decay=train.weight_decay, **fused)
         else:
             self.torch = torch.optim.Adam(module.parameters(), lr=train.learning_rate,
@@ -83,15 +84,16 @@ class TrialOptimizer:
 class BatchedOptimizer:
     """SGD (momentum, L2) or Adam over ``[K, ...]`` parameters with one learning rate per trial.
 
-    The update rules are torch's ``SGD`` (dampening 0, no Nesterov) and ``Adam`` (no amsgrad,
-    L2 weight decay), as :class:`TrialOptimizer` configures them, so a trial's weights follow
-    the same trajectory as under its own optimizer.
+    The update rules are torch's ``SGD`` (dampening 0, Nesterov optional) and ``Adam`` (no
+    amsgrad, L2 weight decay), as :class:`TrialOptimizer` configures them, so a trial's weights
+    follow the same trajectory as under its own optimizer.
     """
 
     def __init__(self, params: Sequence[nn.Parameter], k: int, *, kind: str, lr: float,
                  momentum: float = 0.0, weight_decay: float = 0.0, betas=(0.9, 0.999),
-                 eps: float = ADAM_EPS):
+                 eps: float = ADAM_EPS, nesterov: bool = False):
         self.params = list(params)
+        self.nesterov = nesterov
         self.k = k
         self.kind, self.momentum, self.weight_decay = kind, momentum, weight_decay
         self.betas, self.eps = betas, eps
@@ -126,7 +128,8 @@ class BatchedOptimizer:
                         state["buf"] = g.clone()
                     else:
                         state["buf"].mul_(self.momentum).add_(g)
-                    g = state["buf"]
+                    g = (g.add(state["buf"], alpha=self.momentum) if self.nesterov
+                         else state["buf"])
                 w.sub_(lr * g)
                 continue
             b1, b2 = self.betas
@@ -164,17 +167,21 @@ def _load_buffer(state: Any, buf: torch.Tensor | None) -> None:
 
 
 def make_optimizer(module: nn.Module, train: TrainSpec, plan: ExecutionPlan,
-                   k: int = 1) -> TrialOptimizer | BatchedOptimizer:
+                   k: int = 1, *, nesterov: bool = False) -> TrialOptimizer | BatchedOptimizer:
     """The optimizer of ``k`` stacked trials of ``module`` (k = 1: torch's own).
+
+    ``nesterov`` (SGD with momentum; CNNC's reference optimizer) is a family's option rather
+    than a ``[train]`` key; in-backward updates (``fused_update``) do not implement it, so
+    a family asking for it must not offer that switch.
 
     A stacked module that can update big dense layers in backward (``update_in_backward``)
     does so when the plan says ``fused_update`` and the optimizer is SGD.
     """
     if k == 1:
-        return TrialOptimizer(module, train, plan)
+        return TrialOptimizer(module, train, plan, nesterov=nesterov)
     optimizer = BatchedOptimizer(list(module.parameters()), k, kind=train.optimizer,
                                  lr=train.learning_rate, momentum=train.momentum,
-                                 weight_decay=train.weight_decay)
+                                 weight_decay=train.weight_decay, nesterov=nesterov)
     if (plan.switches.fused_update and train.optimizer == "sgd"
             and hasattr(module, "update_in_backward")):
         module.update_in_backward(optimizer.lr, momentum=train.momentum,

@@ -1,0 +1,86 @@
+"""CNNC family: the reference network's size, packs equal to single trials, options, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genodl_core.errors import SpecError
+from genodl_core.models.cnnc import (CNNCParams, StackedCNNC, WeightedCrossEntropyObjective,
+                                     class_weights)
+from genodl_core.training.trial import run_pack, run_trial
+
+TINY = {"filters": [4, 6], "convs_per_block": 1, "dense": [8]}
+DATA = {"source": "synthetic_cnnc", "n_pairs": 80, "n_cells": 40, "bins": 8}
+TRAIN = {"optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "batch_size": 16,
+         "epochs": 2}
+
+
+def _spec(seed: int = 1, **model):
+    return {"seed": seed, "device": "cpu", "precision": "fp32",
+            "model": {"name": "cnnc", **TINY, **model}, "data": DATA, "train": TRAIN}
+
+
+def test_reference_network_has_the_keras_parameter_count():
+    params = CNNCParams()
+    net = StackedCNNC(params, 32, params.n_outputs(3))
+    # 320 + 9,248 + 18,496 + 36,928 + 73,856 + 147,584 (convs) + 262,656 + 1,539 (dense)
+    assert sum(p.numel() for p in net.parameters()) == 550627 == params.n_parameters(32, 3)
+    assert params.sizes(32) == [15, 6, 2]
+    assert net.eval()(torch.rand(5, 1024)).shape == (5, 3)
+    with pytest.raises(SpecError, match="filters"):
+        CNNCParams(filters=(8, 8, 8, 8)).sizes(32)
+
+
+def test_stacked_forward_equals_each_trial_and_dropout_ignores_the_pack():
+    params = CNNCParams(filters=(4, 6), dense=(8,))
+    nets = [StackedCNNC(params, 16, 2).initialise([s]) for s in (1, 2)]
+    pack = StackedCNNC.stack(nets)
+    x = torch.rand(3, 256)
+    both = pack.eval()(x.expand(2, -1, -1))
+    for t, net in enumerate(nets):
+        torch.testing.assert_close(both[t], net.eval()(x), rtol=1e-5, atol=1e-6)
+    alone = nets[0].train()(x)
+    packed = pack.train()(x.expand(2, -1, -1))
+    torch.testing.assert_close(packed[0], alone, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(nets[0](x), alone)  # the next step draws other masks
+
+
+def test_a_pack_of_two_equals_two_single_trials(tmp_path):
+    specs = [_spec(seed=s, nesterov=True) for s in (1, 2)]
+    alone = [run_trial(s, tmp_path / "alone", raise_errors=True) for s in specs]
+    packed = run_pack(specs, tmp_path / "pack", raise_errors=True)
+    for a, p in zip(alone, packed):
+        for key in ("loss", "val_loss", "val_roc_auc", "test_pr_auc"):
+            assert p.final[key] == pytest.approx(a.final[key], rel=1e-4, abs=1e-5), key
+    assert alone[0].final["val_loss"] != alone[1].final["val_loss"]
+    final = alone[0].final
+    for key in ("val_roc_auc", "val_pr_auc", "val_balanced_accuracy", "test_roc_auc"):
+        assert 0.0 <= final[key] <= 1.0, key
+
+
+@pytest.mark.parametrize("model", [{"variant": "abstaining"}, {"balance_classes": True}])
+def test_abstaining_and_weighted_variants_train(tmp_path, model):
+    result = run_trial(_spec(**model), tmp_path, raise_errors=True)
+    assert np.isfinite(result.final["val_loss"])
+    if model.get("variant") == "abstaining":
+        assert "val_abstention" in result.final
+
+
+def test_class_weights_weight_each_sample_by_its_true_class():
+    y = np.array([0, 0, 0, 1])
+    assert class_weights(CNNCParams(balance_classes=True), y, 2) == [4 / 6, 2.0]
+    assert class_weights(CNNCParams(), y, 2) is None
+    with pytest.raises(SpecError, match="class_weights"):
+        class_weights(CNNCParams(class_weights=(1.0, 2.0, 3.0)), y, 2)
+    logits = torch.zeros(2, 2)
+    losses = WeightedCrossEntropyObjective([1.0, 3.0]).per_sample_loss(logits, torch.tensor([0, 1]))
+    torch.testing.assert_close(losses, torch.tensor([1.0, 3.0]) * float(np.log(2)))
+
+
+def test_nesterov_needs_sgd_with_momentum(tmp_path):
+    spec = _spec(nesterov=True)
+    spec["train"] = {**TRAIN, "momentum": 0.0}
+    with pytest.raises(SpecError, match="nesterov"):
+        run_trial(spec, tmp_path, raise_errors=True)
