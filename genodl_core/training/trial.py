@@ -35,7 +35,7 @@ from genodl_core.stop import INTERRUPTED
 
 #: Seconds between progress-file updates during training.
 PROGRESS_INTERVAL_S = 5.0
-#: Epochs a progress-file update lists at most besides the latest (see ``_Progress``).
+#: Epochs a progress-file update lists at most, the latest included (see ``_Progress``).
 PROGRESS_RECENT = 100
 
 
