@@ -23,3 +23,6 @@ from genodl_core.data import histone_readers  # noqa: F401
 from genodl_core.detection import cleaning  # noqa: F401
 from genodl_core.data import cnnc_synthetic  # noqa: F401
 from genodl_core.models import cnnc  # noqa: F401
+from genodl_core.data import cnnc_synthetic  # noqa: F401
+from genodl_core.models import cnnc  # noqa: F401
+from genodl_core.noise import pairs  # noqa: F401
