@@ -117,6 +117,9 @@ def _plot_setting(summary_file: Path, groups: pd.DataFrame, columns: Iterable[st
         if "val_accuracy" in metrics and mdone.val_accuracy.notna().any():
             for kind in _noise_kinds(mdone):
                 written.append(plot_accuracy_abstention(mgroups, mdone, kind, model, out))
+        if any(_DETECTION_AUROC.match(m) for m in metrics):
+            for kind in _noise_kinds(mdone):
+                written += plot_detection_auroc(mgroups, kind, model, out)
         if "val_mae" in metrics and mdone.val_mae.notna().any():
             for kind in _noise_kinds(mdone):
                 written.append(plot_mae_vs_level(mgroups, mdone, kind, model, out))
@@ -352,6 +355,41 @@ def plot_accuracy_abstention(groups: pd.DataFrame, done: pd.DataFrame, kind: str
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     return _save(fig, out / f"accuracy_abstention_{_safe(model)}_{_safe(kind)}.png")
+
+
+#: ``detect_<detector>_auroc`` finals (subsets of correlated flips excluded).
+_DETECTION_AUROC = re.compile(r"^detect_(?!.*_(?:eligible|ineligible)_auroc$)(.+)_auroc$")
+
+
+def plot_detection_auroc(groups: pd.DataFrame, kind: str, model: str, out: Path) -> list[Path]:
+    """Detection AUROC of each detector against the noise level (docs/detection.md), one line
+    per variant and detector; 0.5 is a detector no better than chance. None without data."""
+    detectors = sorted({m.group(1) for c in groups.columns
+                        if (m := _DETECTION_AUROC.match(c.removesuffix(".mean")))
+                        and c.endswith(".mean")})
+    if "drop_flagged" in kind:  # cleaning trials: the report's cleaning table covers them
+        return []
+    g = groups[groups.noise_kind == kind]
+    lines = [(v, d) for v in sorted(g.variant.unique()) for d in detectors
+             if g.loc[g.variant == v, f"detect_{d}_auroc.mean"].notna().any()]
+    if not lines:
+        return []
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    fig, (ax,) = _new_figure(1, width=6.0)
+    for i, (variant, detector) in enumerate(lines):
+        label = detector if variant in BASE_VARIANTS else f"{detector} ({variant})"
+        _mean_std_line(ax, g[g.variant == variant], f"detect_{detector}_auroc", label,
+                       cmap(i % 10))
+    ax.axhline(0.5, color="gray", linestyle=":", linewidth=1, label="chance")
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel(_level_label(kind))
+    ax.set_ylabel("AUROC of finding the flipped labels")
+    ax.set_title(f"{model}: detecting {kind} noise")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return [_save(fig, out / f"detection_auroc_{_safe(model)}_{_safe(kind)}.png")]
 
 
 def plot_mae_vs_level(groups: pd.DataFrame, done: pd.DataFrame, kind: str, model: str,

@@ -221,6 +221,9 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
             parts.append("  note: an abstaining model's accuracy counts abstentions as wrong; "
                          "it is judged against the null on the samples it kept "
                          "(val_abstention_accuracy vs null_kept_accuracy)")
+    from genodl_core.results.detection_report import cleaning_lines, detection_lines
+
+    parts += detection_lines(path) + cleaning_lines(path)
     collapsed = collapse_warning(collapsed_in_table(load.trials(path)))
     if collapsed:
         parts.append("\n" + collapsed)

@@ -100,6 +100,7 @@ def test_plots_from_a_real_gathered_sweep(real_sweep, tmp_path):
     names = sorted(p.name for p in written)
     assert names == sorted([
         "accuracy_abstention_nt3_label_flip.png",
+        "detection_auroc_nt3_label_flip.png",  # label flips: the detectors are scored
         "loss_curves_nt3_base_label_flip.png",
         "loss_curves_nt3_abstaining_label_flip.png",
         "mae_vs_level_dgex_gaussian.png",
@@ -131,7 +132,7 @@ def test_cli_gather_report_and_plot(real_sweep, tmp_path, capsys):
     assert len(table) == 6 and "val_accuracy.mean" in table and "val_mae.count" in table
     assert main(["report", str(run), "--metrics", "no_such_metric"]) == 2
     assert main(["plot", str(run), "--out", str(tmp_path / "p")]) == 0
-    assert len(list((tmp_path / "p").glob("*.png"))) == 9
+    assert len(list((tmp_path / "p").glob("*.png"))) == 10  # with the detection figure
 
 
 def test_closed_form_models_get_no_empty_loss_curve_figure(tmp_path):

@@ -51,3 +51,21 @@ def test_cleaning_key_names_the_detectors():
         sweep_from_dict(tiny_sweep(cleaning=["confidence"]))
     with pytest.raises(SpecError, match="not a list"):
         sweep_from_dict(tiny_sweep(cleaning="aum"))
+
+
+def test_report_shows_detection_and_cleaning(tmp_path):
+    from genodl_core.results.report import report
+
+    sweep = sweep_from_dict(tiny_sweep(trials_per_level=1, cleaning=["aum"]))
+    out = tmp_path / "run"
+    assert run_with_cleaning(sweep, out, sweep.cleaning, RunSettings()).ok
+    text = report(out)
+    detection = text[text.index("[detection"):]
+    assert "aum" in detection and "loss" in detection and "auroc" in detection
+    cleaning = text[text.index("[cleaning"):]
+    assert "recovered" in cleaning and "label_flip=0.3" in cleaning
+    from genodl_core.results.plots import make_plots
+
+    names = [p.name for p in make_plots(out)]
+    assert "detection_auroc_nt3_label_flip.png" in names
+    assert not any("detection" in n and "drop_flagged" in n for n in names)

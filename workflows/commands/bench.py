@@ -28,11 +28,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None,
                    help="keep the benchmark trials' records here (default: a temporary folder)")
     p.add_argument("--json", action="store_true", help="also print the report as one JSON line")
+    p.add_argument("--detection", action="store_true",
+                   help="instead: epoch time of a label-flip NT3 trial with the noisy-label "
+                        "detection signals on against off, alone and as a pack of --pack "
+                        "(docs/detection.md)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="with --detection: runs of each setting (default: 3)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Exit status 0; errors (bad mode, failed trial) propagate as GenodlError (status 2)."""
+    if getattr(args, "detection", False):
+        from genodl_core.detection.overhead import format_rows, measure
+
+        rows = measure(quick=args.quick, device=args.device, epochs=args.epochs or 4,
+                       repeats=args.repeats, pack=args.pack, out_dir=args.out)
+        print(format_rows(rows))
+        if args.json:
+            print(json.dumps([r.to_dict() for r in rows]))
+        return 0
     from genodl_core.bench import BenchConfig, default_modes, format_report, run_benchmark
 
     modes = (default_modes(args.device) if args.modes is None
