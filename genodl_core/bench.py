@@ -35,7 +35,8 @@ from genodl_core.training.plan import RunSettings
 
 log = logging.getLogger(__name__)
 
-BenchModel = Literal["nt3", "dgex", "histone", "deepsea", "danq", "deepsea_transformer"]
+BenchModel = Literal["nt3", "dgex", "histone", "deepsea", "danq", "deepsea_transformer",
+                     "cnnc"]
 
 #: Modes the benchmark knows: (label, trial precision, fast path setting).
 MODES = {
@@ -199,6 +200,17 @@ def trial_spec(cfg: BenchConfig, *, seed: int, precision: str, epochs: int,
         train = {**SEED_TRAIN, "epochs": epochs}
         if cfg.quick:
             data.update(n_cell_types=6, n_genes=100)
+    elif cfg.model == "cnnc":
+        # The reference network and optimizer on 50,000 synthetic pairs of 1,000 cells.
+        from genodl_core.models.cnnc import REFERENCE_TRAIN
+
+        model = {"name": "cnnc", "nesterov": True}
+        data = {"source": "synthetic_cnnc", "n_pairs": 50000, "n_cells": 1000}
+        train = {**REFERENCE_TRAIN, "epochs": epochs}
+        if cfg.quick:
+            model.update(filters=[4, 8], dense=[16])
+            data.update(n_pairs=200, n_cells=100, bins=16)
+            train.update(batch_size=32)
     else:
         model = {"name": "dgex", "hidden_layers": 3, "width": 9000, "lr_reference": False}
         data = {"source": "synthetic_dgex", "size": "paper", "n_val": 4000, "n_test": 1000}
@@ -228,6 +240,10 @@ def forward_flops(spec: TrialSpec, n_features: int, n_outputs: int) -> float:
             flops += 2.0 * width * units
             width = units
         return flops
+    if spec.model.name == "cnnc":
+        from genodl_core.models.cnnc import cnnc_forward_flops
+
+        return cnnc_forward_flops(params, n_features, n_outputs)
     if spec.model.name == "histone":
         lay = params.layout()
         n_bins = spec.data.params.n_bins
@@ -391,8 +407,8 @@ def _summarise(cfg: BenchConfig, mode: str, label: str, spec: TrialSpec,
     per_trial_epoch = steady / trials
     overhead = max(wall - epochs * steady, 0.0) / trials
     cold_overhead = max(cold_wall - epochs * steady, 0.0) / trials
-    # A histone trial is seed 002's 15 epochs, not NT3's 100.
-    trial_epochs = 15 if spec.model.name == "histone" else cfg.trial_epochs
+    # A histone trial is seed 002's 15 epochs, a CNNC trial the reference's 20, not NT3's 100.
+    trial_epochs = {"histone": 15, "cnnc": 20}.get(spec.model.name, cfg.trial_epochs)
     trial_seconds = trial_epochs * per_trial_epoch + overhead
     final = warm["final"]
     metric = next(m for m in ("val_accuracy", "val_roc_auc", "val_pearson", "val_mae")
@@ -414,6 +430,9 @@ def _shape(spec: TrialSpec, result: dict[str, Any]) -> tuple[int, int, int, int]
         return params.n_train, params.n_test, params.n_features, params.n_classes
     if spec.model.name in DNA_MODELS:
         return params.n_train, params.n_val, params.length, params.n_targets
+    if spec.model.name == "cnnc":
+        rows = result["data"]["n_pairs"]
+        return rows["train"], rows["val"], params.bins ** 2, params.n_classes
     if spec.model.name == "histone":
         splits = result["data"]["splits"]
         rows = {k: len(v["cell_types"]) * v["n_genes"] for k, v in splits.items()}

@@ -151,6 +151,24 @@ class CNNCParams:
         return total
 
 
+def cnnc_forward_flops(params: CNNCParams, n_features: int, n_classes: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one image's forward pass (for ``genodl bench``)."""
+    side = image_side(n_features)
+    flops, channels, k = 0.0, 1, params.kernel
+    for f in params.filters:
+        for i in range(params.convs_per_block):
+            if i:
+                side -= k - 1
+            flops += 2.0 * channels * k * k * f * side * side
+            channels = f
+        side //= 2
+    fan_in = channels * side * side
+    for units in (*params.dense, params.n_outputs(n_classes)):
+        flops += 2.0 * fan_in * units
+        fan_in = units
+    return flops
+
+
 def image_side(n_features: int) -> int:
     """The side of square images of ``n_features`` pixels.
 
@@ -415,4 +433,5 @@ MODELS.register("cnnc", params=CNNCParams, task="classification")(CNNCFamily())
 
 
 __all__ = ["REFERENCE_TRAIN", "CNNCParams", "StackedCNNC", "CNNCFamily", "CNNCStack",
-           "WeightedCrossEntropyObjective", "build_cnnc", "class_weights", "image_side"]
+           "WeightedCrossEntropyObjective", "build_cnnc", "class_weights", "cnnc_forward_flops",
+           "image_side"]

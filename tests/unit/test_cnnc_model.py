@@ -84,3 +84,17 @@ def test_nesterov_needs_sgd_with_momentum(tmp_path):
     spec["train"] = {**TRAIN, "momentum": 0.0}
     with pytest.raises(SpecError, match="nesterov"):
         run_trial(spec, tmp_path, raise_errors=True)
+
+
+def test_bench_runs_cnnc_plain_and_packed():
+    from genodl_core.bench import BenchConfig, run_benchmark
+    from genodl_core.models.cnnc import cnnc_forward_flops
+
+    # the reference network: ~49 MFLOPs per 32 x 32 image
+    assert 4.8e7 < cnnc_forward_flops(CNNCParams(), 1024, 2) < 5.0e7
+    report = run_benchmark(BenchConfig(model="cnnc", quick=True, device="cpu", epochs=2,
+                                       modes=("plain", "batched"), pack=2))
+    plain, packed = report.modes
+    assert (plain.trials, packed.trials) == (1, 2)
+    assert report.shape["n_features"] == 256 and report.shape["n_train"] == 120
+    assert plain.tflops > 0 and packed.trials_per_gpu_hour > 0

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "print seconds per epoch, trials per GPU-hour, achieved TFLOP/s and its "
                     "share of a dense matmul measured in the same run, and per-trial overhead.")
     p.add_argument("--model", choices=["nt3", "dgex", "histone", "deepsea", "danq",
-                                       "deepsea_transformer"], default="nt3")
+                                       "deepsea_transformer", "cnnc"], default="nt3")
     p.add_argument("--quick", action="store_true",
                    help="small shapes: seconds on a CPU (a smoke test, not a measurement)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
