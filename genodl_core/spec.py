@@ -77,6 +77,9 @@ class TrainSpec:
     detect: Literal["auto", "on", "off"] = "auto"
     #: Epochs at the end of training whose per-sample losses are averaged (loss detector).
     detect_last_epochs: int = 5
+    #: K >= 2: confident learning on out-of-sample probabilities of K fold models trained
+    #: inside the trial (needs cleanlab); 0: off.
+    detect_folds: int = 0
 
     def validate(self, where: str) -> None:
         check_range(where, "epochs", self.epochs, 1)
@@ -92,6 +95,10 @@ class TrainSpec:
         check_range(where, "min_learning_rate", self.min_learning_rate, 0, MAX_LEARNING_RATE)
         check_range(where, "timeout_s", self.timeout_s, 0, lo_open=True)
         check_range(where, "detect_last_epochs", self.detect_last_epochs, 1)
+        if self.detect_folds == 1 or self.detect_folds < 0:
+            raise SpecError(f"{where}.detect_folds" if where else "detect_folds",
+                            self.detect_folds, "0 (off) or a number of folds >= 2",
+                            reason="one fold leaves no held-out model")
 
 
 #: The names a ``data.validation`` rule may take besides a fraction.
@@ -216,7 +223,7 @@ class TrialSpec:
 
 #: Train settings that only add what a record reports: left out of the resolved spec (and so
 #: of the trial id) while at their defaults, so adding them kept every earlier trial's id.
-_REPORT_ONLY_DEFAULTS = {"detect": "auto", "detect_last_epochs": 5}
+_REPORT_ONLY_DEFAULTS = {"detect": "auto", "detect_last_epochs": 5, "detect_folds": 0}
 
 
 def _train_dict(train: TrainSpec) -> dict[str, Any]:

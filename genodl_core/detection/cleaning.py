@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 #: Name of the cleaning noise step (trials holding it never train packed: sizes differ).
 DROP_STEP = "drop_flagged"
 #: Detectors a cleaning stage may name (those with a flag rule).
-CLEANING_DETECTORS = ("loss", "aum", "abstain_final", "abstain_fraction")
+CLEANING_DETECTORS = ("loss", "aum", "abstain_final", "abstain_fraction",
+                      "confident_learning")
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,15 @@
 Each detector turns a signal (:mod:`genodl_core.detection.signals`) into a suspicion score
 (higher = more likely flipped) and a flagged set by a rule that needs no knowledge of the noise:
 
-=================  =================================  ====================================
-detector           score                              flagged when
-=================  =================================  ====================================
-loss               mean CE over the last epochs       CE > ln 2 (p(assigned label) < 1/2)
-aum                minus the area under the margin    AUM < 0 (another class wins on average)
-abstain_final      abstained in the final epoch       abstained in the final epoch
-abstain_fraction   share of epochs abstained          abstained in at least half the epochs
-=================  =================================  ====================================
+==================  =================================  ===================================
+detector            score                              flagged when
+==================  =================================  ===================================
+loss                mean CE over the last epochs       CE > ln 2 (p(assigned label) < 1/2)
+aum                 minus the area under the margin    AUM < 0 (another class wins on average)
+abstain_final       abstained in the final epoch       abstained in the final epoch
+abstain_fraction    share of epochs abstained          abstained in at least half the epochs
+confident_learning  1 - out-of-sample p(assigned)      cleanlab's label issues (K folds)
+==================  =================================  ===================================
 
 :func:`attach` scores every detector whose signal a trial collected against the trial's true
 flip mask (the union of its noise steps' ``flip_mask``, restricted to the samples a
@@ -29,13 +30,16 @@ import numpy as np
 
 from genodl_core.detection.scores import score_detector
 
-#: detector -> (signal array, score from signal, flag rule on the signal).
+#: detector -> (signal array, score from signal, flag rule on the signal or the name of the
+#: array holding the flags).
 DETECTORS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray],
-                           Callable[[np.ndarray], np.ndarray]]] = {
+                           Callable[[np.ndarray], np.ndarray] | str]] = {
     "loss": ("signal_loss", lambda s: s, lambda s: s > math.log(2.0)),
     "aum": ("signal_aum", lambda s: -s, lambda s: s < 0.0),
     "abstain_final": ("signal_abstain_final", lambda s: s, lambda s: s > 0.5),
     "abstain_fraction": ("signal_abstain_fraction", lambda s: s, lambda s: s >= 0.5),
+    # Self-confidence ranking; flags: cleanlab's label issues (genodl_core.detection.folds).
+    "confident_learning": ("signal_cl_self_confidence", lambda s: 1.0 - s, "signal_cl_issues"),
 }
 
 #: Metrics reported within the eligible / ineligible samples of correlated flips.
@@ -73,7 +77,9 @@ def detector_scores(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndar
     for name, (signal, score, flag) in DETECTORS.items():
         if signal in arrays:
             values = np.asarray(arrays[signal], dtype=np.float64)
-            out[name] = (score(values), flag(values))
+            flags = (np.asarray(arrays[flag], dtype=bool) if isinstance(flag, str)
+                     else flag(values))
+            out[name] = (score(values), flags)
     return out
 
 

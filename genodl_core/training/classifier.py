@@ -199,6 +199,13 @@ class ClassifierStack:
         sums, self.val_logits = self._evaluate(self.x_val, self.y_val)
         return self._rates("val", sums, len(self.y_val))
 
+    @torch.no_grad()
+    def logits_of(self, x: np.ndarray) -> torch.Tensor:
+        """Every trial's logits ``[K, n, outputs]`` on ``x`` (eval mode): the fold models of
+        confident learning predict the samples they held out (docs/detection.md)."""
+        xt = to_device(x, self.plan.device, self.x_val.dtype)
+        return self._evaluate(xt, torch.zeros(len(x), dtype=torch.int64, device=xt.device))[1]
+
     def _rates(self, prefix: str, sums: torch.Tensor, n: int) -> list[dict[str, float]]:
         return [{f"{prefix}_{key}": v for key, v in
                  rates_from_sums(sums[t], n, obj.abstain_class is not None).items()}

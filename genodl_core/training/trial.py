@@ -203,7 +203,27 @@ def _run(trials: list["_Trial"], settings: Any) -> None:
         trial.start(info, precision, plan)
     outcomes = _train(family, ready, plan)
     for trial, outcome in zip(ready, outcomes):
+        if trial.spec.train.detect_folds and not isinstance(outcome, BaseException):
+            outcome = _guarded(trial, lambda: _confident_learning(
+                family, trial, outcome, device, precision, settings), keep_fit_s=True)
         trial.finish_with(outcome)
+
+
+def _confident_learning(family: Any, trial: "_Trial", outcome: Any, device: str,
+                        precision: str, settings: Any) -> Any:
+    """Add the out-of-sample probabilities of the trial's fold models and cleanlab's label
+    issues to its outcome (``train.detect_folds``; :mod:`genodl_core.detection.folds`)."""
+    from genodl_core.detection.folds import confident_learning_arrays, out_of_sample_probabilities
+    from genodl_core.training.plan import choose_plan
+
+    def plan_for(k: int) -> Any:
+        return choose_plan(device, precision, family.switches(k), pack_size=k, settings=settings)
+
+    t0 = time.monotonic()
+    probs = out_of_sample_probabilities(family, trial.member, plan_for)
+    outcome.arrays.update(confident_learning_arrays(probs, trial.member.dataset.y_train))
+    outcome.final["detect_folds_seconds"] = time.monotonic() - t0
+    return outcome
 
 
 def _train(family: Any, trials: list["_Trial"], plan: Any) -> list[Any]:
@@ -243,7 +263,7 @@ def _train(family: Any, trials: list["_Trial"], plan: Any) -> list[Any]:
     return outcomes
 
 
-def _guarded(trial: "_Trial", fit: Any) -> Any:
+def _guarded(trial: "_Trial", fit: Any, keep_fit_s: bool = False) -> Any:
     t_fit = time.monotonic()
     try:
         outcome = fit()
@@ -252,7 +272,8 @@ def _guarded(trial: "_Trial", fit: Any) -> Any:
             trial.fail(err)
             raise
         return err
-    trial.fit_s = time.monotonic() - t_fit
+    if not keep_fit_s:
+        trial.fit_s = time.monotonic() - t_fit
     return outcome
 
 
@@ -327,6 +348,10 @@ class _Trial:
                                  deadline=None if timeout is None else time.monotonic() + timeout)
             if family is not None:
                 family.check(self.member)
+            if spec.train.detect_folds:
+                from genodl_core.detection.folds import require_cleanlab
+
+                require_cleanlab()
             return True
         except BaseException as err:  # noqa: BLE001
             self.fail(err)

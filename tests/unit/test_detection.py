@@ -257,3 +257,42 @@ def test_cleaning_recovers_accuracy(tmp_path, torch_one_thread):
     rec = records.load_record(cleaned.path).result
     # The cleaned trial scores its detectors on the samples it kept.
     assert rec["extra"]["detection"]["n_samples"] == 120 - rec["noise"][-1]["n_dropped"]
+
+
+# --- confident learning ---------------------------------------------------------------------
+
+def test_folds_partition_the_samples_and_detect_folds_is_checked():
+    from genodl_core.detection.folds import fold_indices
+    from genodl_core.errors import SpecError
+
+    folds = fold_indices(10, 3, seed=4)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(10))
+    assert sorted(len(f) for f in folds) == [3, 3, 4]
+    assert all((a == b).all() for a, b in zip(folds, fold_indices(10, 3, seed=4)))
+    with pytest.raises(SpecError, match="detect_folds"):
+        spec_from_dict(planted(detect_folds=1))
+
+
+def test_confident_learning_without_cleanlab_fails_the_trial_before_training(
+        tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cleanlab" else real(name, *a))
+    result = run_trial(planted(detect_folds=2), tmp_path)
+    assert not result.ok and "pip install 'genodl[detection]'" in result.error
+
+
+def test_confident_learning_finds_planted_flips_with_fold_models_in_one_pack(
+        tmp_path, torch_one_thread):
+    pytest.importorskip("cleanlab", reason="confident learning needs the detection extra")
+    result = run_trial(planted(detect_folds=3), tmp_path)
+    assert result.ok, result.error
+    assert result.final["detect_confident_learning_auroc"] > 0.95
+    assert result.final["detect_confident_learning_precision"] > 0.8
+    log = (result.path / records.LOG_FILE).read_text()
+    assert "training 3 trials batched" in log  # 120 samples: three equal folds, one pack
+    with np.load(result.path / records.ARRAYS_FILE) as npz:
+        probs = npz["cl_probabilities"]
+        assert probs.shape == (120, 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
