@@ -98,3 +98,17 @@ def test_bench_runs_cnnc_plain_and_packed():
     assert (plain.trials, packed.trials) == (1, 2)
     assert report.shape["n_features"] == 256 and report.shape["n_train"] == 120
     assert plain.tflops > 0 and packed.trials_per_gpu_hour > 0
+
+
+def test_examples_validate():
+    from pathlib import Path
+
+    from genodl_core.spec import load_spec
+    from workflows.sweep import load_sweep
+
+    root = Path(__file__).resolve().parents[2] / "jobs" / "examples"
+    spec = load_spec(root / "cnnc_trial_small.toml")
+    assert spec.model.name == "cnnc" and spec.data.params.bins == 32
+    sweep = load_sweep(root / "cnnc_label_noise.toml")
+    assert len(sweep.trials) == 16
+    assert {t.spec["noise"][0]["kind"] for t in sweep.trials} == {"class_conditional_flip"}
