@@ -131,6 +131,13 @@ def _plot_setting(summary_file: Path, groups: pd.DataFrame, columns: Iterable[st
             from genodl_core.results.histone_plots import plot_histone
 
             written += plot_histone(mgroups, mdone, model, out)
+        if "val_roc_auc" in metrics and mdone.val_roc_auc.notna().any():
+            from genodl_core.results.cnnc_plots import plot_auc_vs_level
+
+            for kind in _noise_kinds(mdone):
+                fig = plot_auc_vs_level(mgroups, kind, model, out)
+                if fig is not None:
+                    written.append(fig)
         written += plot_loss_curves(summary_file, mdone, model, out)
         written += plot_by_epoch(summary_file, mdone, model, out)
     written += plot_all_regression(groups, done, out)

@@ -27,7 +27,8 @@ from genodl_core.results.collapse import collapse_warning, collapsed_in_table
 #: Metrics shown by default when present (the others only with ``--metrics`` or in the CSV).
 HEADLINE_METRICS = ("val_accuracy", "test_accuracy", "val_abstention",
                     "val_abstention_accuracy", "val_loss", "val_mae", "test_mae", "val_pearson_r",
-                    "val_pearson", "val_pearson_ct_min", "val_auroc",
+                    "val_pearson", "val_pearson_ct_min", "val_auroc", "val_roc_auc", "val_pr_auc",
+                    "val_balanced_accuracy",
                     "lr_val_mae", "relative_improvement", "share_genes_better_than_lr",
                     "share_genes_better_than_median")
 #: The null baselines shown beside a metric's figure: ``metric -> ((label, null metric), ...)``.
@@ -49,7 +50,10 @@ HIGHER_IS_BETTER = frozenset({"val_accuracy", "test_accuracy", "val_abstention_a
                               "test_abstention_accuracy",
                               # histone models: correlations and AUROC
                               "val_pearson", "test_pearson", "val_spearman", "test_spearman",
-                              "val_pearson_ct_mean", "val_pearson_ct_min", "val_auroc"})
+                              "val_pearson_ct_mean", "val_pearson_ct_min", "val_auroc",
+                              # gene-pair models: ranking and imbalance-aware metrics
+                              "val_roc_auc", "test_roc_auc", "val_pr_auc", "test_pr_auc",
+                              "val_balanced_accuracy", "test_balanced_accuracy"})
 KEY_COLUMNS = ("model", "variant", "setting", "data_source", "noise_kind", "noise_levels")
 #: Key columns shown only when they tell groups apart.
 _OPTIONAL_KEYS = ("setting", "data_source")
