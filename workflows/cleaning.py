@@ -10,9 +10,9 @@ what is done and resumes like any sweep; a cleaning trial's id depends on its so
 
 Afterwards ``cleaning.json`` in the run directory lists, per cleaning trial, its source and its
 references, all trained as the base model: the noisy one (the source's setting; the source
-itself unless it abstains) and the clean one (every noise fraction at 0: the sweep's level 0,
-when it ran), the three test accuracies and the share of the accuracy the noise cost that
-cleaning recovered; ``genodl report`` shows it.
+itself unless it abstains) and the clean one (the sweep's level 0: every noise fraction at 0,
+or no noise step at all, whichever ran), the three test accuracies and the share of the
+accuracy the noise cost that cleaning recovered; ``genodl report`` shows it.
 """
 
 from __future__ import annotations
@@ -132,7 +132,11 @@ def write_table(run: RunDir, sweep: Sweep) -> list[dict[str, Any]]:
         step = steps[-1]
         source_id = step["source_trial"]
         source = records.read_json(run.trial_dir(source_id) / records.SPEC_FILE)
-        noisy_id, clean_id = reference(source, clean=False), reference(source, clean=True)
+        noisy_id = reference(source, clean=False)
+        # Level 0 is either the noise steps at fraction 0 or no noise at all.
+        clean_id = next((t for t in (reference(source, clean=True),
+                                     reference({**source, "noise": []}, clean=False))
+                         if final(t)), None)
         metric = "test_accuracy" if "test_accuracy" in final(trial_dir.name) else "val_accuracy"
         acc = [final(t).get(metric, float("nan")) for t in (clean_id, noisy_id, trial_dir.name)]
         rows.append({"trial_id": trial_dir.name, "source_trial": source_id,
@@ -151,7 +155,8 @@ def write_table(run: RunDir, sweep: Sweep) -> list[dict[str, Any]]:
 def reference(source: dict[str, Any], *, clean: bool) -> str | None:
     """The trial id the cleaned model is compared with: the source's setting trained as the
     base model (what the cleaning trial trains), with its noise (``clean=False``) or with every
-    noise ``fraction`` at 0 (``clean=True``, the sweep's level 0); None when not a valid trial.
+    noise ``fraction`` at 0 (``clean=True``, one form of the sweep's level 0); None when not a
+    valid trial.
     """
     spec = {k: v for k, v in source.items() if k != "trial_id"}
     if "variant" in spec["model"]:

@@ -1,12 +1,14 @@
 """Per-sample training signals gathered during training, for noisy-label detection.
 
 A classifier stack calls :meth:`SignalCollector.collect` once per training step with the
-step's logits, labels and sample indices; everything stays on the device: the step's three
-signals (cross-entropy over the real classes, margin, abstained) are written into a
-preallocated ``[3, K, n_train]`` epoch buffer with one indexed write (every sample is seen
-exactly once per epoch, so a write, not an accumulation, is exact). At the end of each epoch
-(:meth:`end_epoch`, called from the stack's validation) the epoch buffer is folded into the
-running sums. Nothing synchronises with the host until training is over (:meth:`arrays`).
+step's logits and sample indices; the hot path is one indexed write of the (detached) logits into
+a preallocated ``[K, n_train, outputs]`` buffer on the device, in the logits' own dtype (every
+sample is seen exactly once per epoch, so a write, not an accumulation, is exact). At the end of
+each epoch (:meth:`end_epoch`, called from the stack's validation) the signals of all samples are
+computed from the buffer and the labels at once and folded into running sums. Nothing
+synchronises with the host until training is over (:meth:`arrays`). The logits are those of the
+step's forward pass, before its update: what the model thought of the sample when it trained on
+it.
 
 Signals per trial row and training sample (see docs/detection.md):
 
@@ -44,51 +46,54 @@ class SignalCollector:
 
     Parameters
     ----------
-    k, n
-        Trial rows and training samples.
+    labels
+        ``[K, n]`` (or ``[n]``, shared) int64 training labels, on the stack's device.
     n_classes
         Real classes; an abstention output, when present, is column ``n_classes``.
     abstaining
         Whether the model has the abstention output.
     epochs, last_epochs
         Total epochs of training, and how many final ones the loss signal averages.
-    device
-        Where the buffers live (the stack's device).
     """
 
-    def __init__(self, k: int, n: int, n_classes: int, *, abstaining: bool, epochs: int,
-                 last_epochs: int, device: str | torch.device):
-        self.k, self.n, self.c = k, n, n_classes
+    def __init__(self, labels: torch.Tensor, k: int, n_classes: int, *, abstaining: bool,
+                 epochs: int, last_epochs: int):
+        self.labels = labels.expand(k, -1) if labels.dim() == 1 else labels
+        self.k, self.n = k, self.labels.shape[1]
+        self.c = n_classes
         self.abstaining = abstaining
         self.epochs = epochs
         self.last_epochs = min(last_epochs, epochs)
         self.epoch = 0
+        device = labels.device
         self.rows = torch.arange(k, device=device).view(k, 1)
-        self.current = torch.zeros(3, k, n, device=device)
-        self.loss_sum = torch.zeros(k, n, dtype=torch.float64, device=device)
-        self.margin_sum = torch.zeros(k, n, dtype=torch.float64, device=device)
-        self.abstain_count = torch.zeros(k, n, device=device)
+        self.logits: torch.Tensor | None = None
+        self.loss_sum = torch.zeros(k, self.n, dtype=torch.float64, device=device)
+        self.margin_sum = torch.zeros(k, self.n, dtype=torch.float64, device=device)
+        self.abstain_count = torch.zeros(k, self.n, device=device)
+        self.abstain_last = torch.zeros(k, self.n, device=device)
 
     @torch.no_grad()
-    def collect(self, idx: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """Record one step: ``idx`` and ``y`` ``[K, B]``, ``logits`` ``[K, B, outputs]``."""
-        real = logits[..., :self.c].float()
-        assigned = real.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        loss = real.logsumexp(-1) - assigned
-        others = real.scatter(-1, y.unsqueeze(-1), float("-inf")).amax(-1)
-        if self.abstaining:
-            abstained = (logits.argmax(-1) == self.c).float()
-        else:
-            abstained = torch.zeros_like(loss)
-        self.current[:, self.rows, idx] = torch.stack([loss, assigned - others, abstained])
+    def collect(self, idx: torch.Tensor, logits: torch.Tensor) -> None:
+        """Record one step: ``idx`` ``[K, B]`` sample indices, ``logits`` ``[K, B, outputs]``."""
+        if self.logits is None or self.logits.dtype != logits.dtype:
+            self.logits = logits.new_zeros(self.k, self.n, logits.shape[-1])
+        self.logits[self.rows, idx] = logits.detach()
 
     @torch.no_grad()
     def end_epoch(self) -> None:
-        """Fold the finished epoch's signals into the sums."""
+        """Compute the finished epoch's signals of every sample and fold them into the sums."""
+        if self.logits is None:
+            return
+        y = self.labels.unsqueeze(-1)
+        real = self.logits[..., :self.c].float()
+        assigned = real.gather(-1, y).squeeze(-1)
         if self.epoch >= self.epochs - self.last_epochs:
-            self.loss_sum += self.current[0]
-        self.margin_sum += self.current[1]
-        self.abstain_count += self.current[2]
+            self.loss_sum += real.logsumexp(-1) - assigned
+        self.margin_sum += assigned - real.scatter(-1, y, float("-inf")).amax(-1)
+        if self.abstaining:
+            self.abstain_last = (self.logits.argmax(-1) == self.c).float()
+            self.abstain_count += self.abstain_last
         self.epoch += 1
 
     def arrays(self, row: int) -> dict[str, np.ndarray]:
@@ -100,17 +105,17 @@ class SignalCollector:
         out = {"signal_loss": self.loss_sum[row] / loss_epochs,
                "signal_aum": self.margin_sum[row] / self.epoch}
         if self.abstaining:
-            out["signal_abstain_final"] = self.current[2, row]
+            out["signal_abstain_final"] = self.abstain_last[row]
             out["signal_abstain_fraction"] = self.abstain_count[row] / self.epoch
         return {key: v.float().cpu().numpy() for key, v in out.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "current": self.current, "loss_sum": self.loss_sum,
-                "margin_sum": self.margin_sum, "abstain_count": self.abstain_count}
+        return {"epoch": self.epoch, "loss_sum": self.loss_sum, "margin_sum": self.margin_sum,
+                "abstain_count": self.abstain_count, "abstain_last": self.abstain_last}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
-        for key in ("current", "loss_sum", "margin_sum", "abstain_count"):
+        for key in ("loss_sum", "margin_sum", "abstain_count", "abstain_last"):
             getattr(self, key).copy_(state[key])
 
 

@@ -127,8 +127,8 @@ class ClassifierStack:
         #: Per-sample detection signals (docs/detection.md), when a member asks for them.
         self.detecting = [wanted(m.spec) for m in members]
         self.signals = (SignalCollector(
-            k, self.n_train, n_classes, abstaining=objectives[0].abstain_class is not None,
-            epochs=train.epochs, last_epochs=train.detect_last_epochs, device=device)
+            self.y_train, k, n_classes, abstaining=objectives[0].abstain_class is not None,
+            epochs=train.epochs, last_epochs=train.detect_last_epochs)
             if any(self.detecting) else None)
 
     def scope(self) -> contextlib.AbstractContextManager:
@@ -177,7 +177,7 @@ class ClassifierStack:
             loss.backward()
             self.optimizer.step()
             if self.signals is not None:
-                self.signals.collect(idx, logits.unsqueeze(0), yb.unsqueeze(0))
+                self.signals.collect(idx, logits.unsqueeze(0))
             return obj.batch_sums(losses, loss, logits, yb).unsqueeze(0)
         xb = self.x_train[idx] if self.x_train.dim() == 2 else self.x_train[self.rows, idx]
         yb = self.y_train[self.rows, idx]
@@ -188,7 +188,7 @@ class ClassifierStack:
         means.sum().backward()
         self.optimizer.step()
         if self.signals is not None:
-            self.signals.collect(idx, logits, yb)
+            self.signals.collect(idx, logits)
         return sums
 
     @torch.no_grad()

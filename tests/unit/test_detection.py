@@ -100,15 +100,15 @@ def test_true_masks_union_subset_and_eligible_split():
 # --- the collector --------------------------------------------------------------------------
 
 def test_collector_writes_rows_and_samples_by_index():
-    col = SignalCollector(2, 4, 2, abstaining=True, epochs=2, last_epochs=1, device="cpu")
+    labels = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0]])  # row 0 / row 1, samples 0..3
+    col = SignalCollector(labels, 2, 2, abstaining=True, epochs=2, last_epochs=1)
     idx = torch.tensor([[3, 1], [0, 2]])
-    y = torch.tensor([[0, 1], [1, 1]])
     # Outputs: two real classes and the abstention column.
     logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]],
                            [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
     for epoch in range(2):
-        col.collect(idx, logits, y)
-        col.collect(torch.tensor([[0, 2], [1, 3]]), torch.zeros(2, 2, 3), y)
+        col.collect(idx, logits)
+        col.collect(torch.tensor([[0, 2], [1, 3]]), torch.zeros(2, 2, 3))
         col.end_epoch()
     row0, row1 = col.arrays(0), col.arrays(1)
     assert row0["signal_aum"][[3, 1]] == pytest.approx([2.0, 1.0])
@@ -120,9 +120,9 @@ def test_collector_writes_rows_and_samples_by_index():
 
 
 def test_collector_averages_loss_over_the_last_epochs_only():
-    col = SignalCollector(1, 1, 2, abstaining=False, epochs=3, last_epochs=2, device="cpu")
+    col = SignalCollector(torch.tensor([0]), 1, 2, abstaining=False, epochs=3, last_epochs=2)
     for value in (0.0, 1.0, 2.0):  # the assigned class's logit, against 0
-        col.collect(torch.tensor([[0]]), torch.tensor([[[value, 0.0]]]), torch.tensor([[0]]))
+        col.collect(torch.tensor([[0]]), torch.tensor([[[value, 0.0]]], dtype=torch.bfloat16))
         col.end_epoch()
     expected = np.mean([math.log(1 + math.exp(-v)) for v in (1.0, 2.0)])
     assert col.arrays(0)["signal_loss"][0] == pytest.approx(expected, rel=1e-6)
@@ -134,13 +134,14 @@ def test_abstention_detectors_find_planted_abstentions():
     n = 40
     flips = np.zeros(n, dtype=bool)
     flips[::5] = True
-    col = SignalCollector(1, n, 2, abstaining=True, epochs=4, last_epochs=2, device="cpu")
+    col = SignalCollector(torch.zeros(n, dtype=torch.int64), 1, 2, abstaining=True, epochs=4,
+                          last_epochs=2)
     for epoch in range(4):
         logits = torch.zeros(1, n, 3)
         logits[0, :, 0] = 2.0
         logits[0, torch.as_tensor(flips), 2] = 5.0 if epoch >= 1 else 0.0
         logits[0, 1, 2] = 5.0 if epoch == 3 else 0.0
-        col.collect(torch.arange(n).view(1, n), logits, torch.zeros(1, n, dtype=torch.int64))
+        col.collect(torch.arange(n).view(1, n), logits)
         col.end_epoch()
     final: dict = {}
     attach(final, col.arrays(0), {}, [{"flip_mask": flips}])
