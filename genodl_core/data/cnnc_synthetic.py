@@ -69,6 +69,9 @@ class SyntheticCNNCParams:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     train_balance: Balance = "none"
+    #: Share of the training split's negative pairs that are in truth related (drawn as
+    #: positives, labelled 0): negatives sampled from pairs no database lists yet.
+    unlisted_negatives: float = 0.0
     seed: int = 0
     scaling: str = "none"
 
@@ -88,6 +91,7 @@ class SyntheticCNNCParams:
         check_range(where, "sigma", self.sigma, 0, 16)
         check_range(where, "val_fraction", self.val_fraction, 0, 0.5, lo_open=True)
         check_range(where, "test_fraction", self.test_fraction, 0, 0.5)
+        check_range(where, "unlisted_negatives", self.unlisted_negatives, 0, 1)
         check_range(where, "seed", self.seed, 0)
         if self.scaling != "none":
             raise SpecError(f"{where}.scaling", self.scaling, ["none"],
@@ -110,11 +114,12 @@ def pair_labels(p: SyntheticCNNCParams) -> np.ndarray:
     return labels[rng.permutation(p.n_pairs)]
 
 
-def simulate_pairs(p: SyntheticCNNCParams, labels: np.ndarray, chunk: int
+def simulate_pairs(p: SyntheticCNNCParams, labels: np.ndarray, chunk: int, stream: int = 1
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts of gene A and B ``[pairs, cells]`` (float32) of one chunk of pairs, and each
-    pair's relation kind (0 none, 1 drive, 2 co-regulation)."""
-    rng = np.random.default_rng([p.seed, 1, chunk])
+    pair's relation kind (0 none, 1 drive, 2 co-regulation); ``stream`` 1 is the listed
+    pairs', 5 the unlisted related pairs'."""
+    rng = np.random.default_rng([p.seed, stream, chunk])
     lab = labels[chunk * CHUNK_PAIRS:(chunk + 1) * CHUNK_PAIRS]
     m, n = len(lab), p.n_cells
     size = np.random.default_rng([p.seed, 2]).lognormal(0.0, 0.3, size=n)   # shared by pairs
@@ -204,10 +209,28 @@ def synthetic_cnnc(params: SyntheticCNNCParams) -> Dataset:
             "sigma": params.sigma, "n_cells": params.n_cells,
             "relation_counts": {name: int((kinds == i).sum())
                                 for i, name in enumerate(("none", "drive", "coregulation"))}}
-    return split_pairs(images, labels, n_classes=params.n_classes,
-                       val_fraction=params.val_fraction, test_fraction=params.test_fraction,
-                       train_balance=params.train_balance, seed=params.seed, info=info)
+    ds = split_pairs(images, labels, n_classes=params.n_classes,
+                     val_fraction=params.val_fraction, test_fraction=params.test_fraction,
+                     train_balance=params.train_balance, seed=params.seed, info=info)
+    return with_unlisted_negatives(ds, params) if params.unlisted_negatives > 0 else ds
+
+
+def with_unlisted_negatives(ds: Dataset, p: SyntheticCNNCParams) -> Dataset:
+    """The dataset with a share ``p.unlisted_negatives`` of its training negatives replaced by
+    related pairs labelled 0 (validation and test untouched); the count goes in the info."""
+    negatives = np.flatnonzero(ds.y_train == 0)
+    rng = np.random.default_rng([p.seed, 6])
+    n = int(np.floor(p.unlisted_negatives * len(negatives) + 0.5))
+    rows = np.sort(rng.choice(negatives, size=n, replace=False))
+    x = np.array(ds.x_train, copy=True)
+    ones = np.ones(n, dtype=np.int64)
+    for chunk in range((n + CHUNK_PAIRS - 1) // CHUNK_PAIRS):
+        a, b, _ = simulate_pairs(p, ones, chunk, stream=5)
+        x[rows[chunk * CHUNK_PAIRS:chunk * CHUNK_PAIRS + len(a)]] = nepdf(
+            a, b, bins=p.bins, sigma=p.sigma)
+    return ds.replace(x_train=x, info={**ds.info, "unlisted_negatives": n})
 
 
 __all__ = ["SyntheticCNNCParams", "GENERATOR_VERSION", "pair_labels", "simulate_pairs",
-           "generate_images", "stratified_split", "downsample_rows", "split_pairs"]
+           "generate_images", "stratified_split", "downsample_rows", "split_pairs",
+           "with_unlisted_negatives"]

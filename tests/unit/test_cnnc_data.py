@@ -95,3 +95,13 @@ def test_pair_metrics_against_hand_values():
     assert m["val_roc_auc"] == pytest.approx(0.75) and m["val_balanced_accuracy"] == 0.75
     three = pair_metrics("val", np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 1]), 3)
     assert three["val_roc_auc_c2"] == 1.0 and "val_pr_auc" in three
+
+
+def test_unlisted_negatives_hide_related_pairs_among_training_negatives():
+    clean = synthetic_cnnc(SyntheticCNNCParams(**SMALL))
+    noisy = synthetic_cnnc(SyntheticCNNCParams(**SMALL, unlisted_negatives=0.5))
+    assert np.array_equal(noisy.y_train, clean.y_train)
+    assert np.array_equal(noisy.x_val, clean.x_val) and np.array_equal(noisy.x_test, clean.x_test)
+    changed = np.flatnonzero((noisy.x_train != clean.x_train).any(axis=1))
+    assert noisy.info["unlisted_negatives"] == 9 == len(changed)  # half of 18 negatives
+    assert np.all(clean.y_train[changed] == 0)
