@@ -359,7 +359,14 @@ def class_weights(params: CNNCParams, y_train: np.ndarray, n_classes: int) -> li
 
 class CNNCFamily(Family):
     """CNNC (and its abstaining variant) through :class:`ClassifierStack`; specs equal but
-    for seed and noise train as one pack."""
+    for seed and noise train as one pack.
+
+    Fast-path switches: only those that change scheduling, not numerics (validation at a larger
+    batch, cuDNN's algorithm search); the fused optimizer step is for single trials.
+    """
+
+    single_switches = frozenset({"eval_batch_size", "cudnn_benchmark", "fused_optimizer"})
+    pack_switches = frozenset({"eval_batch_size", "cudnn_benchmark"})
 
     def pack_key(self, spec: TrialSpec) -> str | None:
         return "cnnc:" + stacking_key(spec)

@@ -112,3 +112,16 @@ def test_examples_validate():
     sweep = load_sweep(root / "cnnc_label_noise.toml")
     assert len(sweep.trials) == 16
     assert {t.spec["noise"][0]["kind"] for t in sweep.trials} == {"class_conditional_flip"}
+
+
+def test_fast_path_uses_only_scheduling_switches():
+    from genodl_core.models.cnnc import CNNCFamily
+    from genodl_core.training.plan import RunSettings, choose_plan
+
+    family = CNNCFamily()
+    single = choose_plan("cuda", "bf16", family.switches(1), settings=RunSettings(),
+                         triton=True).switches
+    packed = choose_plan("cuda", "bf16", family.switches(4), pack_size=4,
+                         settings=RunSettings(), triton=True).switches
+    assert single.cudnn_benchmark and single.fused_optimizer and not single.fused_update
+    assert packed.cudnn_benchmark and not packed.fused_optimizer and not packed.bf16_inputs
