@@ -81,6 +81,40 @@ def measure(*, quick: bool = False, device: str = "auto", epochs: int = 4, repea
                         min(times[(k, "on")])) for k in sizes]
 
 
+def collect_cost_us(device: str = "cpu", *, k: int = 1, n: int = 1120, batch: int = 16,
+                    outputs: int = 2, repeats: int = 2000) -> tuple[float, float]:
+    """Microseconds of one :meth:`SignalCollector.collect` (per step) and one ``end_epoch``
+    (per epoch) at NT3's shapes, timed alone: a figure that other work on a shared machine
+    disturbs less than whole epochs."""
+    import time
+
+    import torch
+
+    from genodl_core.detection.signals import SignalCollector
+    from genodl_core.training.device import resolve_device
+
+    device = resolve_device(device)
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, outputs, (k, n), generator=gen).to(device)
+    col = SignalCollector(labels, k, outputs, abstaining=False, epochs=10, last_epochs=5)
+    idx = torch.stack([torch.randperm(n, generator=gen)[:batch] for _ in range(k)]).to(device)
+    logits = torch.randn(k, batch, outputs, generator=gen).to(device)
+
+    def timed(fn, count: int) -> float:
+        for _ in range(10):
+            fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(count):
+            fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / count * 1e6
+
+    return timed(lambda: col.collect(idx, logits), repeats), timed(col.end_epoch, repeats // 10)
+
+
 def format_rows(rows: list[OverheadRow]) -> str:
     """The overhead table as text."""
     lines = [f"{'trials':<12} {'off s/epoch':>12} {'on s/epoch':>12} {'overhead':>9}"]

@@ -297,3 +297,12 @@ def test_confident_learning_finds_planted_flips_with_fold_models_in_one_pack(
     with np.load(result.path / records.ARRAYS_FILE) as npz:
         probs = npz["cl_probabilities"]
         assert probs.shape == (120, 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_collection_cost_is_timed_per_step_and_epoch():
+    from genodl_core.detection.overhead import OverheadRow, collect_cost_us, format_rows
+
+    per_step, per_epoch = collect_cost_us("cpu", k=2, n=64, repeats=50)
+    assert 0 < per_step < 1e5 and 0 < per_epoch < 1e6
+    text = format_rows([OverheadRow("alone", 0.10, 0.11)])
+    assert "alone" in text and "10.0%" in text

@@ -40,13 +40,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     """Exit status 0; errors (bad mode, failed trial) propagate as GenodlError (status 2)."""
     if getattr(args, "detection", False):
-        from genodl_core.detection.overhead import format_rows, measure
+        from genodl_core.detection.overhead import collect_cost_us, format_rows, measure
 
         rows = measure(quick=args.quick, device=args.device, epochs=args.epochs or 4,
                        repeats=args.repeats, pack=args.pack, out_dir=args.out)
         print(format_rows(rows))
+        per_step, per_epoch = collect_cost_us(args.device, k=1)
+        per_step_k, _ = collect_cost_us(args.device, k=args.pack)
+        print(f"signal collection alone: {per_step:.1f} us per step ({per_step_k:.1f} us for a "
+              f"pack of {args.pack}), {per_epoch:.1f} us per epoch")
         if args.json:
-            print(json.dumps([r.to_dict() for r in rows]))
+            print(json.dumps({"epochs": [r.to_dict() for r in rows],
+                              "collect_us": per_step, "collect_pack_us": per_step_k,
+                              "end_epoch_us": per_epoch}))
         return 0
     from genodl_core.bench import BenchConfig, default_modes, format_report, run_benchmark
 
