@@ -69,8 +69,10 @@ def cleaning_specs(sweep: Sweep, run: RunDir, detectors: Sequence[str]) -> list[
         trial_dir = run.trial_dir(trial.trial_id)
         result = records.read_json(trial_dir / records.RESULT_FILE)
         names = result.get("arrays", [])
-        # A trial without flipped labels (the sweep's level 0) has nothing to clean.
-        if not result.get("extra", {}).get("detection", {}).get("n_flipped"):
+        # A trial without flipped labels (the sweep's level 0) has nothing to clean; a
+        # multi-label trial flags (sample, target) labels, not samples to drop.
+        extra = result.get("extra", {})
+        if not extra.get("detection", {}).get("n_flipped") or "n_targets" in extra:
             continue
         for detector in detectors:
             if f"detect_{detector}_flagged" in names:

@@ -18,7 +18,10 @@ flip mask (the union of its noise steps' ``flip_mask``, restricted to the sample
 resizing step such as ``drop_flagged`` kept) and adds ``detect_<detector>_<metric>`` finals,
 ``detect_<detector>_flagged`` arrays (what a cleaning trial drops) and a ``detection`` note.
 For correlated flips the metrics are also given within the eligible samples
-(``detect_<d>_eligible_<m>``) and the others (``detect_<d>_ineligible_<m>``).
+(``detect_<d>_eligible_<m>``) and the others (``detect_<d>_ineligible_<m>``). Multi-label
+trials (``[n, T]`` signals and flip masks) are scored over every (sample, target) label and per
+target (``detect_<d>_auroc_per_target``, and its mean over targets with flips,
+``detect_<d>_target_mean_auroc``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from genodl_core.detection.scores import score_detector
+from genodl_core.detection.scores import auroc, score_detector
 
 #: detector -> (signal array, score from signal, flag rule on the signal or the name of the
 #: array holding the flags).
@@ -65,8 +68,8 @@ def true_masks(noise_records: Sequence[Mapping[str, Any]], n: int
             kept = np.asarray(record["kept_mask"], dtype=bool)
             flips = None if flips is None else flips[kept]
             eligible = None if eligible is None else eligible[kept]
-    if flips is not None and flips.size != n:
-        raise ValueError(f"the recorded flip mask covers {flips.size} samples but training had "
+    if flips is not None and len(flips) != n:
+        raise ValueError(f"the recorded flip mask covers {len(flips)} samples but training had "
                          f"{n}; a noise step changed the sample count without a kept_mask")
     return flips, eligible
 
@@ -90,9 +93,13 @@ def attach(final: dict[str, float], arrays: dict[str, np.ndarray], extra: dict[s
     detectors = detector_scores(arrays)
     if not detectors:
         return
-    n = len(next(iter(detectors.values()))[0])
+    shape = next(iter(detectors.values()))[0].shape
+    n = shape[0]
     flips, eligible = true_masks(noise_records, n)
-    truth = np.zeros(n, dtype=bool) if flips is None else flips
+    truth = np.zeros(shape, dtype=bool) if flips is None else flips
+    if truth.shape != shape:
+        raise ValueError(f"the recorded flip mask has shape {truth.shape} but the signals "
+                         f"{shape}")
     note: dict[str, Any] = {"detectors": sorted(detectors), "n_flipped": int(truth.sum()),
                             "n_samples": n}
     if flips is None or not truth.any():
@@ -100,8 +107,17 @@ def attach(final: dict[str, float], arrays: dict[str, np.ndarray], extra: dict[s
                         "precision is 0 for any flagged sample")
     for name, (scores, flagged) in detectors.items():
         arrays[f"detect_{name}_flagged"] = flagged
-        for metric, value in score_detector(scores, flagged, truth).items():
+        # Multi-label ([n, T]): every (sample, target) label pooled, and each target alone.
+        for metric, value in score_detector(scores.ravel(), flagged.ravel(),
+                                            truth.ravel()).items():
             final[f"detect_{name}_{metric}"] = value
+        if scores.ndim == 2:
+            per_target = np.array([auroc(scores[:, t], truth[:, t])
+                                   for t in range(scores.shape[1])])
+            arrays[f"detect_{name}_auroc_per_target"] = per_target.astype(np.float32)
+            defined = per_target[~np.isnan(per_target)]
+            final[f"detect_{name}_target_mean_auroc"] = (float(defined.mean()) if defined.size
+                                                         else float("nan"))
         if eligible is not None:
             for part, subset in (("eligible", eligible), ("ineligible", ~eligible)):
                 if not subset.any():

@@ -29,8 +29,12 @@ import torch
 
 from genodl_core.spec import TrialSpec
 
-#: Noise steps whose record carries a ``flip_mask``: "auto" detection runs for these.
-FLIP_NOISES = ("label_flip", "correlated_label_flip")
+#: Noise steps whose record carries a ``flip_mask``: "auto" detection runs for these
+#: (multi-label steps flip per sample and target: a ``[n, T]`` mask).
+FLIP_NOISES = ("label_flip", "correlated_label_flip", "missed_peaks", "spurious_peaks")
+#: Largest ``n_train x targets`` a multi-label trial gathers signals for (its buffers hold
+#: four values per element: 1 GB at this size); larger trials train without detection.
+MAX_MULTILABEL_ELEMENTS = 64_000_000
 
 
 def wanted(spec: TrialSpec) -> bool:
@@ -119,4 +123,57 @@ class SignalCollector:
             getattr(self, key).copy_(state[key])
 
 
-__all__ = ["SignalCollector", "FLIP_NOISES", "wanted"]
+class MultiLabelSignals:
+    """The signals of one multi-label trial, per training sample and target (``[n, T]``).
+
+    With one sigmoid output per target, the two-class logits are ``(0, z)``: the margin of
+    the assigned label is ``z`` for a positive label and ``-z`` for a negative one, and the
+    loss is the binary cross-entropy. As :class:`SignalCollector`, a step writes its logits
+    into a device buffer (one indexed write) and an epoch's end computes the signals.
+    """
+
+    def __init__(self, labels: torch.Tensor, *, epochs: int, last_epochs: int):
+        self.labels = labels.float()
+        self.epochs = epochs
+        self.last_epochs = min(last_epochs, epochs)
+        self.epoch = 0
+        self.logits: torch.Tensor | None = None
+        self.loss_sum = torch.zeros_like(self.labels)
+        self.margin_sum = torch.zeros_like(self.labels)
+
+    @torch.no_grad()
+    def collect(self, idx: torch.Tensor, logits: torch.Tensor) -> None:
+        """Record one step: ``idx`` ``[B]`` sample indices, ``logits`` ``[B, T]``."""
+        if self.logits is None or self.logits.dtype != logits.dtype:
+            self.logits = logits.new_zeros(self.labels.shape)
+        self.logits[idx] = logits.detach()
+
+    @torch.no_grad()
+    def end_epoch(self) -> None:
+        if self.logits is None:
+            return
+        z = self.logits.float()
+        if self.epoch >= self.epochs - self.last_epochs:
+            self.loss_sum += torch.nn.functional.binary_cross_entropy_with_logits(
+                z, self.labels, reduction="none")
+        self.margin_sum += z * (2 * self.labels - 1)
+        self.epoch += 1
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self.epoch == 0:
+            return {}
+        loss_epochs = max(1, self.epoch - max(self.epochs - self.last_epochs, 0))
+        return {"signal_loss": (self.loss_sum / loss_epochs).cpu().numpy(),
+                "signal_aum": (self.margin_sum / self.epoch).cpu().numpy()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "loss_sum": self.loss_sum, "margin_sum": self.margin_sum}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.loss_sum.copy_(state["loss_sum"])
+        self.margin_sum.copy_(state["margin_sum"])
+
+
+__all__ = ["SignalCollector", "MultiLabelSignals", "FLIP_NOISES", "MAX_MULTILABEL_ELEMENTS",
+           "wanted"]

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genodl_core.detection.signals import (MAX_MULTILABEL_ELEMENTS, MultiLabelSignals,
+                                          wanted)
 from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
@@ -138,6 +140,7 @@ class MultiLabelStack:
         self.n_parameters = sum(p.numel() for p in net.parameters())
         self.module: nn.Module | None = None
         self.val_scores: dict[str, np.ndarray] = {}
+        self.signals = _signals(member, self.y_train if self.resident else None)
 
     def scope(self) -> contextlib.AbstractContextManager:
         plan = self.plan
@@ -196,6 +199,8 @@ class MultiLabelStack:
         loss = losses.mean()
         loss.backward()
         self.optimizer.step()
+        if self.signals is not None:
+            self.signals.collect(idx[0], logits)
         return obj.batch_sums(losses, loss, logits, yb).unsqueeze(0)
 
     @torch.no_grad()
@@ -224,6 +229,8 @@ class MultiLabelStack:
                                                       prefix)}
 
     def validate(self) -> list[dict[str, Any]]:
+        if self.signals is not None:  # once per epoch, right after its training steps
+            self.signals.end_epoch()
         return [self._split_metrics("val", self.x_val, self.y_val)]
 
     def combine(self, trial: int, rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -247,6 +254,8 @@ class MultiLabelStack:
                 to_device(ds.y_test, self.plan.device, torch.uint8)))
         arrays = {k: np.asarray(v, dtype=np.float32) for k, v in self.val_scores.items()}
         arrays["train_prevalence"] = self.prevalence.astype(np.float32)
+        if self.signals is not None:
+            arrays.update(self.signals.arrays())
         extra = {"n_parameters": int(self.n_parameters), "data_resident": self.resident,
                  "n_targets": int(len(self.prevalence)), "warmup_steps": self.warmup_steps}
         if ds.target_ids is not None:
@@ -270,8 +279,11 @@ class MultiLabelStack:
         rng = {"cpu": torch.random.get_rng_state()}
         if torch.device(self.plan.device).type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
-        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "steps": self.steps, "rng": rng}
+        state = {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "steps": self.steps, "rng": rng}
+        if self.signals is not None:
+            state["signals"] = self.signals.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
@@ -280,6 +292,21 @@ class MultiLabelStack:
         torch.random.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
+        if self.signals is not None and "signals" in state:
+            self.signals.load_state_dict(state["signals"])
+
+
+def _signals(member: Member, y_train: torch.Tensor | None) -> MultiLabelSignals | None:
+    """Per-sample, per-target detection signals (docs/detection.md) when the trial asks for
+    them and its labels are on the device in a size the buffers allow."""
+    if not wanted(member.spec):
+        return None
+    if y_train is None or y_train.numel() > MAX_MULTILABEL_ELEMENTS:
+        member.log.warning("noisy-label detection skipped: the training labels are streamed or "
+                           "larger than %d sample x target elements", MAX_MULTILABEL_ELEMENTS)
+        return None
+    return MultiLabelSignals(y_train, epochs=member.spec.train.epochs,
+                             last_epochs=member.spec.train.detect_last_epochs)
 
 
 def _fits(nbytes: int, device: str) -> bool:
