@@ -50,3 +50,7 @@ from genodl_core.data import cnnc_synthetic  # noqa: F401
 from genodl_core.models import cnnc  # noqa: F401
 from genodl_core.noise import pairs  # noqa: F401
 from genodl_core.data import cnnc_readers  # noqa: F401
+from genodl_core.data import cnnc_synthetic  # noqa: F401
+from genodl_core.models import cnnc  # noqa: F401
+from genodl_core.noise import pairs  # noqa: F401
+from genodl_core.data import cnnc_readers  # noqa: F401

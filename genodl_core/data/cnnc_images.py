@@ -149,11 +149,19 @@ def nepdf(a: np.ndarray, b: np.ndarray, *, bins: int = 32, sigma: float = 0.0) -
         if arr.size and np.nanmin(arr) < 0:
             raise DataError(f"{name} expression has negative values (min {np.nanmin(arr)}); "
                             "NEPDF images take counts or normalised expression >= 0")
-    n = a.shape[-1]
-    counts = pair_histograms(log_expression(a), log_expression(b), bins)
+    return nepdf_from_log(log_expression(a), log_expression(b), bins=bins, sigma=sigma)
+
+
+def nepdf_from_log(log_a: np.ndarray, log_b: np.ndarray, *, bins: int = 32,
+                   sigma: float = 0.0) -> np.ndarray:
+    """:func:`nepdf` of expression already transformed by :func:`log_expression` (noise on log
+    expression is added between the two)."""
+    n = log_a.shape[-1]
+    counts = pair_histograms(log_a, log_b, bins)
     images = scale_density(smooth(counts / n, sigma))
     return images.reshape(len(images), bins * bins).astype(np.float32)
 
 
 __all__ = ["PSEUDO_COUNT", "DENSITY_FLOOR", "log_expression", "pair_histograms",
-           "gaussian_kernel", "smooth", "scale_density", "counts_from_images", "nepdf"]
+           "gaussian_kernel", "smooth", "scale_density", "counts_from_images", "nepdf",
+           "nepdf_from_log"]

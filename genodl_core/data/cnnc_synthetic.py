@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from genodl_core.data.cnnc_images import nepdf
+from genodl_core.data.cnnc_images import log_expression, nepdf, nepdf_from_log
 from genodl_core.data.types import MAX_CELLS, Dataset
 from genodl_core.errors import SpecError
 from genodl_core.registry import DATASETS
@@ -72,6 +72,11 @@ class SyntheticCNNCParams:
     #: Share of the training split's negative pairs that are in truth related (drawn as
     #: positives, labelled 0): negatives sampled from pairs no database lists yet.
     unlisted_negatives: float = 0.0
+    #: Expression noise of the training pairs only, before their images are built: each
+    #: pair keeps a random share ``train_cell_keep`` of the cells (a shallower experiment), and
+    #: gets ``N(0, train_log_noise_std)`` added to its log10 expression.
+    train_cell_keep: float = 1.0
+    train_log_noise_std: float = 0.0
     seed: int = 0
     scaling: str = "none"
 
@@ -92,6 +97,8 @@ class SyntheticCNNCParams:
         check_range(where, "val_fraction", self.val_fraction, 0, 0.5, lo_open=True)
         check_range(where, "test_fraction", self.test_fraction, 0, 0.5)
         check_range(where, "unlisted_negatives", self.unlisted_negatives, 0, 1)
+        check_range(where, "train_cell_keep", self.train_cell_keep, 0, 1, lo_open=True)
+        check_range(where, "train_log_noise_std", self.train_log_noise_std, 0)
         check_range(where, "seed", self.seed, 0)
         if self.scaling != "none":
             raise SpecError(f"{where}.scaling", self.scaling, ["none"],
@@ -147,8 +154,32 @@ def simulate_pairs(p: SyntheticCNNCParams, labels: np.ndarray, chunk: int, strea
     return a, b, kind
 
 
-def generate_images(p: SyntheticCNNCParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """NEPDF images ``[n_pairs, bins * bins]``, labels and relation kinds of all pairs."""
+def expression_noise(p: SyntheticCNNCParams) -> bool:
+    """Whether ``p`` asks for expression noise of the training pairs."""
+    return p.train_cell_keep < 1.0 or p.train_log_noise_std > 0.0
+
+
+def noisy_images(a: np.ndarray, b: np.ndarray, p: SyntheticCNNCParams,
+                 rng: np.random.Generator) -> np.ndarray:
+    """NEPDF images of pairs ``a, b [P, cells]`` after the training expression noise of ``p``:
+    a random subset of ``round(train_cell_keep * cells)`` cells per pair (at least 2), then
+    Gaussian noise on the log expression; the bins follow the noised values."""
+    if p.train_cell_keep < 1.0:
+        m = max(2, int(np.floor(p.train_cell_keep * a.shape[1] + 0.5)))
+        keep = np.argsort(rng.random(a.shape), axis=1)[:, :m]
+        a, b = np.take_along_axis(a, keep, axis=1), np.take_along_axis(b, keep, axis=1)
+    log_a, log_b = log_expression(a), log_expression(b)
+    if p.train_log_noise_std > 0:
+        log_a = log_a + rng.normal(0.0, p.train_log_noise_std, log_a.shape)
+        log_b = log_b + rng.normal(0.0, p.train_log_noise_std, log_b.shape)
+    return nepdf_from_log(log_a, log_b, bins=p.bins, sigma=p.sigma)
+
+
+def generate_images(p: SyntheticCNNCParams, train: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NEPDF images ``[n_pairs, bins * bins]``, labels and relation kinds of all pairs; the
+    pairs marked in ``train`` get the training expression noise (from their own stream, so
+    the other images are those of clean data)."""
     labels = pair_labels(p)
     images = np.empty((p.n_pairs, p.bins * p.bins), dtype=np.float32)
     kinds = np.empty(p.n_pairs, dtype=np.int64)
@@ -156,6 +187,12 @@ def generate_images(p: SyntheticCNNCParams) -> tuple[np.ndarray, np.ndarray, np.
         a, b, kind = simulate_pairs(p, labels, chunk)
         rows = slice(chunk * CHUNK_PAIRS, chunk * CHUNK_PAIRS + len(a))
         images[rows] = nepdf(a, b, bins=p.bins, sigma=p.sigma)
+        if train is not None and expression_noise(p):
+            noisy = train[rows]
+            if noisy.any():
+                block = images[rows]  # a view: writing it writes the images
+                block[noisy] = noisy_images(a[noisy], b[noisy], p,
+                                            np.random.default_rng([p.seed, 7, chunk]))
         kinds[rows] = kind
     return images, labels, kinds
 
@@ -204,7 +241,10 @@ def split_pairs(images: np.ndarray, labels: np.ndarray, *, n_classes: int, val_f
 @DATASETS.register("synthetic_cnnc", params=SyntheticCNNCParams, task="classification")
 def synthetic_cnnc(params: SyntheticCNNCParams) -> Dataset:
     """Synthetic gene pairs as NEPDF images with planted relations (module docstring)."""
-    images, labels, kinds = generate_images(params)
+    train = np.zeros(params.n_pairs, dtype=bool)
+    train[stratified_split(pair_labels(params), params.val_fraction, params.test_fraction,
+                           params.seed)["train"]] = True
+    images, labels, kinds = generate_images(params, train)
     info = {"generator": GENERATOR_VERSION, "seed": params.seed, "bins": params.bins,
             "sigma": params.sigma, "n_cells": params.n_cells,
             "relation_counts": {name: int((kinds == i).sum())
@@ -226,8 +266,9 @@ def with_unlisted_negatives(ds: Dataset, p: SyntheticCNNCParams) -> Dataset:
     ones = np.ones(n, dtype=np.int64)
     for chunk in range((n + CHUNK_PAIRS - 1) // CHUNK_PAIRS):
         a, b, _ = simulate_pairs(p, ones, chunk, stream=5)
-        x[rows[chunk * CHUNK_PAIRS:chunk * CHUNK_PAIRS + len(a)]] = nepdf(
-            a, b, bins=p.bins, sigma=p.sigma)
+        x[rows[chunk * CHUNK_PAIRS:chunk * CHUNK_PAIRS + len(a)]] = (
+            noisy_images(a, b, p, np.random.default_rng([p.seed, 8, chunk]))
+            if expression_noise(p) else nepdf(a, b, bins=p.bins, sigma=p.sigma))
     return ds.replace(x_train=x, info={**ds.info, "unlisted_negatives": n})
 
 

@@ -105,3 +105,16 @@ def test_unlisted_negatives_hide_related_pairs_among_training_negatives():
     changed = np.flatnonzero((noisy.x_train != clean.x_train).any(axis=1))
     assert noisy.info["unlisted_negatives"] == 9 == len(changed)  # half of 18 negatives
     assert np.all(clean.y_train[changed] == 0)
+
+
+@pytest.mark.parametrize("noise", [{"train_cell_keep": 0.5}, {"train_log_noise_std": 0.3}])
+def test_expression_noise_changes_training_images_only(noise):
+    clean = synthetic_cnnc(SyntheticCNNCParams(**SMALL))
+    noisy = synthetic_cnnc(SyntheticCNNCParams(**SMALL, **noise))
+    assert np.array_equal(noisy.x_val, clean.x_val) and np.array_equal(noisy.x_test, clean.x_test)
+    assert np.array_equal(noisy.y_train, clean.y_train)
+    assert (noisy.x_train != clean.x_train).any(axis=1).mean() > 0.9
+    if "train_cell_keep" in noise:  # 20 of 40 cells: every non-empty bin holds k / 20
+        density = 10.0 ** (noisy.x_train.astype(np.float64) * 4 - 4) - 1e-4
+        counts = density[noisy.x_train > 0] * 20
+        np.testing.assert_allclose(counts, np.rint(counts), atol=1e-3)
