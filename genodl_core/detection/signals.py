@@ -27,11 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from genodl_core.registry import NOISES
 from genodl_core.spec import TrialSpec
 
 #: Noise steps whose record carries a ``flip_mask``: "auto" detection runs for these
-#: (multi-label steps flip per sample and target: a ``[n, T]`` mask).
-FLIP_NOISES = ("label_flip", "correlated_label_flip", "missed_peaks", "spurious_peaks")
+#: (multi-label steps flip per sample and target: a ``[n, T]`` mask). A new step that flips
+#: labels joins them by registering with ``flips_labels=True``.
+FLIP_NOISES = ("label_flip", "correlated_label_flip", "class_conditional_flip", "missed_peaks",
+               "spurious_peaks")
 #: Largest ``n_train x targets`` a multi-label trial gathers signals for (its buffers hold
 #: four values per element: 1 GB at this size); larger trials train without detection.
 MAX_MULTILABEL_ELEMENTS = 64_000_000
@@ -41,7 +44,8 @@ def wanted(spec: TrialSpec) -> bool:
     """Whether a classifier trial collects detection signals (``train.detect``)."""
     mode = spec.train.detect
     if mode == "auto":
-        return any(step.name in FLIP_NOISES for step in spec.noise)
+        return any(step.name in FLIP_NOISES or NOISES.get(step.name).meta.get("flips_labels")
+                   for step in spec.noise)
     return mode == "on"
 
 

@@ -342,3 +342,15 @@ def test_multilabel_trial_gathers_signals_with_peak_noise(tmp_path, torch_one_th
         assert npz["signal_aum"].shape[1] == n_targets
         assert npz["detect_loss_auroc_per_target"].shape == (n_targets,)
     assert 0.0 <= result.final["detect_loss_auroc"] <= 1.0
+
+
+def test_auto_detection_follows_label_flipping_steps():
+    from genodl_core.detection.signals import wanted
+
+    assert wanted(spec_from_dict(planted()))
+    feature_noise = planted(fraction=0.0)
+    feature_noise["noise"] = [{"kind": "gaussian", "std": 0.1}]
+    assert not wanted(spec_from_dict(feature_noise))
+    feature_noise["train"]["detect"] = "on"
+    assert wanted(spec_from_dict(feature_noise))
+    assert not wanted(spec_from_dict(planted(detect="off")))
