@@ -225,6 +225,9 @@ def report(path: str | Path, metrics: Iterable[str] | None = None,
             parts.append("  note: an abstaining model's accuracy counts abstentions as wrong; "
                          "it is judged against the null on the samples it kept "
                          "(val_abstention_accuracy vs null_kept_accuracy)")
+    from genodl_core.results.breakdown import report_lines
+
+    parts += report_lines(load.summary_path(path))
     from genodl_core.results.detection_report import cleaning_lines, detection_lines
 
     parts += detection_lines(path) + cleaning_lines(path)
