@@ -24,7 +24,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -61,6 +61,10 @@ class DropFlaggedParams:
     detector: str = "loss"
     flags: str = ""
     flags_sha256: str = ""
+
+    #: The summary's noise kind names the detector: cleaning by different detectors is never
+    #: one group (:func:`genodl_core.results.summary.kind_label`).
+    kind_fields: ClassVar[tuple[str, ...]] = ("detector",)
 
     def validate(self, where: str) -> None:
         if self.detector not in CLEANING_DETECTORS:

@@ -530,7 +530,7 @@ def _spec_columns(spec: dict[str, Any], columns: dict[str, Any], problems: list[
             problems.append(f"{records.SPEC_FILE}: noise[{i}] is not a table")
             continue
         kind = _as_str(step.get("kind")) or "unknown"
-        kinds.append(kind)
+        kinds.append(kind_label(kind, step))
         levels.append(noise_level(kind, step))
     columns["noise_kind"] = "+".join(kinds) if kinds else "none"
     columns["noise_level"] = levels[0] if levels else 0.0
@@ -547,6 +547,8 @@ def _fmt_level(value: float) -> str:
 
 
 _NOISE_MODULES_IMPORTED = False
+#: Modules outside ``genodl_core.noise`` that register noise steps (light to import).
+NOISE_MODULES_ELSEWHERE = ("genodl_core.detection.cleaning",)
 
 
 def _level_field(kind: str) -> str | None:
@@ -563,16 +565,38 @@ def _level_field(kind: str) -> str | None:
         try:
             import genodl_core.noise as noise_pkg
 
-            for info in pkgutil.iter_modules(noise_pkg.__path__):
+            names = [f"{noise_pkg.__name__}.{info.name}"
+                     for info in pkgutil.iter_modules(noise_pkg.__path__)]
+            for name in [*names, *NOISE_MODULES_ELSEWHERE]:
                 try:
-                    importlib.import_module(f"{noise_pkg.__name__}.{info.name}")
+                    importlib.import_module(name)
                 except Exception as err:  # noqa: BLE001 - a broken plug-in must not stop gather
-                    log.debug("cannot import noise module %s: %s", info.name, err)
+                    log.debug("cannot import noise module %s: %s", name, err)
         except ImportError as err:
             log.debug("no noise package: %s", err)
     if kind in NOISES:
         return getattr(NOISES.get(kind).params, "level_field", None)
     return None
+
+
+def _registered(kind: str, attribute: str) -> Any:
+    """An attribute of a noise kind's registered parameter class, or None."""
+    from genodl_core.registry import NOISES
+
+    _level_field(kind)  # imports the noise modules once
+    return getattr(NOISES.get(kind).params, attribute, None) if kind in NOISES else None
+
+
+def kind_label(kind: str, step: dict[str, Any]) -> str:
+    """A noise step's kind as the summary groups it: the kind, followed by the values of the
+    parameters its registration names in ``kind_fields`` (``drop_flagged[detector=aum]``).
+
+    Such parameters say *which* step it is rather than how strong, so steps differing in them
+    are different kinds of noise and are never grouped (or drawn) together.
+    """
+    fields = _registered(kind, "kind_fields") or ()
+    shown = [f"{name}={step[name]}" for name in fields if name in step]
+    return f"{kind}[{','.join(shown)}]" if shown else kind
 
 
 def noise_level(kind: str, step: dict[str, Any]) -> float:

@@ -79,3 +79,18 @@ def test_long_settings_get_short_distinct_folders():
     a, b = "x=1, " * 100 + "y=1", "x=1, " * 100 + "y=2"
     assert len(plots._setting_folder(a)) <= plots.MAX_FOLDER
     assert plots._setting_folder(a) != plots._setting_folder(b)
+
+
+def test_cleaning_by_different_detectors_is_never_one_group(tmp_path):
+    """A step's kind_fields (drop_flagged's detector) are part of its kind in the summary."""
+    for detector, acc in (("loss", 0.9), ("aum", 0.7)):
+        for seed in (0, 1):
+            spec = _spec("candle", seed)
+            spec["noise"] = [{"kind": "label_flip", "fraction": 0.2},
+                             {"kind": "drop_flagged", "detector": detector,
+                              "source_trial": f"src{seed}", "flags": "f", "flags_sha256": "x"}]
+            _write_done(tmp_path, spec, {"test_accuracy": acc}, {})
+    groups = load.groups(gather(tmp_path), metrics=["test_accuracy"])
+    assert dict(zip(groups.noise_kind, groups["test_accuracy.mean"])) == {
+        "label_flip+drop_flagged[detector=loss]": 0.9,
+        "label_flip+drop_flagged[detector=aum]": 0.7}
