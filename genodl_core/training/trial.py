@@ -233,7 +233,11 @@ def _train(family: Any, trials: list["_Trial"], plan: Any) -> list[Any]:
     from genodl_core.training.cpu import cpu_threads
 
     members = [t.member for t in trials]
-    identity = {k: v for k, v in plan.to_dict().items() if k != "checkpoint_interval_s"}
+    # What a checkpoint may be resumed under: the plan less how often it is written and how
+    # many CPU threads run it (a worker of another share of the cores resumes it; the record
+    # says which plan the resumed run had).
+    identity = {k: v for k, v in plan.to_dict().items()
+                if k not in ("checkpoint_interval_s", "cpu_threads")}
     checkpoint = Checkpoint(trials[0].dir / CHECKPOINT_FILE,
                             members=[t.spec.trial_id for t in trials], plan=identity,
                             interval_s=plan.checkpoint_interval_s, keep=plan.keep_checkpoints)

@@ -297,7 +297,7 @@ def test_pack_dense_layers_updated_in_backward_follow_the_pack_optimizer(momentu
             pack = types.SimpleNamespace(module=model, forward=model, optimizer=opt,
                                          single=False, rows_at_once=True, x_train=xb,
                                          y_train=yb, rows=rows, objectives=objectives,
-                                         amp=autocast)
+                                         amp=autocast, signals=None)
             sums = ClassifierStack.step(pack, list(range(k)), idx)
             assert sums.shape == (k, 3) and model.training
     ref, fused = models
