@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -40,10 +40,10 @@ from torch import nn
 
 from genodl_core.data.cnnc_metrics import pair_metrics
 from genodl_core.errors import DataError, SpecError
-from genodl_core.models.nt3 import NT3Params, _objective
+from genodl_core.models.nt3 import _objective
 from genodl_core.registry import MODELS
 from genodl_core.spec import TrialSpec, derive_seed
-from genodl_core.training.abstention import AlphaController, DacSchedule
+from genodl_core.training.abstention import AbstentionParams
 from genodl_core.training.classifier import (ClassifierStack, _probabilities,
                                              check_classification)
 from genodl_core.training.family import Family, FitOutcome, Member, stacking_key
@@ -59,7 +59,7 @@ REFERENCE_TRAIN = {"optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.9,
 
 
 @dataclass(frozen=True)
-class CNNCParams:
+class CNNCParams(AbstentionParams):
     """The CNNC network and its loss options (defaults: the reference network)."""
 
     #: Filters of each block's convolutions; one block per entry.
@@ -74,23 +74,6 @@ class CNNCParams:
     balance_classes: bool = False
     #: Nesterov momentum for SGD (the reference's optimizer).
     nesterov: bool = False
-    variant: Literal["base", "abstaining"] = "base"
-    alpha: float = AlphaController.alpha
-    alpha_scale_factor: float = AlphaController.scale_factor
-    min_acc: float = AlphaController.min_acc
-    max_abs: float = AlphaController.max_abs
-    acc_gain: float = AlphaController.acc_gain
-    abs_gain: float = AlphaController.abs_gain
-    init_abs_epoch: int = AlphaController.init_abs_epoch
-    controller: Literal["genodl", "candle", "dac"] = "genodl"
-    warmup_epochs: int = DacSchedule.warmup_epochs
-    alpha_final: float = DacSchedule.alpha_final
-    alpha_init_factor: float = DacSchedule.alpha_init_factor
-
-    # The abstention settings mean what NT3's do: one definition of each rule.
-    n_outputs = NT3Params.n_outputs
-    alpha_controller = NT3Params.alpha_controller
-    dac_schedule = NT3Params.dac_schedule
 
     def validate(self, where: str) -> None:
         prefix = f"{where}." if where else ""
@@ -115,9 +98,7 @@ class CNNCParams:
         if self.variant == "abstaining" and (self.class_weights or self.balance_classes):
             raise SpecError(f"{prefix}variant", self.variant, ["base"],
                             reason="class weights apply to the plain cross-entropy only")
-        NT3Params.validate(NT3Params(**{f: getattr(self, f) for f in (
-            "alpha", "alpha_scale_factor", "min_acc", "max_abs", "acc_gain", "abs_gain",
-            "init_abs_epoch", "warmup_epochs", "alpha_final", "alpha_init_factor")}), where)
+        self.validate_abstention(where)
 
     def sizes(self, side: int) -> list[int]:
         """Image side after each block.

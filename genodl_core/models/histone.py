@@ -41,10 +41,10 @@ from torch import nn
 from genodl_core.data.histone import row_cell_types, shape_of
 from genodl_core.data.histone_metrics import auroc, per_group, regression_metrics
 from genodl_core.errors import DataError, SpecError
-from genodl_core.models.nt3 import NT3Params, _objective
+from genodl_core.models.nt3 import _objective
 from genodl_core.registry import MODELS
 from genodl_core.spec import TrialSpec, derive_seed
-from genodl_core.training.abstention import AlphaController, DacSchedule
+from genodl_core.training.abstention import AbstentionParams
 from genodl_core.training.classifier import ClassifierStack, check_classification
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import Family, FitOutcome, Member, stacking_key, training_scope
@@ -256,7 +256,7 @@ class HistoneParams:
 
 
 @dataclass(frozen=True)
-class DeepChromeParams:
+class DeepChromeParams(AbstentionParams):
     """DeepChrome's classifier (defaults: the paper's); ``variant = "abstaining"`` adds the
     abstention class, steered by the same controller settings as NT3's abstaining variant."""
 
@@ -266,30 +266,11 @@ class DeepChromeParams:
     dense: tuple[int, ...] = (625, 125)
     dropout: float = 0.5
     input_transform: Transform = "log1p"
-    variant: Literal["base", "abstaining"] = "base"
-    alpha: float = AlphaController.alpha
-    alpha_scale_factor: float = AlphaController.scale_factor
-    min_acc: float = AlphaController.min_acc
-    max_abs: float = AlphaController.max_abs
-    acc_gain: float = AlphaController.acc_gain
-    abs_gain: float = AlphaController.abs_gain
-    init_abs_epoch: int = AlphaController.init_abs_epoch
-    controller: Literal["genodl", "candle", "dac"] = "genodl"
-    warmup_epochs: int = DacSchedule.warmup_epochs
-    alpha_final: float = DacSchedule.alpha_final
-    alpha_init_factor: float = DacSchedule.alpha_init_factor
-
-    # The abstention settings mean what NT3's do: one definition of each rule.
-    n_outputs = NT3Params.n_outputs
-    alpha_controller = NT3Params.alpha_controller
-    dac_schedule = NT3Params.dac_schedule
 
     def validate(self, where: str) -> None:
         _check_layers(where, ((self.filters, self.width, 1),), (self.pool,), self.dense)
         check_range(where, "dropout", self.dropout, 0, 1, hi_open=True)
-        NT3Params.validate(NT3Params(**{f: getattr(self, f) for f in (
-            "alpha", "alpha_scale_factor", "min_acc", "max_abs", "acc_gain", "abs_gain",
-            "init_abs_epoch", "warmup_epochs", "alpha_final", "alpha_init_factor")}), where)
+        self.validate_abstention(where)
 
     def layout(self, n_classes: int) -> ConvLayout:
         return ConvLayout(((self.filters, self.width, 1),), (self.pool,), "valid", self.dense,

@@ -26,8 +26,7 @@ from torch import nn
 from genodl_core.errors import DataError, SpecError
 from genodl_core.registry import MODELS
 from genodl_core.spec import TrialSpec, derive_seed
-from genodl_core.training.abstention import (AlphaController, DacSchedule,
-                                             abstention_objective)
+from genodl_core.training.abstention import AbstentionParams, abstention_objective
 from genodl_core.training.classifier import ClassifierStack, check_classification
 from genodl_core.training.family import Family, Member, stacking_key
 from genodl_core.training.objectives import CrossEntropyObjective
@@ -42,7 +41,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 @dataclass(frozen=True)
-class NT3Params:
+class NT3Params(AbstentionParams):
     """Parameters of the NT3 model (defaults: the noise-study paper, Table I).
 
     The abstention parameters apply only when ``variant='abstaining'``. ``controller`` picks
@@ -63,19 +62,6 @@ class NT3Params:
     dropout: float = 0.0
     #: Locally connected layers (unshared weights per position) instead of convolutions.
     locally_connected: bool = False
-    variant: Literal["base", "abstaining"] = "base"
-    # Abstention defaults live in one place, the controller (paper-era values).
-    alpha: float = AlphaController.alpha
-    alpha_scale_factor: float = AlphaController.scale_factor
-    min_acc: float = AlphaController.min_acc
-    max_abs: float = AlphaController.max_abs
-    acc_gain: float = AlphaController.acc_gain
-    abs_gain: float = AlphaController.abs_gain
-    init_abs_epoch: int = AlphaController.init_abs_epoch
-    controller: Literal["genodl", "candle", "dac"] = "genodl"
-    warmup_epochs: int = DacSchedule.warmup_epochs
-    alpha_final: float = DacSchedule.alpha_final
-    alpha_init_factor: float = DacSchedule.alpha_init_factor
 
     def validate(self, where: str) -> None:
         """Range checks across fields; every error names the field.
@@ -104,32 +90,7 @@ class NT3Params:
         for i, units in enumerate(self.dense):
             check_range(where, f"dense[{i}]", units, 1)
         check_range(where, "dropout", self.dropout, 0, 1, hi_open=True)
-        check_range(where, "alpha", self.alpha, 0, lo_open=True)
-        check_range(where, "alpha_scale_factor", self.alpha_scale_factor, 0, 1, lo_open=True)
-        check_range(where, "min_acc", self.min_acc, 0, 1)
-        check_range(where, "max_abs", self.max_abs, 0, 1)
-        check_range(where, "acc_gain", self.acc_gain, 0)
-        check_range(where, "abs_gain", self.abs_gain, 0)
-        check_range(where, "init_abs_epoch", self.init_abs_epoch, 0)
-        check_range(where, "warmup_epochs", self.warmup_epochs, 0)
-        check_range(where, "alpha_final", self.alpha_final, 0, lo_open=True)
-        check_range(where, "alpha_init_factor", self.alpha_init_factor, 0, lo_open=True)
-
-    def n_outputs(self, n_classes: int) -> int:
-        """Logit count: ``k`` for the base model, ``k + 1`` for the abstaining one."""
-        return n_classes + (1 if self.variant == "abstaining" else 0)
-
-    def alpha_controller(self) -> AlphaController:
-        """A fresh CANDLE-rule alpha controller (``"genodl"`` and ``"candle"``)."""
-        return AlphaController(alpha=self.alpha, scale_factor=self.alpha_scale_factor,
-                               min_acc=self.min_acc, max_abs=self.max_abs,
-                               acc_gain=self.acc_gain, abs_gain=self.abs_gain,
-                               init_abs_epoch=self.init_abs_epoch)
-
-    def dac_schedule(self) -> DacSchedule:
-        """The DAC authors' schedule settings (``"dac"``)."""
-        return DacSchedule(warmup_epochs=self.warmup_epochs, alpha_final=self.alpha_final,
-                           alpha_init_factor=self.alpha_init_factor)
+        self.validate_abstention(where)
 
 
 def nt3_widths(params: NT3Params, n_features: int, where: str = "model") -> list[tuple[int, int]]:

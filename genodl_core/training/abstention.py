@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from genodl_core.errors import SpecError
+from genodl_core.typed import check_range
 from genodl_core.training.objectives import CrossEntropyObjective
 
 log = logging.getLogger(__name__)
@@ -429,6 +430,60 @@ class DacScheduleObjective(CrossEntropyObjective):
                                                tensor(state["step"]))
 
 
+@dataclass(frozen=True)
+class AbstentionParams:
+    """The abstaining variant's model parameters, shared by every classifier family.
+
+    A family's parameter class inherits them (``class NT3Params(AbstentionParams)``), so the
+    variant, the controller and its settings mean the same in every family and are checked by
+    one rule. Defaults: the paper-era controller values (:class:`AlphaController`) and the DAC
+    authors' schedule (:class:`DacSchedule`).
+    """
+
+    variant: Literal["base", "abstaining"] = "base"
+    alpha: float = AlphaController.alpha
+    alpha_scale_factor: float = AlphaController.scale_factor
+    min_acc: float = AlphaController.min_acc
+    max_abs: float = AlphaController.max_abs
+    acc_gain: float = AlphaController.acc_gain
+    abs_gain: float = AlphaController.abs_gain
+    init_abs_epoch: int = AlphaController.init_abs_epoch
+    controller: Literal["genodl", "candle", "dac"] = "genodl"
+    warmup_epochs: int = DacSchedule.warmup_epochs
+    alpha_final: float = DacSchedule.alpha_final
+    alpha_init_factor: float = DacSchedule.alpha_init_factor
+
+    def validate_abstention(self, where: str) -> None:
+        """Range checks of the abstention settings; every error names the field."""
+        check_range(where, "alpha", self.alpha, 0, lo_open=True)
+        check_range(where, "alpha_scale_factor", self.alpha_scale_factor, 0, 1, lo_open=True)
+        check_range(where, "min_acc", self.min_acc, 0, 1)
+        check_range(where, "max_abs", self.max_abs, 0, 1)
+        check_range(where, "acc_gain", self.acc_gain, 0)
+        check_range(where, "abs_gain", self.abs_gain, 0)
+        check_range(where, "init_abs_epoch", self.init_abs_epoch, 0)
+        check_range(where, "warmup_epochs", self.warmup_epochs, 0)
+        check_range(where, "alpha_final", self.alpha_final, 0, lo_open=True)
+        check_range(where, "alpha_init_factor", self.alpha_init_factor, 0, lo_open=True)
+
+    def n_outputs(self, n_classes: int) -> int:
+        """Logit count: ``k`` for the base model, ``k + 1`` for the abstaining one."""
+        return n_classes + (1 if self.variant == "abstaining" else 0)
+
+    def alpha_controller(self) -> AlphaController:
+        """A fresh CANDLE-rule alpha controller (``"genodl"`` and ``"candle"``)."""
+        return AlphaController(alpha=self.alpha, scale_factor=self.alpha_scale_factor,
+                               min_acc=self.min_acc, max_abs=self.max_abs,
+                               acc_gain=self.acc_gain, abs_gain=self.abs_gain,
+                               init_abs_epoch=self.init_abs_epoch)
+
+    def dac_schedule(self) -> DacSchedule:
+        """The DAC authors' schedule settings (``"dac"``)."""
+        return DacSchedule(warmup_epochs=self.warmup_epochs, alpha_final=self.alpha_final,
+                           alpha_init_factor=self.alpha_init_factor)
+
+
+
 #: The controllers an abstaining model may name.
 CONTROLLERS = ("genodl", "candle", "dac")
 
@@ -454,5 +509,5 @@ def abstention_objective(controller: str, n_classes: int, *, alpha_controller: A
 
 
 __all__ = ["EPS", "CONTROLLERS", "dac_loss", "candle_abstention_loss", "keras_batch_means",
-           "AlphaController", "DacSchedule", "AbstentionObjective", "CandleAbstentionObjective",
+           "AlphaController", "DacSchedule", "AbstentionParams", "AbstentionObjective", "CandleAbstentionObjective",
            "DacScheduleObjective", "abstention_objective"]
