@@ -47,7 +47,8 @@ from genodl_core.spec import TrialSpec, derive_seed
 from genodl_core.training.abstention import AbstentionParams
 from genodl_core.training.classifier import ClassifierStack, check_classification
 from genodl_core.training.device_data import to_device
-from genodl_core.training.family import Family, FitOutcome, Member, stacking_key, training_scope
+from genodl_core.training.family import (Family, FitOutcome, LastEpochRows, Member,
+                                         stacking_key, training_scope)
 from genodl_core.training.objectives import StatelessObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
@@ -340,7 +341,7 @@ class HistoneFamily(Family):
         return HistoneStack(members, plan)
 
 
-class HistoneStack:
+class HistoneStack(LastEpochRows):
     """K histone regression trials trained as one :class:`StackedConvNet`."""
 
     def __init__(self, members: Sequence[Member], plan: ExecutionPlan):
@@ -433,15 +434,6 @@ class HistoneStack:
             metrics["val_loss"] = metrics["val_mse"]
             rows.append(metrics)
         return rows
-
-    def combine(self, trial: int, rows: list[dict[str, Any]]) -> dict[str, float]:
-        return dict(rows[0])
-
-    def snapshot(self, row: int) -> Any:
-        raise NotImplementedError("histone trials keep the last epoch (no selection)")
-
-    def restore(self, row: int, state: Any) -> None:
-        raise NotImplementedError("histone trials keep the last epoch (no selection)")
 
     def outcome(self, trial: int, curves: dict[str, list[float]],
                 selected: list[int | None]) -> FitOutcome:

@@ -20,7 +20,7 @@ from genodl_core.detection.signals import SignalCollector, wanted
 from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
-from genodl_core.training.family import (FitOutcome, Member, Objective, Schedule,
+from genodl_core.training.family import (FitOutcome, LastEpochRows, Member, Objective, Schedule,
                                          training_scope)
 from genodl_core.training.metrics import (collapsed_class, predicted_classes, rates_from_sums,
                                           row_batch_sums)
@@ -67,7 +67,7 @@ def check_classification(member: Member, n_classes: int) -> None:
                         f"{ds.x_train.shape[1]}")
 
 
-class ClassifierStack:
+class ClassifierStack(LastEpochRows):
     """Classifier trials trained as one computation; see the module docstring."""
 
     def __init__(self, members: Sequence[Member], plan: ExecutionPlan, *, n_classes: int,
@@ -263,15 +263,6 @@ class ClassifierStack:
                     x, y, min(self.eval_batch_size, len(self.x_val)))
                 self._test_rows = self._rates("test", sums, len(y))
         return self._test_rows
-
-    def combine(self, trial: int, rows: list[dict[str, Any]]) -> dict[str, float]:
-        return dict(rows[0])
-
-    def snapshot(self, row: int) -> Any:
-        raise NotImplementedError("classifier stacks keep the last epoch (no selection)")
-
-    def restore(self, row: int, state: Any) -> None:
-        raise NotImplementedError("classifier stacks keep the last epoch (no selection)")
 
     def outcome(self, trial: int, curves: dict[str, list[float]],
                 selected: list[int | None]) -> FitOutcome:

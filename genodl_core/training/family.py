@@ -105,6 +105,22 @@ class Schedule(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class LastEpochRows:
+    """What a stack whose rows are its trials and that keeps the last epoch's weights (no
+    epoch selection) answers the engine: a trial's metrics are its one row's, and there is
+    nothing to snapshot or restore. Classifier, multi-label and histone stacks inherit it.
+    """
+
+    def combine(self, trial: int, rows: list[dict[str, Any]]) -> dict[str, float]:
+        return dict(rows[0])
+
+    def snapshot(self, row: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} keeps the last epoch (no selection)")
+
+    def restore(self, row: int, state: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} keeps the last epoch (no selection)")
+
+
 class Stack(Protocol):
     """The trainable state of K >= 1 trials, built by a family for the engine."""
 

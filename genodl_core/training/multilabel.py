@@ -32,7 +32,8 @@ from genodl_core.detection.signals import (MAX_MULTILABEL_ELEMENTS, MultiLabelSi
 from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
-from genodl_core.training.family import FitOutcome, Member, Schedule, training_scope
+from genodl_core.training.family import (FitOutcome, LastEpochRows, Member, Schedule,
+                                         training_scope)
 from genodl_core.training.multilabel_metrics import per_target_auc, summarise
 from genodl_core.training.objectives import StatelessObjective
 from genodl_core.training.optim import make_optimizer
@@ -103,7 +104,7 @@ def prevalence_bias(y: np.ndarray, floor: float = 1e-4) -> torch.Tensor:
     return torch.as_tensor(np.log(p / (1 - p)), dtype=torch.float32)
 
 
-class MultiLabelStack:
+class MultiLabelStack(LastEpochRows):
     """One multi-label trial for the engine (these families train alone: ``pack_key`` None)."""
 
     def __init__(self, member: Member, plan: ExecutionPlan, *, net: nn.Module,
@@ -232,15 +233,6 @@ class MultiLabelStack:
         if self.signals is not None:  # once per epoch, right after its training steps
             self.signals.end_epoch()
         return [self._split_metrics("val", self.x_val, self.y_val)]
-
-    def combine(self, trial: int, rows: list[dict[str, Any]]) -> dict[str, float]:
-        return dict(rows[0])
-
-    def snapshot(self, row: int) -> Any:
-        raise NotImplementedError("multi-label stacks keep the last epoch (no selection)")
-
-    def restore(self, row: int, state: Any) -> None:
-        raise NotImplementedError("multi-label stacks keep the last epoch (no selection)")
 
     def outcome(self, trial: int, curves: dict[str, list[float]],
                 selected: list[int | None]) -> FitOutcome:
