@@ -21,7 +21,7 @@ from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import (FitOutcome, LastEpochRows, Member, Objective, Schedule,
-                                         training_scope)
+                                         seeded_training_scope)
 from genodl_core.training.metrics import (collapsed_class, predicted_classes, rates_from_sums,
                                           row_batch_sums)
 from genodl_core.training.null_baselines import (classification_nulls, kept_null_accuracy,
@@ -29,8 +29,7 @@ from genodl_core.training.null_baselines import (classification_nulls, kept_null
 from genodl_core.training.objectives import CrossEntropyObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
-from genodl_core.training.precision import (autocast, cudnn_benchmark, matmul_precision,
-                                            seeded_global_rng)
+from genodl_core.training.precision import autocast
 
 #: How a family runs its trials: ``(nets, plan) -> (module holding the parameters, forward)``.
 #: For one net the forward maps ``[B, F]`` to logits, for K nets ``[K, B, F]`` to ``[K, B, C]``.
@@ -132,12 +131,9 @@ class ClassifierStack(LastEpochRows):
             if any(self.detecting) else None)
 
     def scope(self) -> contextlib.AbstractContextManager:
-        plan = self.plan
         # Dropout draws from the global generators: seeded per trial, restored afterwards.
-        dropout_seed = derive_seed(self.members[0].spec.seed, "dropout")
-        return training_scope([matmul_precision(plan.device, plan.precision),
-                               cudnn_benchmark(plan.switches.cudnn_benchmark),
-                               seeded_global_rng(dropout_seed, plan.device)], self._build)
+        return seeded_training_scope(self.plan, derive_seed(self.members[0].spec.seed, "dropout"),
+                                     self._build)
 
     def _build(self) -> None:
         """Module, forward and optimizer (inside the scope: compilation sees its switches)."""

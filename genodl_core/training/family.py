@@ -200,6 +200,19 @@ def training_scope(scopes: Sequence[contextlib.AbstractContextManager],
         yield
 
 
+def seeded_training_scope(plan: Any, dropout_seed: int,
+                          build: Callable[[], None]) -> contextlib.AbstractContextManager:
+    """:func:`training_scope` with the scopes most stacks need: the plan's matmul precision and
+    cuDNN choice, and the global generators (which dropout draws from) seeded from
+    ``dropout_seed`` and restored afterwards."""
+    from genodl_core.training.precision import (cudnn_benchmark, matmul_precision,
+                                                seeded_global_rng)
+
+    return training_scope([matmul_precision(plan.device, plan.precision),
+                           cudnn_benchmark(plan.switches.cudnn_benchmark),
+                           seeded_global_rng(dropout_seed, plan.device)], build)
+
+
 def stacking_key(spec: TrialSpec) -> str:
     """The resolved spec without seed and noise: trials equal in it may share a computation."""
     import json
@@ -211,4 +224,4 @@ def stacking_key(spec: TrialSpec) -> str:
 
 
 __all__ = ["Member", "FitOutcome", "Objective", "Schedule", "Stack", "Family", "stacking_key",
-           "training_scope"]
+           "training_scope", "seeded_training_scope"]

@@ -33,13 +33,12 @@ from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import (FitOutcome, LastEpochRows, Member, Schedule,
-                                         training_scope)
+                                         seeded_training_scope)
 from genodl_core.training.multilabel_metrics import per_target_auc, summarise
 from genodl_core.training.objectives import StatelessObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
-from genodl_core.training.precision import (autocast, cudnn_benchmark, matmul_precision,
-                                            seeded_global_rng)
+from genodl_core.training.precision import autocast
 
 #: Share of the free device memory the training split may take to stay resident there.
 RESIDENT_SHARE = 0.5
@@ -144,11 +143,8 @@ class MultiLabelStack(LastEpochRows):
         self.signals = _signals(member, self.y_train if self.resident else None)
 
     def scope(self) -> contextlib.AbstractContextManager:
-        plan = self.plan
-        seed = derive_seed(self.members[0].spec.seed, "dropout")
-        return training_scope([matmul_precision(plan.device, plan.precision),
-                               cudnn_benchmark(plan.switches.cudnn_benchmark),
-                               seeded_global_rng(seed, plan.device)], self._build)
+        return seeded_training_scope(self.plan, derive_seed(self.members[0].spec.seed, "dropout"),
+                                     self._build)
 
     def _build(self) -> None:
         if self.module is not None:
