@@ -117,8 +117,9 @@ class SyntheticNT3Params:
         Informative genes come in runs of this many neighbouring columns sharing the direction
         of their change (1 = scattered genes).
     scaling, scale_fit
-        Applied by the trial runner: ``"maxabs"``/``"none"``; fitted on ``"train"`` or, as
-        CANDLE does, on ``"train+test"``.
+        Applied by the trial runner: ``"maxabs"``, ``"standard"`` (z-score per gene) or
+        ``"none"``, as for the NT3 CSV source; fitted on ``"train"`` or, as CANDLE does, on
+        ``"train+test"``.
     """
 
     n_train: int = 1120
@@ -132,7 +133,7 @@ class SyntheticNT3Params:
     zero_fraction: float = 0.4
     ambiguous_fraction: float = 0.03
     module_size: int = 20
-    scaling: Literal["maxabs", "none"] = "maxabs"
+    scaling: Literal["maxabs", "standard", "none"] = "maxabs"
     scale_fit: Literal["train", "train+test"] = "train"
 
     def validate(self, where: str) -> None:

@@ -55,6 +55,18 @@ def test_nt3_csv_standard_scaling_uses_training_statistics_only(tmp_path):
         spec_from_dict({"model": {"name": "nt3"}, "data": {**data, "scaling": "zscore"}})
 
 
+def test_synthetic_nt3_takes_standard_scaling_too():
+    data = {"source": "synthetic_nt3", "n_train": 40, "n_test": 20, "n_features": 30,
+            "scaling": "standard", "validation": "test"}
+    spec = spec_from_dict({"model": {"name": "nt3"}, "data": data})
+    clear_cache()
+    ds, _ = load_dataset(spec.data, spec.validation)
+    assert ds.info["scaling"]["method"] == "standard"
+    spread = ds.x_train.std(axis=0)
+    np.testing.assert_allclose(ds.x_train.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(spread[spread > 0], 1.0, atol=1e-4)
+
+
 # ------------------------------------------------------------------------ landmarks from the data
 
 def _matrix() -> ExpressionMatrix:

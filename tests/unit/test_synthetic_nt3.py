@@ -149,7 +149,7 @@ def test_accuracy_ceiling_below_one_through_ambiguous_samples():
     ({"zero_fraction": 0.99}, "data.zero_fraction"),
     ({"informative_fraction": -0.1}, "data.informative_fraction"),
     ({"ambiguous_fraction": 1.0}, "data.ambiguous_fraction"),
-    ({"scaling": "standard"}, "data.scaling"),
+    ({"scaling": "zscore"}, "data.scaling"),
     ({"n_classes": 1}, "data.n_classes"),
 ])
 def test_invalid_parameters_name_the_field(changes, field):
