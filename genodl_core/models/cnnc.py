@@ -47,6 +47,7 @@ from genodl_core.training.abstention import AbstentionParams
 from genodl_core.training.classifier import (ClassifierStack, _probabilities,
                                              check_classification)
 from genodl_core.training.family import Family, FitOutcome, Member, stacking_key
+from genodl_core.training.hashed_dropout import dropout_scale
 from genodl_core.training.objectives import CrossEntropyObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
@@ -257,33 +258,7 @@ class StackedCNNC(nn.Module):
         """Inverted-dropout scale ``[K, B, F]``: a hash of (trial seed, step, layer, position),
         computed for all K trials in a few element-wise kernels; a trial draws the same masks
         alone as in any pack."""
-        keep = 1.0 - rate
-        k, batch, width = h.shape
-        salt = self.dropout_step * _GOLDEN + _wrap(layer * _LAYER)
-        base = _mix(self.dropout_seeds + salt).view(k, 1, 1)
-        position = torch.arange(batch * width, device=h.device).view(1, batch, width)
-        bits = (_mix(base + position) >> 40) & 0xFFFFFF
-        return (bits < int(keep * (1 << 24))).to(h.dtype) / keep
-
-
-_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
-_LAYER = 0x632BE59BD9B4E019 - 2**64
-_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
-_MIX2 = 0x94D049BB133111EB - 2**64
-
-
-def _wrap(value: int) -> int:
-    """A Python integer wrapped to int64, as a tensor product would wrap it."""
-    return (value + 2**63) % 2**64 - 2**63
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finaliser on int64 tensors (products wrap; shifts made logical by masks)."""
-    x = x ^ ((x >> 30) & ((1 << 34) - 1))
-    x = x * _MIX1
-    x = x ^ ((x >> 27) & ((1 << 37) - 1))
-    x = x * _MIX2
-    return x ^ ((x >> 31) & ((1 << 33) - 1))
+        return dropout_scale(h, rate, self.dropout_seeds, self.dropout_step, layer)
 
 
 def build_cnnc(params: CNNCParams, side: int, n_classes: int, seed: int,

@@ -49,6 +49,7 @@ from genodl_core.training.classifier import ClassifierStack, check_classificatio
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import (Family, FitOutcome, LastEpochRows, Member,
                                          stacking_key, training_scope)
+from genodl_core.training.hashed_dropout import dropout_scale
 from genodl_core.training.objectives import StatelessObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
@@ -211,27 +212,8 @@ class StackedConvNet(nn.Module):
         """
         if not self.dropout_seeded:
             raise RuntimeError("dropout needs its seeds: call seed_dropout first")
-        keep = 1.0 - self.layout.dropout
-        k, batch, width = h.shape
         self.dropout_step += 1
-        base = _mix(self.dropout_seeds + self.dropout_step * _GOLDEN).view(k, 1, 1)
-        position = torch.arange(batch * width, device=h.device).view(1, batch, width)
-        bits = (_mix(base + position) >> 40) & 0xFFFFFF
-        return (bits < int(keep * (1 << 24))).to(h.dtype) / keep
-
-
-_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
-_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
-_MIX2 = 0x94D049BB133111EB - 2**64
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finaliser on int64 tensors (products wrap; shifts made logical by masks)."""
-    x = x ^ ((x >> 30) & ((1 << 34) - 1))
-    x = x * _MIX1
-    x = x ^ ((x >> 27) & ((1 << 37) - 1))
-    x = x * _MIX2
-    return x ^ ((x >> 31) & ((1 << 33) - 1))
+        return dropout_scale(h, self.layout.dropout, self.dropout_seeds, self.dropout_step)
 
 
 @dataclass(frozen=True)
