@@ -21,7 +21,7 @@ from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import (FitOutcome, LastEpochRows, Member, Objective, Schedule,
-                                         seeded_training_scope)
+                                         one_row_step, seeded_training_scope)
 from genodl_core.training.metrics import (collapsed_class, predicted_classes, rates_from_sums,
                                           row_batch_sums)
 from genodl_core.training.null_baselines import (classification_nulls, kept_null_accuracy,
@@ -164,17 +164,12 @@ class ClassifierStack(LastEpochRows):
         self.optimizer.zero_grad()
         if self.single:
             i = idx[0]
-            xb, yb = self.x_train.index_select(0, i), self.y_train.index_select(0, i)
-            with self.amp():
-                logits = self.forward(xb)
-            obj = self.objectives[0]
-            losses = obj.per_sample_loss(logits, yb)
-            loss = losses.mean()
-            loss.backward()
-            self.optimizer.step()
+            logits, sums = one_row_step(self.forward, self.amp(), self.objectives[0],
+                                        self.optimizer, self.x_train.index_select(0, i),
+                                        self.y_train.index_select(0, i))
             if self.signals is not None:
                 self.signals.collect(idx, logits.unsqueeze(0))
-            return obj.batch_sums(losses, loss, logits, yb).unsqueeze(0)
+            return sums
         xb = self.x_train[idx] if self.x_train.dim() == 2 else self.x_train[self.rows, idx]
         yb = self.y_train[self.rows, idx]
         with self.amp():

@@ -213,6 +213,21 @@ def seeded_training_scope(plan: Any, dropout_seed: int,
                            seeded_global_rng(dropout_seed, plan.device)], build)
 
 
+def one_row_step(forward: Callable[[torch.Tensor], torch.Tensor],
+                 amp: contextlib.AbstractContextManager, objective: Objective,
+                 optimizer: Any, xb: torch.Tensor, yb: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step of a single row on a batch (the caller zeroed the gradients):
+    the logits and the row's metric sums ``[1, ...]``, as :meth:`Stack.step` returns them."""
+    with amp:
+        logits = forward(xb)
+    losses = objective.per_sample_loss(logits, yb)
+    loss = losses.mean()
+    loss.backward()
+    optimizer.step()
+    return logits, objective.batch_sums(losses, loss, logits, yb).unsqueeze(0)
+
+
 def stacking_key(spec: TrialSpec) -> str:
     """The resolved spec without seed and noise: trials equal in it may share a computation."""
     import json
@@ -224,4 +239,4 @@ def stacking_key(spec: TrialSpec) -> str:
 
 
 __all__ = ["Member", "FitOutcome", "Objective", "Schedule", "Stack", "Family", "stacking_key",
-           "training_scope", "seeded_training_scope"]
+           "training_scope", "seeded_training_scope", "one_row_step"]

@@ -33,7 +33,7 @@ from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import (FitOutcome, LastEpochRows, Member, Schedule,
-                                         seeded_training_scope)
+                                         one_row_step, seeded_training_scope)
 from genodl_core.training.multilabel_metrics import per_target_auc, summarise
 from genodl_core.training.objectives import StatelessObjective
 from genodl_core.training.optim import make_optimizer
@@ -188,17 +188,11 @@ class MultiLabelStack(LastEpochRows):
             self.optimizer.set_lrs([self.base_lr])
         self.steps += 1
         self.optimizer.zero_grad()
-        xb, yb = self._batch(idx[0])
-        with self.amp():
-            logits = self.forward(xb)
-        obj = self.objectives[0]
-        losses = obj.per_sample_loss(logits, yb)
-        loss = losses.mean()
-        loss.backward()
-        self.optimizer.step()
+        logits, sums = one_row_step(self.forward, self.amp(), self.objectives[0],
+                                    self.optimizer, *self._batch(idx[0]))
         if self.signals is not None:
             self.signals.collect(idx[0], logits)
-        return obj.batch_sums(losses, loss, logits, yb).unsqueeze(0)
+        return sums
 
     @torch.no_grad()
     def _scores(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
