@@ -108,7 +108,10 @@ def confident_learning_arrays(probs: np.ndarray, labels: np.ndarray) -> dict[str
     from cleanlab.filter import find_label_issues
 
     labels = np.asarray(labels, dtype=np.int64)
-    issues = find_label_issues(labels, probs, filter_by=FILTER_BY)
+    # n_jobs=1: cleanlab's process pool hands its inputs to children through module globals,
+    # which only a fork inherits; a Parsl worker's children start otherwise (the trial then
+    # failed with a NameError), and a trial's worker owns just its share of the cores anyway.
+    issues = find_label_issues(labels, probs, filter_by=FILTER_BY, n_jobs=1)
     return {"signal_cl_self_confidence": probs[np.arange(len(labels)), labels],
             "signal_cl_issues": np.asarray(issues, dtype=bool),
             "cl_probabilities": probs}

@@ -354,3 +354,26 @@ def test_auto_detection_follows_label_flipping_steps():
     feature_noise["train"]["detect"] = "on"
     assert wanted(spec_from_dict(feature_noise))
     assert not wanted(spec_from_dict(planted(detect="off")))
+
+
+def test_confident_learning_runs_where_child_processes_do_not_fork(tmp_path):
+    """A Parsl worker's children are not forked; cleanlab's process pool then lost its inputs
+    and every confident-learning trial failed with a NameError. Run it under 'spawn'."""
+    pytest.importorskip("cleanlab", reason="confident learning needs the detection extra")
+    import subprocess
+    import sys
+    code = (
+        "import multiprocessing as mp, numpy as np\n"
+        "mp.set_start_method('spawn', force=True)\n"
+        "from genodl_core.detection.folds import confident_learning_arrays\n"
+        "rng = np.random.default_rng(0)\n"
+        "labels = rng.integers(0, 2, 400)\n"
+        "p1 = np.clip(labels * 0.9 + 0.05 + rng.normal(0, 0.02, 400), 0.01, 0.99)\n"
+        "labels[:40] = 1 - labels[:40]\n"
+        "out = confident_learning_arrays(np.stack([1 - p1, p1], 1), labels)\n"
+        "print(int(out['signal_cl_issues'][:40].sum()), int(out['signal_cl_issues'][40:].sum()))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found, false = map(int, done.stdout.split())
+    assert found == 40 and false == 0
