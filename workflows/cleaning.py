@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from genodl_core import records
-from genodl_core.detection.cleaning import (CLEANING_DETECTORS, DROP_STEP, cleaning_spec,
-                                            recovered_share)
+from genodl_core.detection.cleaning import (CLEANING_DETECTORS, DROP_STEP, as_base_model,
+                                            cleaning_spec, recovered_share)
 from genodl_core.errors import SpecError
 from genodl_core.spec import spec_from_dict
 
@@ -160,9 +160,7 @@ def reference(source: dict[str, Any], *, clean: bool) -> str | None:
     noise ``fraction`` at 0 (``clean=True``, one form of the sweep's level 0); None when not a
     valid trial.
     """
-    spec = {k: v for k, v in source.items() if k != "trial_id"}
-    if "variant" in spec["model"]:
-        spec["model"] = {**spec["model"], "variant": "base"}
+    spec = as_base_model(source)
     if clean:
         spec["noise"] = [{**s, "fraction": 0.0} if "fraction" in s else s
                          for s in spec["noise"]]

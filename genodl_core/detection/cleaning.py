@@ -19,6 +19,7 @@ the cleaned trial's (:func:`recovered_share`; NaN when the noise cost nothing).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -137,17 +138,35 @@ def cleaning_spec(source: Mapping[str, Any], trial_dir: str | Path, detector: st
                   arrays_file: str = "arrays.npz") -> dict[str, Any]:
     """The spec of the cleaning trial of one source trial and detector.
 
-    The source's model becomes its plain variant (``variant = "base"`` where the model has
-    variants: DAC retrains a plain cross-entropy model); everything else is kept.
+    The source's model becomes its plain variant (:func:`as_base_model`: DAC retrains a plain
+    cross-entropy model) and trains no confident-learning fold models; everything else is kept.
     """
     path = Path(trial_dir) / arrays_file
-    spec = copy.deepcopy(dict(source))
-    spec.pop("trial_id", None)
-    if "variant" in spec.get("model", {}):
-        spec["model"]["variant"] = "base"
+    spec = as_base_model(source)
+    if spec.get("train", {}).get("detect_folds"):
+        # The retrained model is judged by its test accuracy; its own fold models would only
+        # double the stage's cost (and fail where the flags emptied a class of a fold).
+        spec["train"]["detect_folds"] = 0
     spec["noise"] = list(spec.get("noise", [])) + [{
         "kind": DROP_STEP, "source_trial": Path(trial_dir).name, "detector": detector,
         "flags": str(path.resolve()), "flags_sha256": mask_sha256(read_flags(path, detector))}]
+    return spec
+
+
+def as_base_model(source: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a resolved spec whose model is the plain variant, with the abstention-only
+    parameters at their defaults: an abstaining source under any controller maps to the very
+    spec (and trial id) of the sweep's base model, which the cleaning table compares with."""
+    from genodl_core.training.abstention import AbstentionParams
+
+    spec = copy.deepcopy(dict(source))
+    spec.pop("trial_id", None)
+    model = spec.get("model", {})
+    if "variant" in model:
+        for field in dataclasses.fields(AbstentionParams):
+            if field.name in model:
+                model[field.name] = field.default
+        model["variant"] = "base"
     return spec
 
 
@@ -161,4 +180,4 @@ def recovered_share(clean: float, noisy: float, cleaned: float) -> float:
 
 
 __all__ = ["DROP_STEP", "CLEANING_DETECTORS", "DropFlaggedParams", "drop_flagged",
-           "cleaning_spec", "mask_sha256", "read_flags", "recovered_share"]
+           "cleaning_spec", "as_base_model", "mask_sha256", "read_flags", "recovered_share"]

@@ -227,6 +227,26 @@ def test_drop_flagged_drops_exactly_the_flags_and_checks_the_fingerprint(tmp_pat
         cleaning_spec(spec, source, "loss")
 
 
+def test_cleaning_trial_of_an_abstaining_source_is_the_base_model_without_folds(tmp_path):
+    """The cleaning table compares the cleaned model with the sweep's base model: an abstaining
+    source (any controller) must map to the base trial's very spec, and the retrained model
+    trains no confident-learning fold models."""
+    from genodl_core.detection.cleaning import as_base_model, cleaning_spec
+
+    base = spec_from_dict(planted(detect_folds=3))
+    abstaining = planted(detect_folds=3)
+    abstaining["model"].update(variant="abstaining", controller="dac", alpha=2.5)
+    abstaining = spec_from_dict(abstaining)
+    assert abstaining.trial_id != base.trial_id
+    assert spec_from_dict(as_base_model(abstaining.to_dict())).trial_id == base.trial_id
+    base, abstaining = base.to_dict(), abstaining.to_dict()
+    spec = cleaning_spec(abstaining, _source_dir(tmp_path, np.array([1, 0, 1], dtype=bool)),
+                         "aum")
+    resolved = spec_from_dict(spec).to_dict()
+    assert resolved["model"] == base["model"] and resolved["train"].get("detect_folds", 0) == 0
+    assert base["train"]["detect_folds"] == 3
+
+
 def test_recovered_share():
     from genodl_core.detection.cleaning import recovered_share
 
