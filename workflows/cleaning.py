@@ -18,6 +18,7 @@ accuracy the noise cost that cleaning recovered; ``genodl report`` shows it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -122,6 +123,7 @@ def write_table(run: RunDir, sweep: Sweep) -> list[dict[str, Any]]:
                 run.trial_dir(trial_id) / records.RESULT_FILE).get("final", {})
         return done[trial_id]
 
+    level0 = _level0_trials(sweep)
     rows = []
     for trial_dir in sorted(p for p in run.trials_dir.iterdir() if p.is_dir()):
         spec_file = trial_dir / records.SPEC_FILE
@@ -135,9 +137,11 @@ def write_table(run: RunDir, sweep: Sweep) -> list[dict[str, Any]]:
         source_id = step["source_trial"]
         source = records.read_json(run.trial_dir(source_id) / records.SPEC_FILE)
         noisy_id = reference(source, clean=False)
-        # Level 0 is either the noise steps at fraction 0 or no noise at all.
+        # Level 0 is the noise steps at fraction 0, no noise at all, or the sweep's own level 0
+        # in another noise kind (correlated flips at 0 are uncorrelated flips at 0).
         clean_id = next((t for t in (reference(source, clean=True),
-                                     reference({**source, "noise": []}, clean=False))
+                                     reference({**source, "noise": []}, clean=False),
+                                     *level0.get(_without_noise(source), ()))
                          if final(t)), None)
         metric = "test_accuracy" if "test_accuracy" in final(trial_dir.name) else "val_accuracy"
         acc = [final(t).get(metric, float("nan")) for t in (clean_id, noisy_id, trial_dir.name)]
@@ -152,6 +156,24 @@ def write_table(run: RunDir, sweep: Sweep) -> list[dict[str, Any]]:
                      "noisy": acc[1], "cleaned": acc[2], "recovered": recovered_share(*acc)})
     records.atomic_write_json(run.path / CLEANING_FILE, {"sweep": sweep.name, "rows": rows})
     return rows
+
+
+def _without_noise(spec: dict[str, Any]) -> str:
+    """A key of a spec as the base model, leaving its noise out."""
+    return json.dumps({k: v for k, v in as_base_model(spec).items() if k != "noise"},
+                      sort_keys=True, default=str)
+
+
+def _level0_trials(sweep: Sweep) -> dict[str, list[str]]:
+    """The sweep's base-model trials whose noise changes nothing (every step at fraction 0), by
+    the rest of their spec."""
+    found: dict[str, list[str]] = {}
+    for trial in sweep.trials:
+        steps = trial.spec.get("noise", [])
+        is_base = as_base_model(trial.spec)["model"] == trial.spec.get("model")
+        if is_base and all(step.get("fraction") == 0 for step in steps):
+            found.setdefault(_without_noise(trial.spec), []).append(trial.trial_id)
+    return found
 
 
 def reference(source: dict[str, Any], *, clean: bool) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import h5py
 import pytest
@@ -15,6 +16,7 @@ from workflows.cleaning import CLEANING_FILE, run_with_cleaning
 from workflows.driver import RunSettings
 from workflows.sweep import sweep_from_dict, sweep_from_resolved
 
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -69,3 +71,20 @@ def test_report_shows_detection_and_cleaning(tmp_path):
     names = [p.name for p in make_plots(out)]
     assert "detection_auroc_nt3_label_flip.png" in names
     assert not any("detection" in n and "drop_flagged" in n for n in names)
+
+
+def test_correlated_flips_and_abstaining_sources_find_the_clean_base_trial():
+    """The clean reference of every cleaning row is the sweep's level-0 base trial, also for
+    correlated flips (whose level 0 is written as uncorrelated flips at 0) and for abstaining
+    sources under another controller."""
+    from workflows.cleaning import _level0_trials, _without_noise
+    from workflows.sweep import load_sweep
+
+    sweep = load_sweep(REPO / "jobs" / "examples" / "nt3_detection.toml")
+    level0 = _level0_trials(sweep)
+    clean = [t for t in sweep.trials
+             if t.spec["model"]["variant"] == "base" and t.spec["noise"][0]["fraction"] == 0]
+    assert len(clean) == 3  # one per seed
+    for trial in sweep.trials:
+        assert level0[_without_noise(trial.spec)] == [
+            c.trial_id for c in clean if c.spec["seed"] == trial.spec["seed"]]
