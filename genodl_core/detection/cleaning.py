@@ -56,16 +56,22 @@ class DropFlaggedParams:
         Path of the source trial's ``arrays.npz``.
     flags_sha256
         SHA-256 of the flagged mask (as uint8 bytes) when the cleaning trial was planned.
+    source_model
+        The source trial's model variant (e.g. ``base`` or ``abstaining``): the flags of an
+        abstaining model and of the base model are different experiments, though both
+        cleaning trials retrain the same base model.
     """
 
     source_trial: str = ""
     detector: str = "loss"
     flags: str = ""
     flags_sha256: str = ""
+    source_model: str = ""
 
-    #: The summary's noise kind names the detector: cleaning by different detectors is never
-    #: one group (:func:`genodl_core.results.summary.kind_label`).
-    kind_fields: ClassVar[tuple[str, ...]] = ("detector",)
+    #: The summary's noise kind names the detector and the flagging model: cleaning by
+    #: different detectors, or with the flags of different models, is never one group
+    #: (:func:`genodl_core.results.summary.kind_label`).
+    kind_fields: ClassVar[tuple[str, ...]] = ("detector", "source_model")
 
     def validate(self, where: str) -> None:
         if self.detector not in CLEANING_DETECTORS:
@@ -142,6 +148,7 @@ def cleaning_spec(source: Mapping[str, Any], trial_dir: str | Path, detector: st
     cross-entropy model) and trains no confident-learning fold models; everything else is kept.
     """
     path = Path(trial_dir) / arrays_file
+    model = source.get("model", {})
     spec = as_base_model(source)
     if spec.get("train", {}).get("detect_folds"):
         # The retrained model is judged by its test accuracy; its own fold models would only
@@ -149,7 +156,8 @@ def cleaning_spec(source: Mapping[str, Any], trial_dir: str | Path, detector: st
         spec["train"]["detect_folds"] = 0
     spec["noise"] = list(spec.get("noise", [])) + [{
         "kind": DROP_STEP, "source_trial": Path(trial_dir).name, "detector": detector,
-        "flags": str(path.resolve()), "flags_sha256": mask_sha256(read_flags(path, detector))}]
+        "flags": str(path.resolve()), "flags_sha256": mask_sha256(read_flags(path, detector)),
+        "source_model": str(model.get("variant", model.get("name", "")))}]
     return spec
 
 

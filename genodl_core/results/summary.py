@@ -589,7 +589,7 @@ def _registered(kind: str, attribute: str) -> Any:
 
 def kind_label(kind: str, step: dict[str, Any]) -> str:
     """A noise step's kind as the summary groups it: the kind, followed by the values of the
-    parameters its registration names in ``kind_fields`` (``drop_flagged[detector=aum]``).
+    parameters its registration names in ``kind_fields`` (``drop_flagged[detector=aum,source_model=base]``).
 
     Such parameters say *which* step it is rather than how strong, so steps differing in them
     are different kinds of noise and are never grouped (or drawn) together.

@@ -245,6 +245,10 @@ def test_cleaning_trial_of_an_abstaining_source_is_the_base_model_without_folds(
     resolved = spec_from_dict(spec).to_dict()
     assert resolved["model"] == base["model"] and resolved["train"].get("detect_folds", 0) == 0
     assert base["train"]["detect_folds"] == 3
+    # ...but its summary group says whose flags it dropped (never pooled with the base's).
+    from genodl_core.results.summary import kind_label
+    assert kind_label("drop_flagged", resolved["noise"][-1]) == (
+        "drop_flagged[detector=aum,source_model=abstaining]")
 
 
 def test_recovered_share():
