@@ -376,7 +376,8 @@ def plot_detection_auroc(groups: pd.DataFrame, kind: str, model: str, out: Path)
                         and c.endswith(".mean")})
     if "drop_flagged" in kind:  # cleaning trials: the report's cleaning table covers them
         return []
-    g = groups[groups.noise_kind == kind]
+    # Level 0 flips nothing: detection is undefined there by design, not worth a note.
+    g = groups[(groups.noise_kind == kind) & (groups.noise_level != 0)]
     lines = [(v, d) for v in sorted(g.variant.unique()) for d in detectors
              if g.loc[g.variant == v, f"detect_{d}_auroc.mean"].notna().any()]
     if not lines:
