@@ -111,6 +111,31 @@ def run_with_cleaning(sweep: Sweep, out: str | Path, detectors: Sequence[str],
     return report
 
 
+def plan_lines(sweep: Sweep) -> list[str]:
+    """What ``genodl plan`` says of the work the trial table does not show: confident
+    learning's fold models inside trials, and the cleaning stage's second round."""
+    from genodl_core.detection.signals import FLIP_NOISES
+
+    lines = []
+    folds = [int(t.spec.get("train", {}).get("detect_folds") or 0) for t in sweep.trials]
+    with_folds = [k for k in folds if k >= 2]
+    if with_folds:
+        ks = sorted(set(with_folds))
+        lines.append(f"detection: {len(with_folds)} trial(s) also train "
+                     f"{'/'.join(map(str, ks))} fold models each for confident learning "
+                     f"({sum(with_folds)} models more, each on (K - 1) / K of its training "
+                     f"split)")
+    if sweep.cleaning:
+        flipped = [t for t in sweep.trials
+                   if any(step.get("kind") in FLIP_NOISES and (step.get("fraction") or 0) > 0
+                          for step in t.spec.get("noise", []))]
+        lines.append(f"cleaning: then a second round of up to "
+                     f"{len(flipped) * len(sweep.cleaning)} trials ({len(flipped)} trial(s) with "
+                     f"flipped labels x {len(sweep.cleaning)} detector(s): "
+                     f"{', '.join(sweep.cleaning)}), planned from the first round's flags")
+    return lines
+
+
 def write_table(run: RunDir, sweep: Sweep) -> list[dict[str, Any]]:
     """Write ``cleaning.json``: per done cleaning trial, the accuracies and recovered share."""
     done: dict[str, dict[str, Any]] = {}
@@ -192,5 +217,5 @@ def reference(source: dict[str, Any], *, clean: bool) -> str | None:
         return None
 
 
-__all__ = ["CLEANING_FILE", "parse_cleaning", "cleaning_specs", "explicit", "run_with_cleaning",
-           "write_table", "reference"]
+__all__ = ["CLEANING_FILE", "parse_cleaning", "plan_lines", "cleaning_specs", "explicit",
+           "run_with_cleaning", "write_table", "reference"]

@@ -88,3 +88,14 @@ def test_correlated_flips_and_abstaining_sources_find_the_clean_base_trial():
     for trial in sweep.trials:
         assert level0[_without_noise(trial.spec)] == [
             c.trial_id for c in clean if c.spec["seed"] == trial.spec["seed"]]
+
+
+def test_plan_counts_fold_models_and_the_cleaning_round(capsys):
+    from workflows.cli import main
+
+    assert main(["plan", str(REPO / "jobs" / "examples" / "nt3_detection.toml"),
+                 "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    # 54 trials x 4 folds; 8 flipped levels x 2 variants x 3 seeds = 48 sources x 4 detectors
+    assert "54 trial(s) also train 4 fold models each" in out and "216 models more" in out
+    assert "second round of up to 192 trials (48 trial(s) with flipped labels x 4" in out

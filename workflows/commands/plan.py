@@ -44,6 +44,10 @@ def main(args: argparse.Namespace) -> int:
 
         for line in plan_lines(sweep.adaptive, len(sweep.trials)):
             print(line)
+    from workflows.cleaning import plan_lines as detection_lines
+
+    for line in detection_lines(sweep):
+        print(line)
     print(f"run: site {sweep.run.site}, retries {sweep.run.retries}"
           + (f", options {sweep.run.options}" if sweep.run.options else ""))
     for name in missing:
