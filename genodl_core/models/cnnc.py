@@ -36,11 +36,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from genodl_core.data.cnnc_metrics import pair_metrics
 from genodl_core.errors import DataError, SpecError
 from genodl_core.models.nt3 import _objective
+from genodl_core.models.stacked_layers import StackedLayers, grouped_conv, stacked_linear
 from genodl_core.registry import MODELS
 from genodl_core.spec import TrialSpec, derive_seed
 from genodl_core.training.abstention import AbstentionParams
@@ -166,42 +166,26 @@ def image_side(n_features: int) -> int:
     return side
 
 
-class StackedCNNC(nn.Module):
+class StackedCNNC(StackedLayers):
     """K trials' CNNC networks as one module: ``[K, B, side * side]`` -> ``[K, B, outputs]``
     (a 2-D input ``[B, pixels]`` is the K = 1 case and gives ``[B, outputs]``)."""
 
     def __init__(self, params: CNNCParams, side: int, n_outputs: int, k: int = 1):
-        super().__init__()
-        self.params, self.side, self.n_outputs, self.k = params, side, n_outputs, k
-        self.conv_w, self.conv_b = nn.ParameterList(), nn.ParameterList()
-        channels, size = 1, params.kernel
+        super().__init__(k)
+        self.params, self.side, self.n_outputs = params, side, n_outputs
+        channels = 1
         for f in params.filters:
             for _ in range(params.convs_per_block):
-                self.conv_w.append(nn.Parameter(torch.empty(k, f, channels, size, size)))
-                self.conv_b.append(nn.Parameter(torch.zeros(k, f)))
+                self.add_conv(f, channels, (params.kernel, params.kernel))
                 channels = f
-        fan_in = channels * params.sizes(side)[-1] ** 2
-        self.dense_w, self.dense_b = nn.ParameterList(), nn.ParameterList()
-        for units in (*params.dense, n_outputs):
-            self.dense_w.append(nn.Parameter(torch.empty(k, fan_in, units)))
-            self.dense_b.append(nn.Parameter(torch.zeros(k, 1, units)))
-            fan_in = units
-        self.register_buffer("dropout_seeds", torch.zeros(k, dtype=torch.int64))
-        self.register_buffer("dropout_step", torch.zeros((), dtype=torch.int64))
+        self.add_dense(channels * params.sizes(side)[-1] ** 2, (*params.dense, n_outputs))
 
     @torch.no_grad()
     def initialise(self, seeds: Sequence[int]) -> "StackedCNNC":
         """Glorot-uniform weights (Keras' fans), zero biases; trial ``t`` draws from
-        ``seeds[t]`` on the CPU, layer by layer; dropout streams from the same seeds."""
-        for t, seed in enumerate(seeds):
-            gen = torch.Generator().manual_seed(derive_seed(seed, "init"))
-            for w in self.conv_w:
-                _, out, inp, kh, kw = w.shape
-                bound = math.sqrt(6.0 / ((inp + out) * kh * kw))
-                w[t].copy_(torch.empty(w.shape[1:]).uniform_(-bound, bound, generator=gen))
-            for w in self.dense_w:
-                bound = math.sqrt(6.0 / (w.shape[1] + w.shape[2]))
-                w[t].copy_(torch.empty(w.shape[1:]).uniform_(-bound, bound, generator=gen))
+        ``derive_seed(seeds[t], "init")`` on the CPU, layer by layer; dropout streams from the
+        same seeds."""
+        self.glorot_([derive_seed(seed, "init") for seed in seeds])
         self.dropout_seeds.copy_(torch.tensor(
             [derive_seed(s, "dropout") & (2**62 - 1) for s in seeds]))
         return self
@@ -212,11 +196,7 @@ class StackedCNNC(nn.Module):
         first = nets[0]
         out = cls(first.params, first.side, first.n_outputs, k=len(nets)).to(
             first.conv_w[0].device)
-        with torch.no_grad():
-            for name, p in out.named_parameters():
-                p.copy_(torch.cat([dict(n.named_parameters())[name] for n in nets]))
-            out.dropout_seeds.copy_(torch.cat([n.dropout_seeds for n in nets]))
-            out.dropout_step.copy_(first.dropout_step)
+        out.load_trials(nets)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,9 +213,8 @@ class StackedCNNC(nn.Module):
         layer = 0
         for block in range(len(p.filters)):
             for i in range(p.convs_per_block):
-                w, b = self.conv_w[layer], self.conv_b[layer]
-                h = F.conv2d(h, w.flatten(0, 1), b.flatten(), groups=k,
-                             padding=p.kernel // 2 if i == 0 else 0)
+                h = grouped_conv(h, self.conv_w[layer], self.conv_b[layer],
+                                 padding=p.kernel // 2 if i == 0 else 0)
                 h = F.relu(h)
                 layer += 1
             h = F.max_pool2d(h, 2)
@@ -247,7 +226,7 @@ class StackedCNNC(nn.Module):
         h = h.reshape(batch, k, -1).transpose(0, 1)                     # [K, B, C*H*W]
         last = len(self.dense_w) - 1
         for i, (w, b) in enumerate(zip(self.dense_w, self.dense_b)):
-            h = torch.baddbmm(b, h, w)
+            h = stacked_linear(h, w, b)
             if i < last:
                 h = F.relu(h)
                 if drop and p.dropout > 0:

@@ -28,7 +28,6 @@ floating-point reassociation.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -36,12 +35,12 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from genodl_core.data.histone import row_cell_types, shape_of
 from genodl_core.data.histone_metrics import auroc, per_group, regression_metrics
 from genodl_core.errors import DataError, SpecError
 from genodl_core.models.nt3 import _objective
+from genodl_core.models.stacked_layers import StackedLayers, grouped_conv, stacked_linear
 from genodl_core.registry import MODELS
 from genodl_core.spec import TrialSpec, derive_seed
 from genodl_core.training.abstention import AbstentionParams
@@ -108,44 +107,26 @@ class ConvLayout:
         return total
 
 
-class StackedConvNet(nn.Module):
+class StackedConvNet(StackedLayers):
     """K trials' networks as one module: ``[K, B, marks * bins]`` -> ``[K, B, outputs]``
     (a 2-D input ``[B, features]`` is the K = 1 case and gives ``[B, outputs]``)."""
 
     def __init__(self, layout: ConvLayout, n_marks: int, n_bins: int, k: int = 1):
-        super().__init__()
-        self.layout, self.k, self.n_marks, self.n_bins = layout, k, n_marks, n_bins
-        self.conv_w, self.conv_b = nn.ParameterList(), nn.ParameterList()
+        super().__init__(k)
+        self.layout, self.n_marks, self.n_bins = layout, n_marks, n_bins
         channels = n_marks
         for filters, width, _ in layout.conv:
-            self.conv_w.append(nn.Parameter(torch.empty(k, filters, channels, width)))
-            self.conv_b.append(nn.Parameter(torch.zeros(k, filters)))
+            self.add_conv(filters, channels, (width,))
             channels = filters
         self.flat = channels * layout.widths(n_bins)[-1]
-        self.dense_w, self.dense_b = nn.ParameterList(), nn.ParameterList()
-        fan_in = self.flat
-        for units in (*layout.dense, layout.n_outputs):
-            self.dense_w.append(nn.Parameter(torch.empty(k, fan_in, units)))
-            self.dense_b.append(nn.Parameter(torch.zeros(k, 1, units)))
-            fan_in = units
-        # Dropout masks are a hash of (trial seed, step, position): see _dropout_mask.
-        self.register_buffer("dropout_seeds", torch.zeros(k, dtype=torch.int64))
-        self.register_buffer("dropout_step", torch.zeros((), dtype=torch.int64))
+        self.add_dense(self.flat, (*layout.dense, layout.n_outputs))
         self.dropout_seeded = False
 
     @torch.no_grad()
     def initialise(self, seeds: Sequence[int]) -> "StackedConvNet":
         """Glorot-uniform weights (Keras' fans), zero biases; trial ``t`` draws from
         ``seeds[t]`` on the CPU, layer by layer (the same numbers whatever the pack)."""
-        for t, seed in enumerate(seeds):
-            gen = torch.Generator().manual_seed(seed)
-            for w in self.conv_w:
-                _, filters, channels, width = w.shape
-                bound = math.sqrt(6.0 / (channels * width + filters * width))
-                w[t].copy_(torch.empty(w.shape[1:]).uniform_(-bound, bound, generator=gen))
-            for w in self.dense_w:
-                bound = math.sqrt(6.0 / (w.shape[1] + w.shape[2]))
-                w[t].copy_(torch.empty(w.shape[1:]).uniform_(-bound, bound, generator=gen))
+        self.glorot_(seeds)
         return self
 
     def seed_dropout(self, seeds: Sequence[int]) -> None:
@@ -159,11 +140,7 @@ class StackedConvNet(nn.Module):
         first = nets[0]
         out = cls(first.layout, first.n_marks, first.n_bins, k=len(nets)).to(
             first.conv_w[0].device)
-        with torch.no_grad():
-            for name, p in out.named_parameters():
-                p.copy_(torch.cat([dict(n.named_parameters())[name] for n in nets]))
-            out.dropout_seeds.copy_(torch.cat([n.dropout_seeds for n in nets]))
-            out.dropout_step.copy_(first.dropout_step)
+        out.load_trials(nets)
         out.dropout_seeded = all(n.dropout_seeded for n in nets)
         return out
 
@@ -188,7 +165,7 @@ class StackedConvNet(nn.Module):
                 # Keras' 'same': the odd one of an even total pad goes to the right
                 total = dilation * (width - 1)
                 h = F.pad(h, (total // 2, total - total // 2))
-            h = F.conv1d(h, w.flatten(0, 1), b.flatten(), dilation=dilation, groups=k)
+            h = grouped_conv(h, w, b, dilation=dilation)
             h = self._act(h)
             if pool > 1:
                 h = F.max_pool1d(h, pool)
@@ -197,7 +174,7 @@ class StackedConvNet(nn.Module):
             h = h * self._dropout_mask(h)
         last = len(self.dense_w) - 1
         for i, (w, b) in enumerate(zip(self.dense_w, self.dense_b)):
-            h = torch.baddbmm(b, h, w)
+            h = stacked_linear(h, w, b)
             if i < last:
                 h = self._act(h)
         return h[0] if single else h
