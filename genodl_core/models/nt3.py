@@ -289,7 +289,7 @@ class NT3Family(Family):
     """
 
     single_switches = frozenset({"channels_last", "fused_optimizer", "eval_batch_size",
-                                 "cudnn_benchmark", "compile", "bf16_inputs"})
+                                 "cudnn_benchmark", "compile", "bf16_inputs", "conv_blocks"})
     pack_switches = frozenset({"eval_batch_size", "cudnn_benchmark", "compile", "bf16_inputs",
                                "conv_kernel", "fused_update", "fused_activations"})
 
@@ -342,7 +342,7 @@ def _run_nt3(nets: Sequence[NT3Net], plan: ExecutionPlan) -> tuple[nn.Module, Ca
         module: nn.Module = BatchedNT3(nets, conv_kernel=sw.conv_kernel,
                                        fuse_activations=sw.fused_activations).to(plan.device)
     elif sw.channels_last and supports_channels_last(nets[0]):
-        module = ChannelsLastNT3(nets[0])
+        module = ChannelsLastNT3(nets[0], blocks=sw.conv_blocks)
     else:
         module = nets[0]
     return module, torch.compile(module, dynamic=False) if sw.compile else module

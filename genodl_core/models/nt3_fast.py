@@ -86,13 +86,20 @@ class ChannelsLastNT3(nn.Module):
         :func:`supports_channels_last` says beforehand).
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, blocks: bool = False):
         super().__init__()
         if not supports_channels_last(net):
             raise TypeError("ChannelsLastNT3 needs an NT3 network of Conv1d/MaxPool1d layers")
         self.net = net
+        #: With ``blocks`` (the CPU plan's ``conv_blocks``): each convolution + ReLU (+ pool)
+        #: runs as one :class:`~genodl_core.kernels.conv_block_cpu.ConvReluPool`.
+        self.blocks = conv_blocks(net) if blocks else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The blocks write their own fp32 backward; under CPU autocast (bf16) the network
+        # runs layer by layer.
+        if self.blocks is not None and not x.is_cuda and not torch.is_autocast_enabled("cpu"):
+            return self._forward_blocks(x)
         h = x.reshape(x.shape[0], 1, 1, x.shape[1])
         if h.is_cuda:
             h = h.contiguous(memory_format=torch.channels_last)
@@ -108,6 +115,47 @@ class ChannelsLastNT3(nn.Module):
             else:
                 h = layer(h)
         return h
+
+
+    def _forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        from genodl_core.kernels.conv_block_cpu import conv_relu_pool
+
+        assert self.blocks is not None
+        h = x.reshape(x.shape[0], x.shape[1], 1)  # [B, L, C = 1]
+        for conv, pool in self.blocks[0]:
+            h = conv_relu_pool(h, conv.weight, conv.bias, pool)
+        # The dense layers take the Conv1d network's channel-major order ([B, C, L] flattened).
+        h = h.transpose(1, 2).reshape(h.shape[0], -1)
+        for layer in self.blocks[1]:
+            h = layer(h)
+        return h
+
+
+def conv_blocks(net: nn.Module) -> tuple[list[tuple[nn.Conv1d, int]], list[nn.Module]] | None:
+    """``net``'s layers as (convolution, pool) blocks and the layers after ``Flatten``, or
+    None where a layer does not fit a block (a stride, another activation, an overlapping
+    pool): the network then runs layer by layer."""
+    layers = list(getattr(net, "layers", []))
+    blocks: list[tuple[nn.Conv1d, int]] = []
+    i = 0
+    while i < len(layers) and isinstance(layers[i], nn.Conv1d):
+        conv = layers[i]
+        if conv.stride != (1,) or not (i + 1 < len(layers) and isinstance(layers[i + 1],
+                                                                            nn.ReLU)):
+            return None
+        i += 2
+        pool = 1
+        if i < len(layers) and isinstance(layers[i], nn.MaxPool1d):
+            mp = layers[i]
+            if (mp.stride not in (mp.kernel_size, None) or mp.padding != 0
+                    or mp.dilation != 1 or mp.ceil_mode):
+                return None
+            pool = int(mp.kernel_size)
+            i += 1
+        blocks.append((conv, pool))
+    if not blocks or i >= len(layers) or not isinstance(layers[i], nn.Flatten):
+        return None
+    return blocks, layers[i + 1:]
 
 
 def supports_channels_last(net: nn.Module) -> bool:
@@ -354,5 +402,5 @@ def _forward_steps(plan: list[tuple[str, Any]], fuse: bool,
 
 
 
-__all__ = ["conv_in_kernel", "conv_channels_last", "conv1d_as_conv2d", "ChannelsLastNT3",
+__all__ = ["conv_in_kernel", "conv_channels_last", "conv1d_as_conv2d", "ChannelsLastNT3", "conv_blocks",
            "supports_channels_last", "BatchedNT3"]

@@ -13,8 +13,11 @@ The switches (each only changes how the same computation runs; their measured ef
 docs/performance.md):
 
 - ``channels_last``: convolutions run as ``conv2d`` with ``1 x k`` kernels on channels-last
-  tensors, for which cuDNN (and, on CPU, oneDNN) has faster kernels. The only switch on CPU
-  (:data:`CPU_SWITCHES`): it keeps fp32 results bit-for-bit reproducible for a thread count.
+  tensors, for which cuDNN (and, on CPU, oneDNN) has faster kernels.
+- ``conv_blocks`` (CPU): each convolution + ReLU + max-pooling of a single trial runs as one
+  block in one memory layout, with the weight gradient as batched matmuls
+  (:mod:`genodl_core.kernels.conv_block_cpu`). With ``channels_last`` the CPU fast path
+  (:data:`CPU_SWITCHES`); both keep fp32 results bit-for-bit reproducible for a thread count.
 - ``fused_optimizer``: torch's single-kernel optimizer step.
 - ``eval_batch_size``: validation at a larger batch (it needs no gradients).
 - ``cudnn_benchmark``: cuDNN times its algorithms once per shape (scoped, then restored).
@@ -77,6 +80,7 @@ class Switches:
     fused_update: bool = False
     fused_activations: bool = False
     step_graphs: bool = False
+    conv_blocks: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -100,16 +104,17 @@ class Switches:
 
 _SHORT = {"channels_last": "nhwc", "fused_optimizer": "fused", "cudnn_benchmark": "bench",
           "compile": "compile", "bf16_inputs": "bf16in", "conv_kernel": "convk",
-          "fused_update": "bwdsgd", "fused_activations": "fusedact", "step_graphs": "stepgraph"}
+          "fused_update": "bwdsgd", "fused_activations": "fusedact", "step_graphs": "stepgraph",
+          "conv_blocks": "convblk"}
 
 #: Every switch on, as on a CUDA device with bf16 and Triton (see :func:`choose_plan`).
 CUDA_SWITCHES = Switches(channels_last=True, fused_optimizer=True, eval_batch_size=256,
                          cudnn_benchmark=True, compile=True, bf16_inputs=True, conv_kernel=True,
                          fused_update=True, fused_activations=True, step_graphs=True)
 
-#: The CPU fast path: oneDNN's channels-last convolutions. Measured and left off on CPU:
-#: ``compile`` (see docs/performance.md), the CUDA-only switches.
-CPU_SWITCHES = Switches(channels_last=True)
+#: The CPU fast path: oneDNN's channels-last convolutions, run as convolution blocks. Measured
+#: and left off on CPU: ``compile`` (see docs/performance.md), the CUDA-only switches.
+CPU_SWITCHES = Switches(channels_last=True, conv_blocks=True)
 
 
 @dataclass(frozen=True)
@@ -256,7 +261,9 @@ def choose_plan(device: str, precision: str, switches_used: frozenset[str], *,
 
         threads = settings.cpu_threads or worker_threads()
         if settings.fast_path != "off":
-            switches = CPU_SWITCHES.keep(switches_used)
+            # GENODL_FUSED_ACTIVATIONS=off also turns the CPU's fused blocks off (A/B runs).
+            switches = CPU_SWITCHES.replace(
+                conv_blocks=settings.fused_activations).keep(switches_used)
     return ExecutionPlan(device=device, precision=precision, switches=switches,
                          pack_size=pack_size,
                          checkpoint_interval_s=settings.checkpoint_interval_s,

@@ -26,7 +26,7 @@ def test_quick_report_has_every_figure():
         assert m.overhead_s >= 0 and m.val_metric == "val_accuracy"
         assert 0 <= m.val_value <= 1
     # On CPU the default path runs channels-last convolutions, in fp32.
-    assert report.modes[1].fast_path == "nhwc" and report.modes[1].precision == "fp32"
+    assert report.modes[1].fast_path == "nhwc+convblk" and report.modes[1].precision == "fp32"
 
 
 def test_cli_prints_table_and_json(capsys):

@@ -19,7 +19,7 @@ from genodl_core.training.trial import run_trial
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-NT3_SWITCHES = frozenset({"channels_last", "compile", "eval_batch_size"})
+NT3_SWITCHES = frozenset({"channels_last", "compile", "eval_batch_size", "conv_blocks"})
 NO_CHECKPOINTS = RunSettings(checkpoint_interval_s=None)
 
 
@@ -38,7 +38,7 @@ def trial_result(spec, out, settings=NO_CHECKPOINTS):
 
 def test_cpu_plan_is_channels_last_with_the_workers_threads():
     plan = choose_plan("cpu", "fp32", NT3_SWITCHES, settings=NO_CHECKPOINTS)
-    assert plan.switches == CPU_SWITCHES == Switches(channels_last=True)
+    assert plan.switches == CPU_SWITCHES == Switches(channels_last=True, conv_blocks=True)
     assert plan.cpu_threads == min(cpu.owned_cores(), torch.get_num_threads())
     assert plan.to_dict()["cpu_threads"] == plan.cpu_threads
     plain = choose_plan("cpu", "fp32", NT3_SWITCHES,
@@ -86,7 +86,7 @@ def test_cpu_fp32_repeats_bit_for_bit_with_two_threads(tmp_path):
     settings = NO_CHECKPOINTS.replace(cpu_threads=2)
     a = trial_result(small_spec(), tmp_path / "a", settings)
     b = trial_result(small_spec(), tmp_path / "b", settings)
-    assert a["engine"]["cpu_threads"] == 2 and a["engine"]["label"] == "nhwc"
+    assert a["engine"]["cpu_threads"] == 2 and a["engine"]["label"] == "nhwc+convblk"
     assert a["precision"] == "fp32"
     for key in a["curves"]:
         if key != "epoch_seconds":

@@ -156,16 +156,18 @@ def test_cpu_path_is_the_planned_one_and_deterministic(tmp_path):
         if key != "epoch_seconds":
             assert default[key] == planned[key], key
     record = load_record(run_trial(spec, tmp_path / "c", raise_errors=True).path).result
-    assert record["engine"]["mode"] == "fast" and record["engine"]["label"] == "nhwc"
+    assert record["engine"]["mode"] == "fast" and record["engine"]["label"] == "nhwc+convblk"
     assert record["engine"]["cpu_threads"] == torch.get_num_threads()
 
 
 @pytest.mark.parametrize("variant", ["base", "abstaining"])
 def test_cpu_usable_speedups_keep_the_trial(tmp_path, variant):
-    """Layout and evaluation batch change only rounding: the curves agree closely."""
+    """Layout, convolution blocks and evaluation batch change only rounding: the curves
+    agree closely."""
     spec = small_spec(variant=variant)
     plain = curves(spec, tmp_path / "a", Switches())
-    fast = curves(spec, tmp_path / "b", Switches(channels_last=True, eval_batch_size=64))
+    fast = curves(spec, tmp_path / "b", Switches(channels_last=True, conv_blocks=True,
+                                                  eval_batch_size=64))
     for key in plain:
         if key != "epoch_seconds":
             np.testing.assert_allclose(fast[key], plain[key], rtol=1e-4, atol=1e-5, err_msg=key)
