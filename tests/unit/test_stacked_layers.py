@@ -1,5 +1,6 @@
 """Stacked layers of K trials: per-trial Glorot init independent of the pack, batched dense and
-grouped convolutions equal to each trial's own layer, packs loaded from single trials."""
+grouped convolutions equal to each trial's own layer, packs loaded from single trials, and a
+pack's step the same operators whatever its size (no per-trial loop)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from genodl_core.models.cnnc import CNNCParams, StackedCNNC
+from genodl_core.models.histone import HistoneParams, StackedConvNet
 from genodl_core.models.stacked_layers import (StackedLayers, glorot_bound, grouped_conv,
                                                stacked_linear)
 
@@ -92,3 +96,43 @@ def test_load_trials_stacks_weights_and_dropout_streams():
     assert pack.dropout_seeds.tolist() == [300, 400] and int(pack.dropout_step) == 7
     with pytest.raises(ValueError, match="one per trial"):
         pack.glorot_([1])
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts the operators a computation dispatches (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops_per_step(net: nn.Module, k: int, n_features: int) -> int:
+    x = torch.rand(k, 4, n_features) * 5
+    net.train()
+    with _CountOps() as counter:
+        net(x).float().pow(2).mean(dim=(1, 2)).sum().backward()
+    return counter.calls
+
+
+def test_a_packs_step_dispatches_as_many_operators_whatever_its_size():
+    """A pack saves launches only if nothing in its step loops over the trials."""
+    cnnc = CNNCParams(filters=(4, 6), dense=(8,))
+    histone = HistoneParams(conv=((6, 5, 1), (6, 3, 2)), pool=(2, 2), dense=(5,)).layout()
+
+    def cnnc_net(k):
+        return StackedCNNC.stack([StackedCNNC(cnnc, 16, 2).initialise([s]) for s in range(k)])
+
+    def histone_net(k):
+        nets = [StackedConvNet(histone, 3, 20).initialise([s]) for s in range(k)]
+        for s, net in enumerate(nets):
+            net.seed_dropout([s])
+        return StackedConvNet.stack(nets)
+
+    for build, n_features in ((cnnc_net, 256), (histone_net, 60)):
+        counts = {k: _ops_per_step(build(k), k, n_features) for k in (1, 2, 5)}
+        # K = 1 may skip a layout copy ([B, K, ...] -> [K, B, ...] is free for one trial)
+        assert counts[2] == counts[5] > 20 and counts[1] <= counts[2] <= counts[1] + 2, counts
