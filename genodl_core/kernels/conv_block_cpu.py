@@ -47,13 +47,14 @@ class ConvReluPool(torch.autograd.Function):
         x = x.contiguous()
         w4 = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         y = _as_nlc(F.conv2d(_as_nchw_view(x), w4, bias)).relu_()
-        batch, length, channels = y.shape
         indices = None
         out = y
         if pool > 1:
-            pooled = length // pool
-            windows = y[:, :pooled * pool].view(batch, pooled, pool, channels)
-            out, indices = windows.max(dim=2)
+            # ATen's channels-last pooling (vectorised over channels); its indices are
+            # positions along the length.
+            out4, idx4 = F.max_pool2d(_as_nchw_view(y), (1, pool), (1, pool),
+                                      return_indices=True)
+            out, indices = _as_nlc(out4), _as_nlc(idx4)
         ctx.pool = pool
         ctx.has_bias = bias is not None
         ctx.shape = y.shape
@@ -70,11 +71,8 @@ class ConvReluPool(torch.autograd.Function):
         if pool > 1:
             # The gradient reaches only each window's maximum, where the ReLU's mask is that
             # maximum's sign: mask the small pooled gradient, then scatter it.
-            pooled = indices.shape[1]
             grad = torch.ops.aten.threshold_backward(grad, y, 0)  # y: the maxima here
-            dy = grad.new_zeros(batch, length, channels)
-            dy[:, :pooled * pool].view(batch, pooled, pool, channels).scatter_(
-                2, indices.unsqueeze(2), grad.unsqueeze(2))
+            dy = grad.new_zeros(batch, length, channels).scatter_(1, indices, grad)
         else:
             dy = torch.ops.aten.threshold_backward(grad, y, 0).contiguous()
         dx = dw = db = None
