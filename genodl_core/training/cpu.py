@@ -76,12 +76,60 @@ def _positive(name: str, raw: str) -> int:
     return threads
 
 
+#: ``default`` leaves the C library's allocator as it is (see :func:`retain_freed_memory`).
+CPU_MALLOC_ENV = "GENODL_CPU_MALLOC"
+_MALLOC_STATE: str | None = None
+
+
+def retain_freed_memory(env: Mapping[str, str] | None = None) -> str:
+    """Let glibc keep large freed blocks in the process instead of unmapping them.
+
+    Why: a CPU training step allocates and frees activations and gradients of tens of MB.
+    Above its mmap threshold glibc serves each with a fresh mapping and unmaps it on free, so
+    the kernel faults in and zeroes those pages again on every step: 13-15% of a CPU trial's
+    time went to the kernel. Raising the mmap and trim thresholds keeps the blocks for reuse
+    (the worker's resident memory then stays at its peak). Process-wide, set once, before the
+    first CPU trial trains; :data:`CPU_MALLOC_ENV` = ``default`` opts out.
+
+    Returns the state the trial's record names: ``retain``, ``default`` (opted out) or
+    ``unavailable`` (not glibc).
+    """
+    global _MALLOC_STATE
+    if _MALLOC_STATE is not None:
+        return _MALLOC_STATE
+    env = os.environ if env is None else env
+    if env.get(CPU_MALLOC_ENV, "").strip().lower() == "default":
+        _MALLOC_STATE = "default"
+        return _MALLOC_STATE
+    _MALLOC_STATE = "unavailable"
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        if libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold,
+                                                                         1 << 31) == 1:
+            _MALLOC_STATE = "retain"
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to change
+        pass
+    return _MALLOC_STATE
+
+
+def malloc_state() -> str | None:
+    """What :func:`retain_freed_memory` did in this process (None: no CPU trial yet)."""
+    return _MALLOC_STATE
+
+
 @contextlib.contextmanager
 def cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` intra-op threads (None: unchanged); restore afterwards."""
+    """Run the block with ``threads`` intra-op threads (None: unchanged); restore afterwards.
+
+    A CPU trial (``threads`` given) also keeps freed memory (:func:`retain_freed_memory`).
+    """
     if threads is None:
         yield
         return
+    retain_freed_memory()
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -129,6 +177,7 @@ def check_bf16(supported: bool | None = None) -> None:
                                "would be emulated and slower than fp32")
 
 
-__all__ = ["CPU_THREADS_ENV", "WORKER_COUNT_ENV",
+__all__ = ["CPU_THREADS_ENV", "WORKER_COUNT_ENV", "CPU_MALLOC_ENV", "retain_freed_memory",
+           "malloc_state",
            "BF16_FLAGS", "owned_cores", "worker_threads", "cpu_threads",
            "cpu_flags", "bf16_supported", "check_bf16"]

@@ -159,3 +159,18 @@ def test_openmp_threads_sleep_unless_the_user_says_otherwise(given, expected):
                          env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == expected
     assert device.device_info("cpu")["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY")
+
+
+def test_cpu_trials_keep_freed_memory_unless_told_not_to(monkeypatch):
+    """Large freed blocks stay in the process (no page faults per step); the record says so,
+    and GENODL_CPU_MALLOC=default leaves the allocator alone."""
+    import ctypes.util
+
+    from genodl_core.training.device import device_info
+
+    monkeypatch.setattr(cpu, "_MALLOC_STATE", None)
+    assert cpu.retain_freed_memory({cpu.CPU_MALLOC_ENV: "default"}) == "default"
+    assert cpu.malloc_state() == "default" and device_info("cpu")["malloc"] == "default"
+    monkeypatch.setattr(cpu, "_MALLOC_STATE", None)
+    expected = "retain" if "libc.so" in str(ctypes.util.find_library("c")) else "unavailable"
+    assert cpu.retain_freed_memory({}) == expected == device_info("cpu")["malloc"]
