@@ -49,10 +49,12 @@ from genodl_core.typed import check_range
 Resident = Literal["auto", "yes", "no"]
 
 
-def _check_common(where: str, dropout: Sequence[float], warmup_steps: int) -> None:
+def _check_common(where: str, dropout: Sequence[float], warmup_steps: int,
+                  prefetch: int = 0) -> None:
     for i, rate in enumerate(dropout):
         check_range(where, f"dropout[{i}]", rate, 0.0, 1.0, hi_open=True)
     check_range(where, "warmup_steps", warmup_steps, 0)
+    check_range(where, "prefetch", prefetch, 0)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class DeepSEAParams:
     warmup_steps: int = 0
     #: Keep the training split on the device ('auto': when it fits), or stream batches.
     resident: Resident = "auto"
+    #: Streamed batches read ahead on a background thread (0: each step reads its own).
+    prefetch: int = 2
 
     def validate(self, where: str) -> None:
         for i, width in enumerate(self.conv):
@@ -75,7 +79,7 @@ class DeepSEAParams:
         check_range(where, "kernel", self.kernel, 1)
         check_range(where, "pool", self.pool, 1)
         check_range(where, "dense", self.dense, 1)
-        _check_common(where, self.dropout, self.warmup_steps)
+        _check_common(where, self.dropout, self.warmup_steps, self.prefetch)
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,12 @@ class DanQParams:
     prevalence_bias: bool = False
     warmup_steps: int = 0
     resident: Resident = "auto"
+    prefetch: int = 2
 
     def validate(self, where: str) -> None:
         for name in ("filters", "kernel", "pool", "lstm", "dense"):
             check_range(where, name, getattr(self, name), 1)
-        _check_common(where, self.dropout, self.warmup_steps)
+        _check_common(where, self.dropout, self.warmup_steps, self.prefetch)
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class TransformerParams:
     prevalence_bias: bool = True
     warmup_steps: int = 500
     resident: Resident = "auto"
+    prefetch: int = 2
 
     def validate(self, where: str) -> None:
         for name in ("embedding", "expansion", "heads", "head_dim", "inner", "hidden"):
@@ -126,7 +132,7 @@ class TransformerParams:
                             reason="empty ResNet")
         for i, width in enumerate(self.blocks):
             check_range(where, f"blocks[{i}]", width, 1)
-        _check_common(where, (self.dropout,), self.warmup_steps)
+        _check_common(where, (self.dropout,), self.warmup_steps, self.prefetch)
 
 
 class OneHot(nn.Module):
@@ -311,6 +317,7 @@ class DNAFamily(Family):
                 net.output.bias.copy_(prevalence_bias(ds.y_train))
         return MultiLabelStack(member, plan, net=net, schedule=schedule_of(member.spec.train),
                                warmup_steps=params.warmup_steps, resident=params.resident,
+                               prefetch=params.prefetch,
                                groups=ds.info.get("target_groups") or target_groups(
                                    ds.target_ids),
                                extra=lambda: {"model": self.name, "sequence_length": length})

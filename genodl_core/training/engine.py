@@ -10,6 +10,10 @@ Reproducibility: batch orders come from one CPU ``torch.Generator`` per row (see
 family with ``derive_seed(seed, "shuffle")``), so CPU and GPU runs see the same batches; on CPU
 the same spec gives bit-identical curves, alone, and, resumed from a checkpoint, equal to an
 uninterrupted run.
+
+A stack may read its batches ahead of the steps (host-streamed DNA batches): if it has a
+``read_ahead(group, order, batch)`` method, that gets each group's CPU order before the epoch's
+first step, and the steps still get their indices as before.
 """
 
 from __future__ import annotations
@@ -148,7 +152,10 @@ def _train_epoch(stack: Stack, device: str, deadline: float | None,
     batch = stack.batch_size
     for group in stack.step_groups:
         order = (orders[group[0]].unsqueeze(0) if len(group) == 1
-                 else torch.stack([orders[r] for r in group])).to(device)
+                 else torch.stack([orders[r] for r in group]))
+        if hasattr(stack, "read_ahead"):  # a stack reading its batches on a background thread
+            stack.read_ahead(group, order, batch)
+        order = order.to(device)
         total: torch.Tensor | None = None
         for start in range(0, stack.n_train, batch):
             if deadline is not None and time.monotonic() > deadline:

@@ -11,6 +11,9 @@ as uint8. The training split is kept **resident** on the device when it fits in
 :data:`RESIDENT_SHARE` of the free device memory; otherwise it stays in host memory (a
 memory-mapped file included) and each step copies only its batch's rows, read in sorted order
 (``extra["data_resident"]`` says which; the models' ``resident`` parameter can force either).
+Streamed batches are read ``prefetch`` batches ahead on a background thread
+(:mod:`genodl_core.training.batch_reader`; ``extra["data_prefetch"]``), so the host-side gather
+and the copy overlap the step; the numbers stay those of reading in the step.
 On the CPU resident arrays are used where they are.
 
 A linear learning-rate warm-up over the first ``warmup_steps`` optimisation steps (seed 003:
@@ -31,6 +34,7 @@ from genodl_core.detection.signals import (MAX_MULTILABEL_ELEMENTS, MultiLabelSi
                                           wanted)
 from genodl_core.errors import DataError
 from genodl_core.spec import derive_seed
+from genodl_core.training.batch_reader import BatchReader
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import (FitOutcome, LastEpochRows, Member, Schedule,
                                          one_row_step, seeded_training_scope)
@@ -108,6 +112,7 @@ class MultiLabelStack(LastEpochRows):
 
     def __init__(self, member: Member, plan: ExecutionPlan, *, net: nn.Module,
                  schedule: Schedule, warmup_steps: int = 0, resident: str = "auto",
+                 prefetch: int = 2,
                  extra: Callable[[], dict[str, Any]] = dict, groups: Sequence[str] | None = None):
         self.members = [member]
         self.plan = plan
@@ -121,6 +126,10 @@ class MultiLabelStack(LastEpochRows):
             self.y_train = to_device(ds.y_train, device, torch.uint8)
         else:
             self.x_host, self.y_host = ds.x_train, ds.y_train
+        # Resident batches are one index_select on the device: nothing to read ahead.
+        self.prefetch = 0 if self.resident else prefetch
+        self.reader = (BatchReader(ds.x_train, ds.y_train, device, prefetch)
+                       if self.prefetch else None)
         self.x_val = to_device(ds.x_val, device, torch.uint8)
         self.y_val = to_device(ds.y_val, device, torch.uint8)
         self.n_train = len(ds.x_train)
@@ -158,7 +167,9 @@ class MultiLabelStack(LastEpochRows):
                         "%s %s, %s, training data %s", self.n_parameters, self.n_train,
                         len(self.x_val), member.spec.train.epochs, self.batch_size,
                         self.plan.device, self.plan.precision, self.plan.switches.label(),
-                        "resident on the device" if self.resident else "streamed per batch")
+                        "resident on the device" if self.resident else
+                        f"streamed, {self.prefetch} batches read ahead" if self.prefetch else
+                        "streamed per batch")
 
     def amp(self) -> contextlib.AbstractContextManager:
         return autocast(self.plan.device, self.plan.precision)
@@ -179,7 +190,29 @@ class MultiLabelStack(LastEpochRows):
                 device, non_blocking=True)
         return x, y
 
+    def read_ahead(self, group: Sequence[int], order: torch.Tensor, batch: int) -> None:
+        """The engine's order of the coming epoch (CPU ``[1, n]``): the reader starts on it."""
+        if self.reader is not None:
+            self.reader.start(order[0], batch)
+
+    def _next_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reader is None:
+            return self._batch(idx)
+        x, y = self.reader.next()
+        if len(x) != len(idx):
+            raise RuntimeError(f"the batch reader gave {len(x)} rows for a step of {len(idx)}: "
+                               "its order is not the engine's")
+        return x, y
+
     def step(self, group: Sequence[int], idx: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._step(idx)
+        except BaseException:
+            if self.reader is not None:  # no reader thread outlives a failed step
+                self.reader.stop()
+            raise
+
+    def _step(self, idx: torch.Tensor) -> torch.Tensor:
         if not self.module.training:
             self.module.train()
         if self.warmup_steps and self.steps < self.warmup_steps:
@@ -189,7 +222,7 @@ class MultiLabelStack(LastEpochRows):
         self.steps += 1
         self.optimizer.zero_grad()
         logits, sums = one_row_step(self.forward, self.amp(), self.objectives[0],
-                                    self.optimizer, *self._batch(idx[0]))
+                                    self.optimizer, *self._next_batch(idx[0]))
         if self.signals is not None:
             self.signals.collect(idx[0], logits)
         return sums
@@ -239,6 +272,7 @@ class MultiLabelStack(LastEpochRows):
         if self.signals is not None:
             arrays.update(self.signals.arrays())
         extra = {"n_parameters": int(self.n_parameters), "data_resident": self.resident,
+                 "data_prefetch": self.prefetch,
                  "n_targets": int(len(self.prevalence)), "warmup_steps": self.warmup_steps}
         if ds.target_ids is not None:
             extra["target_names"] = [str(t) for t in ds.target_ids]
@@ -253,7 +287,8 @@ class MultiLabelStack(LastEpochRows):
         return FitOutcome(curves=curves, final=final, arrays=arrays, extra=extra)
 
     def close(self) -> None:
-        pass
+        if self.reader is not None:
+            self.reader.stop()
 
     def state_dict(self) -> dict[str, Any]:
         # The global generators draw the dropout masks: saved, so a resumed trial draws the
