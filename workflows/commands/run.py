@@ -55,9 +55,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress-interval", type=float, default=None, metavar="S",
                    help="longest silence between progress lines in seconds (default: 30)")
     p.add_argument("--pack-size", type=int, default=None, metavar="K",
-                   help="train up to K NT3 trials that differ only in seed and noise as one "
-                        "batched computation per worker (default: the sweep's [run] pack_size, "
-                        "else 1 = off)")
+                   help="train up to K trials that differ only in seed and noise as one batched "
+                        "computation per worker (NT3, the gene-pair CNN, the histone CNN and "
+                        "DeepChrome; default: the sweep's [run] pack_size, else 1 = off)")
     p.add_argument("--no-gather", action="store_true", help="skip writing summary.h5")
     p.add_argument("--view", default="auto", choices=["auto", "live", "plain"],
                    help="progress on the console: a live view (running trials with epoch, "
