@@ -14,6 +14,9 @@
   level in one figure, with the per-gene mean and median null predictors when recorded.
 * ``genewise_<model>_vs_lr.png``: per-gene MAE of D-GEX against LR (one panel per noise level),
   points below the diagonal being genes where D-GEX is better.
+* ``target_auc_vs_level_<model>_<kind>.png`` and ``group_medians_vs_level_<model>_<kind>.png``:
+  multi-label (DNA) trials' ROC AUC per target and per target group against the noise level
+  (:mod:`genodl_core.results.dna_plots`).
 
 A noise kind with no level-0 trial of its own takes the sweep's clean trials (no noise step, or
 every step at level 0; same model, variant and data source) as its level 0, drawn with a hollow
@@ -138,6 +141,11 @@ def _plot_setting(summary_file: Path, groups: pd.DataFrame, columns: Iterable[st
                 fig = plot_auc_vs_level(mgroups, kind, model, out)
                 if fig is not None:
                     written.append(fig)
+            if "val_defined_targets" in metrics:  # multi-label trials: per target and group
+                from genodl_core.results.dna_plots import plot_multilabel
+
+                for kind in _noise_kinds(mdone):
+                    written += plot_multilabel(summary_file, mgroups, mdone, kind, model, out)
         written += plot_loss_curves(summary_file, mdone, model, out)
         written += plot_by_epoch(summary_file, mdone, model, out)
     written += plot_all_regression(groups, done, out)
