@@ -15,12 +15,14 @@ column per target name):
 Groups are the suffixes of the ``val_roc_auc_median_<group>`` finals; a target belongs to a
 group when its name starts with ``<group>_`` (the synthetic data's ``tf_3``, ``dnase_0``, ...).
 Without groups, the bold line is the median over all targets. As in the other figures, a noise
-kind without level-0 trials of its own takes the sweep's clean trials as its level 0.
+kind without level-0 trials of its own takes the sweep's clean trials as its level 0: the caller
+passes each kind's rows with that level 0 added (:func:`genodl_core.results.plots.clean_rows`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,24 @@ MEDIAN_PREFIX = "val_roc_auc_median_"
 #: Colours of the usual groups; others take the cycle after them.
 GROUP_COLORS = {"tf": "tab:blue", "dnase": "tab:orange", "histone": "tab:green"}
 _OTHER_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+DPI = 120
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)
+
+
+def _new_axes(width: float, height: float):
+    from matplotlib.figure import Figure  # no pyplot: no display, the backend left alone
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots()
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    log.debug("wrote %s", path)
+    return path
 
 
 def target_group_names(columns) -> list[str]:
@@ -56,14 +76,11 @@ def _color(group: str, i: int) -> str:
     return GROUP_COLORS.get(group, _OTHER_COLORS[i % len(_OTHER_COLORS)])
 
 
-def target_auc_table(summary_file: Path, done: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """Per level (rows, the clean trials as level 0 where ``kind`` has none) and target
-    (columns): validation ROC AUC, mean over the level's trials (NaN where undefined)."""
-    from genodl_core.results.plots import _with_baseline
-
+def target_auc_table(summary_file: Path, done: pd.DataFrame) -> pd.DataFrame:
+    """Per level (rows) and target (columns): validation ROC AUC, mean over the level's trials
+    (NaN where undefined); ``done``: the finals of one noise kind's trials (and level 0)."""
     per_target = load.gene_errors(summary_file, TARGET_ARRAY)
-    rows, _ = _with_baseline(done, kind)
-    rows = rows[rows.index.isin(per_target.index)]
+    rows = done[done.index.isin(per_target.index)]
     if rows.empty:
         return pd.DataFrame()
     values = per_target.loc[rows.index]
@@ -74,14 +91,12 @@ def target_auc_table(summary_file: Path, done: pd.DataFrame, kind: str) -> pd.Da
 def plot_target_auc_vs_level(summary_file: Path, done: pd.DataFrame, kind: str, model: str,
                              out: Path) -> Path | None:
     """One line per target and the bold median per group (see the module docstring); None when
-    the trials have no per-target AUCs."""
-    from genodl_core.results import plots
-
-    table = target_auc_table(summary_file, done, kind)
+    the trials have no per-target AUCs. ``done``: finals of ``kind``'s trials and level 0."""
+    table = target_auc_table(summary_file, done)
     if table.empty or table.notna().to_numpy().sum() == 0:
         return None
     members = _group_of([str(c) for c in table.columns], target_group_names(done.columns))
-    fig, (ax,) = plots._new_figure(1, width=6.5, height=4.5)
+    fig, ax = _new_axes(6.5, 4.5)
     x = table.index.to_numpy(float)
     for i, (group, targets) in enumerate(members.items()):
         if not targets:
@@ -93,28 +108,24 @@ def plot_target_auc_vs_level(summary_file: Path, done: pd.DataFrame, kind: str, 
         median = np.nanmedian(table[targets].to_numpy(float), axis=1)
         ax.plot(x, median, color=color, linewidth=2.5, marker="o",
                 label=f"median {group} ({len(targets)} targets)")
-    ax.set_xlabel(plots._level_label(kind))
+    ax.set_xlabel(f"{kind} level")
     ax.set_ylabel("validation ROC AUC per target")
     ax.set_title(f"{model}: ROC AUC per target under {kind}", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return plots._save(fig, out / f"target_auc_vs_level_{plots._safe(model)}_"
-                                  f"{plots._safe(kind)}.png")
+    return _save(fig, out / f"target_auc_vs_level_{_safe(model)}_{_safe(kind)}.png")
 
 
-def plot_group_medians_vs_level(groups: pd.DataFrame, kind: str, model: str,
-                                out: Path) -> Path | None:
+def plot_group_medians_vs_level(rows: pd.DataFrame, kind: str, model: str, out: Path,
+                                clean_label: str | None = None) -> Path | None:
     """Each group's median ROC AUC (mean +- std over seeds) and the mean over targets against
-    the level; None when the trials report no group medians."""
-    from genodl_core.results import plots
-
-    names = target_group_names(groups.columns)
-    if not names:
+    the level; None when the trials report no group medians. ``rows``: the group table's rows
+    of ``kind`` and level 0; ``clean_label`` names borrowed level-0 trials in the legend."""
+    names = target_group_names(rows.columns)
+    if not names or rows.empty:
         return None
-    rows, clean_label = plots._with_baseline(groups, kind)
-    if rows.empty:
-        return None
-    fig, (ax,) = plots._new_figure(1, width=6.0, height=4.2)
+    rows = rows.sort_values("noise_level", kind="stable")
+    fig, ax = _new_axes(6.0, 4.2)
     lines = [(f"{MEDIAN_PREFIX}{g}", f"median {g}", _color(g, i), "-")
              for i, g in enumerate(names)]
     lines.append(("val_roc_auc", "mean over targets", "black", "--"))
@@ -128,24 +139,25 @@ def plot_group_medians_vs_level(groups: pd.DataFrame, kind: str, model: str,
         ax.fill_between(x, y - std, y + std, color=color, alpha=0.15)
     if clean_label:
         ax.plot([], [], " ", label=f"level 0: {clean_label}")
-    ax.set_xlabel(plots._level_label(kind))
+    ax.set_xlabel(f"{kind} level")
     ax.set_ylabel("validation ROC AUC")
     ax.set_title(f"{model}: ROC AUC per target group under {kind}", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return plots._save(fig, out / f"group_medians_vs_level_{plots._safe(model)}_"
-                                  f"{plots._safe(kind)}.png")
+    return _save(fig, out / f"group_medians_vs_level_{_safe(model)}_{_safe(kind)}.png")
 
 
 def plot_multilabel(summary_file: Path, groups: pd.DataFrame, done: pd.DataFrame, kind: str,
-                    model: str, out: Path) -> list[Path]:
-    """Both figures of one model and noise kind, those with data."""
+                    model: str, out: Path, clean_label: str | None = None) -> list[Path]:
+    """Both figures of one model and noise kind, those with data (``groups`` and ``done``: the
+    kind's rows and level 0, see the module docstring)."""
     written: list[Path] = []
     if TARGET_ARRAY in load.gene_arrays(summary_file):
-        fig = plot_target_auc_vs_level(summary_file, done, kind, model, out)
+        fig = plot_target_auc_vs_level(summary_file, done.sort_values("noise_level"), kind,
+                                       model, out)
         if fig is not None:
             written.append(fig)
-    fig = plot_group_medians_vs_level(groups, kind, model, out)
+    fig = plot_group_medians_vs_level(groups, kind, model, out, clean_label)
     if fig is not None:
         written.append(fig)
     return written

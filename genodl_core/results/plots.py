@@ -145,7 +145,9 @@ def _plot_setting(summary_file: Path, groups: pd.DataFrame, columns: Iterable[st
                 from genodl_core.results.dna_plots import plot_multilabel
 
                 for kind in _noise_kinds(mdone):
-                    written += plot_multilabel(summary_file, mgroups, mdone, kind, model, out)
+                    rows, clean_label = _with_baseline(mgroups, kind)
+                    written += plot_multilabel(summary_file, rows, _with_baseline(mdone, kind)[0],
+                                               kind, model, out, clean_label)
         written += plot_loss_curves(summary_file, mdone, model, out)
         written += plot_by_epoch(summary_file, mdone, model, out)
     written += plot_all_regression(groups, done, out)

@@ -12,7 +12,7 @@ pytest.importorskip("h5py", reason="summary.h5 needs h5py")
 pytest.importorskip("matplotlib", reason="the figures need matplotlib")
 
 from genodl_core import records  # noqa: E402
-from genodl_core.results import plots  # noqa: E402
+from genodl_core.results import dna_plots, plots  # noqa: E402
 from genodl_core.results.summary import gather  # noqa: E402
 from genodl_core.training.trial import run_trial  # noqa: E402
 
@@ -28,13 +28,13 @@ MODEL = {"name": "deepsea", "conv": [8, 8, 8], "kernel": 6, "pool": 3, "dense": 
 def figures(monkeypatch):
     """Figures by file name, captured as they are saved."""
     drawn = {}
-    real_save = plots._save
+    real_save = dna_plots._save
 
     def save(fig, path):
         drawn[path.name] = fig
         return real_save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", save)
+    monkeypatch.setattr(dna_plots, "_save", save)
     return drawn
 
 
