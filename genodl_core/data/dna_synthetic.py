@@ -130,6 +130,32 @@ def group_counts(n_targets: int) -> dict[str, int]:
     return {g: counts[g] for g in GROUPS}
 
 
+def reachable_prevalence(group: str) -> tuple[float, float]:
+    """Lowest and highest prevalence a rule of ``group`` can have with motif rates in
+    :data:`MOTIF_RATE` (more motifs never widen it)."""
+    r_lo, r_hi = MOTIF_RATE
+    return {"tf": (r_lo * (1 - r_hi), r_hi),
+            "dnase": (1 - (1 - r_lo) ** 2, 1 - (1 - r_hi) ** 2),
+            "histone": (r_lo ** 2, r_hi ** 2)}[group]
+
+
+def check_prevalence_range(n_targets: int, lo: float, hi: float) -> None:
+    """Fail at once when a group of targets cannot have rules in ``[lo, hi]``: the search over
+    ever more motifs would otherwise run up to its limit (quadratic in the motifs) in vain.
+
+    Raises
+    ------
+    DataError
+        Naming the group and the range its rules can reach.
+    """
+    for group, count in group_counts(n_targets).items():
+        g_lo, g_hi = reachable_prevalence(group)
+        if count and (hi < g_lo or lo > g_hi):
+            raise DataError(f"data.min_prevalence={lo}, data.max_prevalence={hi}: no {group} "
+                            f"target can have such a prevalence; allowed: a range that meets "
+                            f"[{g_lo:.4g}, {g_hi:.4g}] (the {group} rules' reach)")
+
+
 def choose_rules(n_targets: int, rates: np.ndarray, lo: float, hi: float,
                  rng: np.random.Generator) -> list[Rule] | None:
     """Seeded distinct rules within the prevalence range, per :func:`group_counts`; None when
@@ -229,6 +255,7 @@ def generate(p: SyntheticDNAParams) -> Dataset:
     root = np.random.default_rng(p.seed)
     s_rules, s_train, s_val, s_test = root.spawn(4)
     m = p.n_motifs or 4
+    check_prevalence_range(p.n_targets, p.min_prevalence, p.max_prevalence)
     while True:
         rates = np.random.default_rng([p.seed, m]).uniform(*MOTIF_RATE, size=m)
         rules = choose_rules(p.n_targets, rates, p.min_prevalence, p.max_prevalence, s_rules)

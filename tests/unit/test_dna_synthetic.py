@@ -142,3 +142,13 @@ def test_per_target_auc_in_column_chunks_equals_one_pass(monkeypatch):
     monkeypatch.setattr(multilabel_metrics, "CHUNK_CELLS", 120)  # 2 columns a chunk
     chunked = per_target_auc(s, y)
     assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
+
+
+def test_an_unreachable_prevalence_range_fails_at_once():
+    """Histone targets (both of two motifs) cannot reach 5 %: a clear error, not a long search."""
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"no histone target .*0\.005625, 0\.04"):
+        generate(SyntheticDNAParams(n_targets=6, min_prevalence=0.05))
+    assert time.monotonic() - start < 5
