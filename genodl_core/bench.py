@@ -54,6 +54,8 @@ MODES = {
     "fast-torchsgd-eager": ("fast path, torch's SGD step, no CUDA graphs", "auto", "default"),
     "batched-unfused": ("batched, ReLU and max-pool as torch's ops", "auto", "batched"),
     "fast-streamed": ("fast path, DNA batches streamed from host memory", "auto", "default"),
+    "fast-streamed-inline": ("fast path, DNA batches streamed, read in the step (no reader "
+                             "thread)", "auto", "default"),
 }
 
 #: Ablation suffixes of modes: the run setting each one turns off.
@@ -285,9 +287,11 @@ def dna_forward_flops(name: str, params: Any, length: int, n_targets: int) -> fl
     return float(counter.get_total_flops())
 
 
-def streamed(spec: TrialSpec) -> TrialSpec:
-    """The DNA trial with its training batches copied from host memory at every step."""
-    return spec.replace(model={**spec.model.to_dict("name"), "resident": "no"})
+def streamed(spec: TrialSpec, inline: bool = False) -> TrialSpec:
+    """The DNA trial with its training batches copied from host memory at every step (read
+    ahead on a background thread, or with ``inline`` in the step itself)."""
+    extra = {"prefetch": 0} if inline else {}
+    return spec.replace(model={**spec.model.to_dict("name"), "resident": "no", **extra})
 
 
 def epoch_flops(spec: TrialSpec, n_train: int, n_val: int, n_features: int,
@@ -354,8 +358,8 @@ def _run_mode(cfg: BenchConfig, mode: str, device: str, epochs: int, out: Path,
         settings = settings.replace(fast_path="off")
     specs = [trial_spec(cfg, seed=seed, precision=precision, epochs=epochs, device=device)
              for seed in (1, 2)]
-    if mode.endswith("-streamed"):
-        specs = [streamed(spec) for spec in specs]
+    if mode.endswith(("-streamed", "-streamed-inline")):
+        specs = [streamed(spec, inline=mode.endswith("-inline")) for spec in specs]
     if fast_setting == "batched":
         return _run_batched(cfg, mode, label, specs, device, epochs, out, report, settings)
     records = []

@@ -39,6 +39,36 @@ def test_reader_yields_the_sorted_rows_of_each_batch_in_order():
     assert not reader.running
 
 
+def test_reader_gathers_from_a_memory_mapped_file(tmp_path):
+    x = np.random.default_rng(0).integers(0, 5, size=(40, 12), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    reader = BatchReader(mapped, mapped[:, :2], "cpu", depth=1)
+    reader.start(order, 15)
+    batches = [reader.next()[0].numpy() for _ in range(3)]
+    reader.stop()
+    expected = [x[np.sort(order[i:i + 15].numpy())] for i in range(0, 40, 15)]
+    assert all(np.array_equal(b, e) for b, e in zip(batches, expected))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side-stream copy needs CUDA")
+def test_prefetched_batches_on_cuda_equal_the_host_rows():
+    x = np.random.default_rng(0).integers(0, 5, size=(300, 50), dtype=np.uint8)
+    y = np.random.default_rng(1).integers(0, 2, size=(300, 7), dtype=np.uint8)
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(2))
+    reader = BatchReader(x, y, "cuda", depth=2)
+    reader.start(order, 64)
+    for start in range(0, 300, 64):
+        xb, yb = reader.next()
+        rows = np.sort(order[start:start + 64].numpy())
+        # A kernel on the current stream right after next(): it must see the copied rows.
+        assert np.array_equal((xb.long() + 0).cpu().numpy(), x[rows])
+        assert np.array_equal(yb.cpu().numpy(), y[rows])
+    reader.stop()
+    assert not reader.running
+
+
 def test_reader_queue_is_bounded_and_stop_ends_a_blocked_thread():
     x = np.zeros((100, 4), dtype=np.uint8)
     reader = BatchReader(x, x, "cpu", depth=2)
