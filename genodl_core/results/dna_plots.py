@@ -108,12 +108,9 @@ def plot_target_auc_vs_level(summary_file: Path, done: pd.DataFrame, kind: str, 
         median = np.nanmedian(table[targets].to_numpy(float), axis=1)
         ax.plot(x, median, color=color, linewidth=2.5, marker="o",
                 label=f"median {group} ({len(targets)} targets)")
-    ax.set_xlabel(f"{kind} level")
-    ax.set_ylabel("validation ROC AUC per target")
-    ax.set_title(f"{model}: ROC AUC per target under {kind}", fontsize="medium")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return _save(fig, out / f"target_auc_vs_level_{_safe(model)}_{_safe(kind)}.png")
+    return _finish(fig, ax, kind, "validation ROC AUC per target",
+                   f"{model}: ROC AUC per target under {kind}",
+                   out / f"target_auc_vs_level_{_safe(model)}_{_safe(kind)}.png")
 
 
 def plot_group_medians_vs_level(rows: pd.DataFrame, kind: str, model: str, out: Path,
@@ -139,12 +136,19 @@ def plot_group_medians_vs_level(rows: pd.DataFrame, kind: str, model: str, out: 
         ax.fill_between(x, y - std, y + std, color=color, alpha=0.15)
     if clean_label:
         ax.plot([], [], " ", label=f"level 0: {clean_label}")
+    return _finish(fig, ax, kind, "validation ROC AUC",
+                   f"{model}: ROC AUC per target group under {kind}",
+                   out / f"group_medians_vs_level_{_safe(model)}_{_safe(kind)}.png")
+
+
+def _finish(fig, ax, kind: str, ylabel: str, title: str, path: Path) -> Path:
+    """Label the level axis, title, grid and legend of a figure of these, and save it."""
     ax.set_xlabel(f"{kind} level")
-    ax.set_ylabel("validation ROC AUC")
-    ax.set_title(f"{model}: ROC AUC per target group under {kind}", fontsize="medium")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, out / f"group_medians_vs_level_{_safe(model)}_{_safe(kind)}.png")
+    return _save(fig, path)
 
 
 def plot_multilabel(summary_file: Path, groups: pd.DataFrame, done: pd.DataFrame, kind: str,

@@ -56,3 +56,16 @@ def islp_data():
             return wheel.read(f"ISLP/data/{name}")
 
     return read
+
+
+def capture_figures(monkeypatch, module) -> dict:
+    """Figures by file name, captured as ``module._save`` writes them (read values back)."""
+    drawn: dict = {}
+    real_save = module._save
+
+    def save(fig, path):
+        drawn[path.name] = fig
+        return real_save(fig, path)
+
+    monkeypatch.setattr(module, "_save", save)
+    return drawn

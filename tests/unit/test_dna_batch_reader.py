@@ -23,16 +23,24 @@ def _reader_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "genodl-batch-reader"]
 
 
+def _read_all_and_check(x, y, device, order, batch) -> BatchReader:
+    """Read every batch of ``order`` and check each is the sorted rows of ``x`` and ``y`` (a
+    kernel runs on the batch right after ``next()``: it must see the copied rows)."""
+    reader = BatchReader(x, y, device, depth=2)
+    reader.start(order, batch)
+    for start in range(0, len(order), batch):
+        xb, yb = reader.next()
+        rows = np.sort(order[start:start + batch].numpy())
+        assert np.array_equal((xb.long() + 0).cpu().numpy(), x[rows])
+        assert np.array_equal(yb.cpu().numpy(), y[rows])
+    return reader
+
+
 def test_reader_yields_the_sorted_rows_of_each_batch_in_order():
     x = np.arange(50 * 3, dtype=np.uint8).reshape(50, 3)
     y = (np.arange(50 * 2).reshape(50, 2) % 2).astype(np.uint8)
     order = torch.randperm(50, generator=torch.Generator().manual_seed(3))
-    reader = BatchReader(x, y, "cpu", depth=2)
-    reader.start(order, 16)
-    for start in range(0, 50, 16):
-        xb, yb = reader.next()
-        rows = np.sort(order[start:start + 16].numpy())
-        assert np.array_equal(xb.numpy(), x[rows]) and np.array_equal(yb.numpy(), y[rows])
+    reader = _read_all_and_check(x, y, "cpu", order, 16)
     with pytest.raises(RuntimeError, match="no batch left"):
         reader.next()
     reader.stop()
@@ -57,14 +65,7 @@ def test_prefetched_batches_on_cuda_equal_the_host_rows():
     x = np.random.default_rng(0).integers(0, 5, size=(300, 50), dtype=np.uint8)
     y = np.random.default_rng(1).integers(0, 2, size=(300, 7), dtype=np.uint8)
     order = torch.randperm(300, generator=torch.Generator().manual_seed(2))
-    reader = BatchReader(x, y, "cuda", depth=2)
-    reader.start(order, 64)
-    for start in range(0, 300, 64):
-        xb, yb = reader.next()
-        rows = np.sort(order[start:start + 64].numpy())
-        # A kernel on the current stream right after next(): it must see the copied rows.
-        assert np.array_equal((xb.long() + 0).cpu().numpy(), x[rows])
-        assert np.array_equal(yb.cpu().numpy(), y[rows])
+    reader = _read_all_and_check(x, y, "cuda", order, 64)
     reader.stop()
     assert not reader.running
 

@@ -15,6 +15,7 @@ from genodl_core import records  # noqa: E402
 from genodl_core.results import dna_plots, plots  # noqa: E402
 from genodl_core.results.summary import gather  # noqa: E402
 from genodl_core.training.trial import run_trial  # noqa: E402
+from tests.unit.conftest import capture_figures  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,15 +28,7 @@ MODEL = {"name": "deepsea", "conv": [8, 8, 8], "kernel": 6, "pool": 3, "dense": 
 @pytest.fixture
 def figures(monkeypatch):
     """Figures by file name, captured as they are saved."""
-    drawn = {}
-    real_save = dna_plots._save
-
-    def save(fig, path):
-        drawn[path.name] = fig
-        return real_save(fig, path)
-
-    monkeypatch.setattr(dna_plots, "_save", save)
-    return drawn
+    return capture_figures(monkeypatch, dna_plots)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 
 from genodl_core.results import plots
 from genodl_core.results.summary import gather
+from tests.unit.conftest import capture_figures
 from tests.unit.test_gather import _write_done
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,15 +26,7 @@ NAN = math.nan
 @pytest.fixture
 def figures(monkeypatch):
     """Figures by file name, captured as they are saved."""
-    drawn = {}
-    real_save = plots._save
-
-    def save(fig, path):
-        drawn[path.name] = fig
-        return real_save(fig, path)
-
-    monkeypatch.setattr(plots, "_save", save)
-    return drawn
+    return capture_figures(monkeypatch, plots)
 
 
 def _nt3_spec(variant: str, noise: list, seed: int) -> dict:
