@@ -169,12 +169,30 @@ class DeepSEANet(nn.Module):
             nn.ReLU(), nn.Dropout(p.dropout[2]), nn.Flatten(),
             nn.Linear(self.flatten_width, p.dense), nn.ReLU(), nn.Linear(p.dense, n_targets))
 
+    #: Run the convolutions as ``1 x k`` conv2d on channels-last tensors (the plan's
+    #: ``channels_last``): cuDNN's (and oneDNN's) NHWC kernels, no layout conversion per layer.
+    channels_last: bool = False
+
     @property
     def output(self) -> nn.Linear:
         return self.net[-1]
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.net(codes)
+        if not self.channels_last:
+            return self.net(codes)
+        h = codes
+        for layer in self.net:
+            if isinstance(layer, OneHot):
+                h = layer(h).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            elif isinstance(layer, nn.Conv1d):
+                h = F.conv2d(h, layer.weight.unsqueeze(2), layer.bias)
+            elif isinstance(layer, nn.MaxPool1d):
+                h = F.max_pool2d(h, (1, layer.kernel_size), (1, layer.stride))
+            elif isinstance(layer, nn.Flatten):
+                h = h.flatten(1)  # [B, C, 1, L] flattens channel-major: the Conv1d order
+            else:
+                h = layer(h)
+        return h
 
 
 class DanQNet(nn.Module):
@@ -295,12 +313,20 @@ def param_count(name: str, params, length: int, n_targets: int) -> int:
 class DNAFamily(Family):
     """A multi-label DNA model family (one trial at a time; see the module docstring)."""
 
-    # torch.compile stays off: the convolutions (cuDNN) and matmuls dominate, and an untested
-    # compilation of the LSTM and attention must not be what fails a long GPU trial.
     single_switches = frozenset({"cudnn_benchmark", "fused_optimizer"})
 
     def __init__(self, name: str):
         self.name = name
+        if name == "deepsea":
+            # Channels-last convolutions and torch.compile measured faster for DeepSEA
+            # (docs/deepsea.md); they stay off for DanQ and the transformer, whose LSTM and
+            # attention an untested compilation must not be what fails a long GPU trial.
+            self.single_switches = DNAFamily.single_switches | {"channels_last", "compile"}
+
+    def switches(self, pack_size: int, device: str = "cuda") -> frozenset[str]:
+        # Measured on the GPU only: on a CPU the network keeps its Conv1d layers.
+        used = super().switches(pack_size, device)
+        return used if device == "cuda" else used - {"channels_last", "compile"}
 
     def check(self, member: Member) -> None:
         check_multilabel(member)
@@ -312,6 +338,8 @@ class DNAFamily(Family):
         length, n_targets = ds.x_train.shape[1], ds.y_train.shape[1]
         net = build_net(self.name, params, length, n_targets,
                         seed=derive_seed(member.spec.seed, "init"))
+        if isinstance(net, DeepSEANet):
+            net.channels_last = plan.switches.channels_last
         if params.prevalence_bias:
             with torch.no_grad():
                 net.output.bias.copy_(prevalence_bias(ds.y_train))

@@ -178,7 +178,8 @@ class Family:
         """Equal for specs that may train stacked together; None: this spec trains alone."""
         return None
 
-    def switches(self, pack_size: int) -> frozenset[str]:
+    def switches(self, pack_size: int, device: str = "cuda") -> frozenset[str]:
+        """The switches this family can apply to a pack of ``pack_size`` on ``device``."""
         return self.pack_switches if pack_size > 1 else self.single_switches
 
     def check(self, member: Member) -> None:

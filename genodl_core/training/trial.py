@@ -197,7 +197,8 @@ def _run(trials: list["_Trial"], settings: Any) -> None:
         return
     from genodl_core.training.plan import choose_plan
 
-    plan = choose_plan(device, precision, family.switches(len(ready)), pack_size=len(ready),
+    plan = choose_plan(device, precision, family.switches(len(ready), device),
+                       pack_size=len(ready),
                        settings=settings)
     for trial in ready:
         trial.start(info, precision, plan)
@@ -217,7 +218,8 @@ def _confident_learning(family: Any, trial: "_Trial", outcome: Any, device: str,
     from genodl_core.training.plan import choose_plan
 
     def plan_for(k: int) -> Any:
-        return choose_plan(device, precision, family.switches(k), pack_size=k, settings=settings)
+        return choose_plan(device, precision, family.switches(k, device), pack_size=k,
+                           settings=settings)
 
     t0 = time.monotonic()
     probs = out_of_sample_probabilities(family, trial.member, plan_for)

@@ -50,6 +50,40 @@ def test_forward_shapes_and_seeded_weights(name):
         assert torch.equal(pa, pb)
 
 
+def test_deepsea_channels_last_computes_the_same_network():
+    """The plan's channels-last DeepSEA (1 x k conv2d on NHWC tensors) gives the Conv1d
+    network's logits and gradients (float64, so only the layout differs)."""
+    params = DeepSEAParams(conv=(8, 8, 8), kernel=6, pool=3, dense=16)
+    net = build_net("deepsea", params, 120, 6, seed=3).double().eval()
+    codes = torch.randint(0, 5, (4, 120), dtype=torch.uint8)
+    outs, grads = [], []
+    for layout in (False, True):
+        net.channels_last = layout
+        net.zero_grad()
+        out = net(codes)
+        out.sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in net.parameters()])
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-12)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+
+
+def test_deepsea_alone_plans_channels_last_and_compile_on_cuda():
+    from genodl_core.registry import MODELS
+    from genodl_core.training.plan import RunSettings, choose_plan
+
+    settings = RunSettings(checkpoint_interval_s=None)
+    deepsea = choose_plan("cuda", "bf16", MODELS.get("deepsea").fn.switches(1),
+                          settings=settings, triton=False).switches
+    assert deepsea.channels_last and deepsea.compile
+    danq = choose_plan("cuda", "bf16", MODELS.get("danq").fn.switches(1),
+                       settings=settings, triton=False).switches
+    assert not danq.channels_last and not danq.compile and danq.fused_optimizer
+    # Measured on the GPU only: a CPU trial keeps the Conv1d layers (and says so).
+    assert not {"channels_last", "compile"} & MODELS.get("deepsea").fn.switches(1, "cpu")
+
+
 def test_prevalence_bias_is_the_log_odds():
     y = np.array([[1, 0], [0, 0], [0, 0], [0, 1]], dtype=np.uint8)
     np.testing.assert_allclose(prevalence_bias(y).numpy(), np.log([1 / 3, 1 / 3]), rtol=1e-6)
