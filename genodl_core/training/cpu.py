@@ -88,8 +88,8 @@ def retain_freed_memory(env: Mapping[str, str] | None = None) -> str:
     Above its mmap threshold glibc serves each with a fresh mapping and unmaps it on free, so
     the kernel faults in and zeroes those pages again on every step: 13-15% of a CPU trial's
     time went to the kernel. Raising the mmap and trim thresholds keeps the blocks for reuse
-    (the worker's resident memory then stays at its peak). Process-wide, set once, before the
-    first CPU trial trains; :data:`CPU_MALLOC_ENV` = ``default`` opts out.
+    (the worker's resident memory then stays at its peak). Process-wide, set once when the
+    first CPU trial starts; :data:`CPU_MALLOC_ENV` = ``default`` opts out.
 
     Returns the state the trial's record names: ``retain``, ``default`` (opted out) or
     ``unavailable`` (not glibc).
@@ -98,7 +98,11 @@ def retain_freed_memory(env: Mapping[str, str] | None = None) -> str:
     if _MALLOC_STATE is not None:
         return _MALLOC_STATE
     env = os.environ if env is None else env
-    if env.get(CPU_MALLOC_ENV, "").strip().lower() == "default":
+    choice = env.get(CPU_MALLOC_ENV, "").strip().lower() or "retain"
+    if choice not in ("retain", "default"):
+        raise SpecError(CPU_MALLOC_ENV, choice, ["retain", "default"],
+                        reason="environment variable with an unknown value")
+    if choice == "default":
         _MALLOC_STATE = "default"
         return _MALLOC_STATE
     _MALLOC_STATE = "unavailable"
@@ -107,8 +111,9 @@ def retain_freed_memory(env: Mapping[str, str] | None = None) -> str:
 
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        if libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold,
-                                                                         1 << 31) == 1:
+        # mallopt takes a C int: 1 GiB, the largest power of two it holds.
+        if (libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+                and libc.mallopt(m_trim_threshold, 1 << 30) == 1):
             _MALLOC_STATE = "retain"
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to change
         pass
@@ -122,14 +127,10 @@ def malloc_state() -> str | None:
 
 @contextlib.contextmanager
 def cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` intra-op threads (None: unchanged); restore afterwards.
-
-    A CPU trial (``threads`` given) also keeps freed memory (:func:`retain_freed_memory`).
-    """
+    """Run the block with ``threads`` intra-op threads (None: unchanged); restore afterwards."""
     if threads is None:
         yield
         return
-    retain_freed_memory()
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -75,9 +75,8 @@ def device_info(device: str) -> dict[str, Any]:
                     gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     gpu_uuid=str(getattr(props, "uuid", "")), cuda=torch.version.cuda)
     else:
-        from genodl_core.training.cpu import retain_freed_memory
+        from genodl_core.training.cpu import malloc_state
 
         info.update(torch_threads=torch.get_num_threads(),
-                    omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-                    malloc=retain_freed_memory())
+                    omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), malloc=malloc_state())
     return info

@@ -179,6 +179,10 @@ def _run(trials: list["_Trial"], settings: Any) -> None:
     try:
         device = resolve_device(spec.device)
         precision = resolve_precision(spec.precision, device)
+        if device == "cpu":
+            from genodl_core.training.cpu import retain_freed_memory
+
+            retain_freed_memory()  # before the first CPU trial allocates its tensors
         info = device_info(device)
     except BaseException as err:  # noqa: BLE001 - every member's record says so
         for trial in trials:

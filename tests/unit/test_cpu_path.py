@@ -174,3 +174,6 @@ def test_cpu_trials_keep_freed_memory_unless_told_not_to(monkeypatch):
     monkeypatch.setattr(cpu, "_MALLOC_STATE", None)
     expected = "retain" if "libc.so" in str(ctypes.util.find_library("c")) else "unavailable"
     assert cpu.retain_freed_memory({}) == expected == device_info("cpu")["malloc"]
+    monkeypatch.setattr(cpu, "_MALLOC_STATE", None)
+    with pytest.raises(SpecError, match=r"GENODL_CPU_MALLOC='off'.*'default', 'retain'"):
+        cpu.retain_freed_memory({cpu.CPU_MALLOC_ENV: "off"})
