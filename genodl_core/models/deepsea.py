@@ -180,19 +180,10 @@ class DeepSEANet(nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         if not self.channels_last:
             return self.net(codes)
-        h = codes
-        for layer in self.net:
-            if isinstance(layer, OneHot):
-                h = layer(h).unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            elif isinstance(layer, nn.Conv1d):
-                h = F.conv2d(h, layer.weight.unsqueeze(2), layer.bias)
-            elif isinstance(layer, nn.MaxPool1d):
-                h = F.max_pool2d(h, (1, layer.kernel_size), (1, layer.stride))
-            elif isinstance(layer, nn.Flatten):
-                h = h.flatten(1)  # [B, C, 1, L] flattens channel-major: the Conv1d order
-            else:
-                h = layer(h)
-        return h
+        from genodl_core.models.nt3_fast import run_channels_last
+
+        one_hot = self.net[0](codes).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return run_channels_last(self.net[1:], one_hot)
 
 
 class DanQNet(nn.Module):
@@ -317,16 +308,16 @@ class DNAFamily(Family):
 
     def __init__(self, name: str):
         self.name = name
-        if name == "deepsea":
-            # Channels-last convolutions and torch.compile measured faster for DeepSEA
-            # (docs/deepsea.md); they stay off for DanQ and the transformer, whose LSTM and
-            # attention an untested compilation must not be what fails a long GPU trial.
-            self.single_switches = DNAFamily.single_switches | {"channels_last", "compile"}
 
     def switches(self, pack_size: int, device: str = "cuda") -> frozenset[str]:
-        # Measured on the GPU only: on a CPU the network keeps its Conv1d layers.
+        # Channels-last convolutions and torch.compile were measured faster for DeepSEA on the
+        # GPU (docs/deepsea.md); on a CPU it keeps its Conv1d layers, and DanQ and the
+        # transformer keep theirs everywhere (an untested compilation of their LSTM and
+        # attention must not be what fails a long GPU trial).
         used = super().switches(pack_size, device)
-        return used if device == "cuda" else used - {"channels_last", "compile"}
+        if self.name == "deepsea" and device == "cuda":
+            used = used | {"channels_last", "compile"}
+        return used
 
     def check(self, member: Member) -> None:
         check_multilabel(member)

@@ -103,18 +103,7 @@ class ChannelsLastNT3(nn.Module):
         h = x.reshape(x.shape[0], 1, 1, x.shape[1])
         if h.is_cuda:
             h = h.contiguous(memory_format=torch.channels_last)
-        for layer in self.net.layers:
-            if isinstance(layer, nn.Conv1d):
-                h = conv1d_as_conv2d(h, layer)
-            elif isinstance(layer, nn.MaxPool1d):
-                h = F.max_pool2d(h, (1, layer.kernel_size), (1, layer.stride))
-            elif isinstance(layer, nn.Flatten):
-                # [B, C, 1, L] flattens channel-major whatever its memory layout: the same
-                # feature order as the Conv1d network's [B, C, L].
-                h = h.flatten(1)
-            else:
-                h = layer(h)
-        return h
+        return run_channels_last(self.net.layers, h)
 
 
     def _forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +118,24 @@ class ChannelsLastNT3(nn.Module):
         for layer in self.blocks[1]:
             h = layer(h)
         return h
+
+
+def run_channels_last(layers: Sequence[nn.Module], h: torch.Tensor) -> torch.Tensor:
+    """Run a Conv1d network's ``layers`` on ``h`` ``[B, C, 1, L]`` (channels-last): each
+    ``Conv1d`` as a ``1 x k`` conv2d, each ``MaxPool1d`` as a ``1 x k`` pooling, the rest as
+    they are. Shared by NT3 and DeepSEA."""
+    for layer in layers:
+        if isinstance(layer, nn.Conv1d):
+            h = conv1d_as_conv2d(h, layer)
+        elif isinstance(layer, nn.MaxPool1d):
+            h = F.max_pool2d(h, (1, layer.kernel_size), (1, layer.stride))
+        elif isinstance(layer, nn.Flatten):
+            # [B, C, 1, L] flattens channel-major whatever its memory layout: the same
+            # feature order as the Conv1d network's [B, C, L].
+            h = h.flatten(1)
+        else:
+            h = layer(h)
+    return h
 
 
 def conv_blocks(net: nn.Module) -> tuple[list[tuple[nn.Conv1d, int]], list[nn.Module]] | None:
@@ -403,4 +410,5 @@ def _forward_steps(plan: list[tuple[str, Any]], fuse: bool,
 
 
 __all__ = ["conv_in_kernel", "conv_channels_last", "conv1d_as_conv2d", "ChannelsLastNT3", "conv_blocks",
+           "run_channels_last",
            "supports_channels_last", "BatchedNT3"]
