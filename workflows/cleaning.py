@@ -114,7 +114,7 @@ def run_with_cleaning(sweep: Sweep, out: str | Path, detectors: Sequence[str],
 def plan_lines(sweep: Sweep) -> list[str]:
     """What ``genodl plan`` says of the work the trial table does not show: confident
     learning's fold models inside trials, and the cleaning stage's second round."""
-    from genodl_core.detection.signals import FLIP_NOISES
+    from genodl_core.detection.signals import flips_labels
 
     lines = []
     folds = [int(t.spec.get("train", {}).get("detect_folds") or 0) for t in sweep.trials]
@@ -126,9 +126,9 @@ def plan_lines(sweep: Sweep) -> list[str]:
                      f"({sum(with_folds)} models more, each on (K - 1) / K of its training "
                      f"split)")
     if sweep.cleaning:
-        flipped = [t for t in sweep.trials
-                   if any(step.get("kind") in FLIP_NOISES and (step.get("fraction") or 0) > 0
-                          for step in t.spec.get("noise", []))]
+        flipped = [t for t in sweep.trials if any(
+            flips_labels(step.get("kind", "")) and (step.get("fraction") or 0) > 0
+            for step in t.spec.get("noise", []))]
         lines.append(f"cleaning: then a second round of up to "
                      f"{len(flipped) * len(sweep.cleaning)} trials ({len(flipped)} trial(s) with "
                      f"flipped labels x {len(sweep.cleaning)} detector(s): "

@@ -40,12 +40,17 @@ FLIP_NOISES = ("label_flip", "correlated_label_flip", "class_conditional_flip", 
 MAX_MULTILABEL_ELEMENTS = 64_000_000
 
 
+def flips_labels(kind: str) -> bool:
+    """Whether the noise step ``kind`` flips labels (and records a flip mask)."""
+    return kind in FLIP_NOISES or (kind in NOISES and bool(NOISES.get(kind).meta.get(
+        "flips_labels")))
+
+
 def wanted(spec: TrialSpec) -> bool:
     """Whether a classifier trial collects detection signals (``train.detect``)."""
     mode = spec.train.detect
     if mode == "auto":
-        return any(step.name in FLIP_NOISES or NOISES.get(step.name).meta.get("flips_labels")
-                   for step in spec.noise)
+        return any(flips_labels(step.name) for step in spec.noise)
     return mode == "on"
 
 
@@ -179,5 +184,5 @@ class MultiLabelSignals:
         self.margin_sum.copy_(state["margin_sum"])
 
 
-__all__ = ["SignalCollector", "MultiLabelSignals", "FLIP_NOISES", "MAX_MULTILABEL_ELEMENTS",
-           "wanted"]
+__all__ = ["SignalCollector", "MultiLabelSignals", "FLIP_NOISES", "flips_labels",
+           "MAX_MULTILABEL_ELEMENTS", "wanted"]
