@@ -69,3 +69,23 @@ def capture_figures(monkeypatch, module) -> dict:
 
     monkeypatch.setattr(module, "_save", save)
     return drawn
+
+
+class Interrupt(Exception):
+    """Stands for a crash in the middle of training (a killed worker, a walltime)."""
+
+
+def interrupting_at(monkeypatch, epoch: int) -> None:
+    """Make the trial runner's progress callback fail once, after ``epoch`` (0-based)."""
+    from genodl_core.training import trial as trial_module
+
+    original = trial_module._Progress.__call__
+    fired = []
+
+    def call(self, e, metrics):
+        original(self, e, metrics)
+        if e == epoch and not fired:
+            fired.append(e)
+            raise Interrupt(f"interrupted after epoch {e}")
+
+    monkeypatch.setattr(trial_module._Progress, "__call__", call)

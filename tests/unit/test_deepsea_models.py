@@ -13,6 +13,7 @@ from genodl_core.models.deepsea import (ARCHITECTURES, DeepSEAParams, Transforme
                                         build_net, param_count)
 from genodl_core.training.multilabel import prevalence_bias
 from genodl_core.training.trial import run_trial
+from tests.unit.conftest import interrupting_at
 
 TINY_DATA = {"source": "synthetic_dna", "n_train": 256, "n_val": 128, "n_test": 64,
              "length": 120, "central_bin": 48, "n_targets": 6}
@@ -136,14 +137,9 @@ def test_streamed_training_matches_resident(tmp_path):
     assert finals[0]["val_loss"] == pytest.approx(finals[1]["val_loss"], rel=1e-5)
 
 
-class _Crash(Exception):
-    """Stands for a crash (a walltime) in the middle of training."""
-
-
 def test_transformer_warms_up_and_resumes_from_a_checkpoint(tmp_path, monkeypatch):
     """The warm-up's step count survives a checkpoint: a resumed trial ends as an
     uninterrupted one, bit for bit, on the CPU."""
-    from genodl_core.training import trial as trial_module
     from genodl_core.training.checkpoint import CHECKPOINT_FILE
     from genodl_core.training.plan import RunSettings
 
@@ -154,16 +150,7 @@ def test_transformer_warms_up_and_resumes_from_a_checkpoint(tmp_path, monkeypatc
     every_epoch = RunSettings(checkpoint_interval_s=1e-9)
     whole = records.load_record(run_trial(spec, tmp_path / "whole", raise_errors=True).path)
     assert whole.result["extra"]["warmup_steps"] == 12
-    original = trial_module._Progress.__call__
-    fired = []
-
-    def crash_once(self, epoch, metrics):
-        original(self, epoch, metrics)
-        if epoch == 1 and not fired:
-            fired.append(epoch)
-            raise _Crash("walltime")
-
-    monkeypatch.setattr(trial_module._Progress, "__call__", crash_once)
+    interrupting_at(monkeypatch, 1)
     broken = run_trial(spec, tmp_path / "resumed", settings=every_epoch)
     assert not broken.ok and (broken.path / CHECKPOINT_FILE).is_file()
     resumed = run_trial(spec, tmp_path / "resumed", settings=every_epoch, raise_errors=True)

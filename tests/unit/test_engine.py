@@ -19,7 +19,6 @@ from torch import nn
 from genodl_core import records
 from genodl_core.registry import MODELS
 from genodl_core.spec import derive_seed, spec_from_dict
-from genodl_core.training import trial as trial_module
 from genodl_core.training.checkpoint import CHECKPOINT_FILE
 from genodl_core.training.classifier import ClassifierStack, check_classification
 from genodl_core.training.family import Family, stacking_key
@@ -27,6 +26,7 @@ from genodl_core.training.objectives import CrossEntropyObjective
 from genodl_core.training.plan import RunSettings
 from genodl_core.training.schedules import schedule_of
 from genodl_core.training.trial import run_trial, run_trials
+from tests.unit.conftest import interrupting_at
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -136,24 +136,6 @@ def test_a_family_of_one_module_trains_alone_and_packed(tmp_path):
                 np.testing.assert_allclose(b["curves"][key], a["curves"][key], rtol=1e-4,
                                            atol=1e-6, err_msg=key)
     assert alone[0]["curves"]["loss"] != alone[1]["curves"]["loss"]
-
-
-class Interrupt(Exception):
-    """Stands for a crash in the middle of training."""
-
-
-def interrupting_at(monkeypatch, epoch: int) -> None:
-    """Make the trial runner's progress callback fail once, after ``epoch`` (0-based)."""
-    original = trial_module._Progress.__call__
-    fired = []
-
-    def call(self, e, metrics):
-        original(self, e, metrics)
-        if e == epoch and not fired:
-            fired.append(e)
-            raise Interrupt(f"interrupted after epoch {e}")
-
-    monkeypatch.setattr(trial_module._Progress, "__call__", call)
 
 
 @pytest.mark.parametrize("spec", [

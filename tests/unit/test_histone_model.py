@@ -8,6 +8,7 @@ import torch
 
 from genodl_core.models.histone import (DeepChromeParams, HistoneParams, StackedConvNet)
 from genodl_core.training.trial import run_pack, run_trial
+from tests.unit.conftest import interrupting_at
 
 
 
@@ -128,28 +129,14 @@ def test_dropout_masks_depend_on_seed_and_step_not_on_the_pack():
     assert torch.equal(both[0], first[0]) and not torch.equal(both[0], both[1])
 
 
-class _Interrupt(Exception):
-    """A failure after an epoch, as a killed worker would leave the trial."""
-
-
 def test_interrupted_histone_trial_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     from genodl_core import records
-    from genodl_core.training import trial as trial_module
     from genodl_core.training.plan import RunSettings
 
     every_epoch = RunSettings(checkpoint_interval_s=1e-9)
     spec = {**_spec("histone", "synthetic_histone"), "train": {**TRAIN, "epochs": 3}}
     whole = records.load_record(run_trial(spec, tmp_path / "whole", raise_errors=True).path)
-    original = trial_module._Progress.__call__
-    fired = []
-
-    def call(self, epoch, metrics):
-        original(self, epoch, metrics)
-        if epoch == 1 and not fired:
-            fired.append(epoch)
-            raise _Interrupt("interrupted after epoch 1")
-
-    monkeypatch.setattr(trial_module._Progress, "__call__", call)
+    interrupting_at(monkeypatch, 1)
     assert not run_trial(spec, tmp_path / "resumed", settings=every_epoch).ok
     resumed = run_trial(spec, tmp_path / "resumed", settings=every_epoch, raise_errors=True)
     again = records.load_record(resumed.path)
