@@ -190,14 +190,8 @@ class StackedCNNC(StackedLayers):
             [derive_seed(s, "dropout") & (2**62 - 1) for s in seeds]))
         return self
 
-    @classmethod
-    def stack(cls, nets: Sequence["StackedCNNC"]) -> "StackedCNNC":
-        """One module holding the weights and dropout streams of single-trial nets."""
-        first = nets[0]
-        out = cls(first.params, first.side, first.n_outputs, k=len(nets)).to(
-            first.conv_w[0].device)
-        out.load_trials(nets)
-        return out
+    def shape_args(self) -> tuple:
+        return self.params, self.side, self.n_outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         single = x.dim() == 2

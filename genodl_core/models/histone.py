@@ -134,13 +134,13 @@ class StackedConvNet(StackedLayers):
         self.dropout_seeds.copy_(torch.tensor([s & (2**62 - 1) for s in seeds]))
         self.dropout_seeded = True
 
+    def shape_args(self) -> tuple:
+        return self.layout, self.n_marks, self.n_bins
+
     @classmethod
     def stack(cls, nets: Sequence["StackedConvNet"]) -> "StackedConvNet":
         """One module holding the weights of single-trial nets (and their dropout streams)."""
-        first = nets[0]
-        out = cls(first.layout, first.n_marks, first.n_bins, k=len(nets)).to(
-            first.conv_w[0].device)
-        out.load_trials(nets)
+        out = super().stack(nets)
         out.dropout_seeded = all(n.dropout_seeded for n in nets)
         return out
 

@@ -65,7 +65,8 @@ def grouped_conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 class StackedLayers(nn.Module):
     """The weights and dropout streams of K stacked trials; families add their own forward.
 
-    Subclasses call :meth:`add_conv` and :meth:`add_dense` in layer order from ``__init__``.
+    Subclasses call :meth:`add_conv` and :meth:`add_dense` in layer order from ``__init__``,
+    and give :meth:`shape_args`, the arguments before ``k`` their ``__init__`` takes.
     """
 
     def __init__(self, k: int):
@@ -110,6 +111,18 @@ class StackedLayers(nn.Module):
                 _draw(w, t, glorot_bound(inp * field, out * field), gen)
             for w in self.dense_w:
                 _draw(w, t, glorot_bound(w.shape[1], w.shape[2]), gen)
+
+    def shape_args(self) -> tuple:
+        """The ``__init__`` arguments before ``k`` that rebuild a module of this shape."""
+        raise NotImplementedError
+
+    @classmethod
+    def stack(cls, nets: Sequence["StackedLayers"]) -> "StackedLayers":
+        """One module holding the weights and dropout streams of single-trial nets."""
+        first = nets[0]
+        out = cls(*first.shape_args(), k=len(nets)).to(first.conv_w[0].device)
+        out.load_trials(nets)
+        return out
 
     @torch.no_grad()
     def load_trials(self, nets: Sequence["StackedLayers"]) -> None:
