@@ -180,6 +180,11 @@ class StackedCNNC(StackedLayers):
                 channels = f
         self.add_dense(channels * params.sizes(side)[-1] ** 2, (*params.dense, n_outputs))
 
+    #: Run the convolutions on channels-last (NHWC) activations (the plan's ``channels_last``,
+    #: on CUDA): cuDNN's grouped NHWC kernels without a layout conversion around each layer.
+    #: The dropout masks are the same: they are drawn by logical position, whatever the layout.
+    channels_last: bool = False
+
     @torch.no_grad()
     def initialise(self, seeds: Sequence[int]) -> "StackedCNNC":
         """Glorot-uniform weights (Keras' fans), zero biases; trial ``t`` draws from
@@ -207,6 +212,8 @@ class StackedCNNC(StackedLayers):
         layer = 0
         for block in range(len(p.filters)):
             for i in range(p.convs_per_block):
+                if self.channels_last:
+                    h = h.contiguous(memory_format=torch.channels_last)
                 h = grouped_conv(h, self.conv_w[layer], self.conv_b[layer],
                                  padding=p.kernel // 2 if i == 0 else 0)
                 h = F.relu(h)
@@ -290,12 +297,19 @@ class CNNCFamily(Family):
     """CNNC (and its abstaining variant) through :class:`ClassifierStack`; specs equal but
     for seed and noise train as one pack.
 
-    Fast-path switches: only those that change scheduling, not numerics (validation at a larger
-    batch, cuDNN's algorithm search); the fused optimizer step is for single trials.
+    Fast-path switches: validation at a larger batch, cuDNN's algorithm search, the fused
+    optimizer step (single trials); on CUDA also channels-last convolutions and
+    :func:`torch.compile` of the forward (which fuses the dropout hash with the ReLU and
+    pooling around it): measured on the GPU in docs/cnnc.md. On a CPU the network runs as
+    written (those two were not measured there).
     """
 
     single_switches = frozenset({"eval_batch_size", "cudnn_benchmark", "fused_optimizer"})
     pack_switches = frozenset({"eval_batch_size", "cudnn_benchmark"})
+
+    def switches(self, pack_size: int, device: str = "cuda") -> frozenset[str]:
+        used = super().switches(pack_size, device)
+        return used | {"channels_last", "compile"} if device == "cuda" else used
 
     def pack_key(self, spec: TrialSpec) -> str | None:
         return "cnnc:" + stacking_key(spec)
@@ -337,7 +351,8 @@ def _cnnc_objective(params: CNNCParams, member: Member, n_classes: int):
 
 def _run_stacked(nets: Sequence[StackedCNNC], plan: ExecutionPlan):
     module = nets[0] if len(nets) == 1 else StackedCNNC.stack(nets)
-    return module, module
+    module.channels_last = plan.switches.channels_last
+    return module, torch.compile(module, dynamic=False) if plan.switches.compile else module
 
 
 class CNNCStack(ClassifierStack):

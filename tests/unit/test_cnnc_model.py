@@ -114,7 +114,7 @@ def test_examples_validate():
     assert {t.spec["noise"][0]["kind"] for t in sweep.trials} == {"class_conditional_flip"}
 
 
-def test_fast_path_uses_only_scheduling_switches():
+def test_fast_path_switches_change_layout_and_scheduling_not_the_arithmetic():
     from genodl_core.models.cnnc import CNNCFamily
     from genodl_core.training.plan import RunSettings, choose_plan
 
@@ -125,3 +125,39 @@ def test_fast_path_uses_only_scheduling_switches():
                          settings=RunSettings(), triton=True).switches
     assert single.cudnn_benchmark and single.fused_optimizer and not single.fused_update
     assert packed.cudnn_benchmark and not packed.fused_optimizer and not packed.bf16_inputs
+    assert single.channels_last and single.compile and packed.channels_last and packed.compile
+    on_cpu = family.switches(4, "cpu")
+    assert "channels_last" not in on_cpu and "compile" not in on_cpu
+
+
+def test_channels_last_pack_gives_the_same_outputs_masks_and_gradients(monkeypatch):
+    import genodl_core.models.cnnc as cnnc
+
+    layouts = []
+
+    def recording(h, *args, **options):
+        layouts.append(h.is_contiguous(memory_format=torch.channels_last))
+        return grouped_conv(h, *args, **options)
+
+    grouped_conv = cnnc.grouped_conv
+    monkeypatch.setattr(cnnc, "grouped_conv", recording)
+    params = CNNCParams(filters=(4, 6), dense=(8,))
+    nets = [StackedCNNC(params, 16, 3).initialise([s]) for s in (3, 4)]
+    plain, nhwc = StackedCNNC.stack(nets).double(), StackedCNNC.stack(nets).double()
+    nhwc.channels_last = True
+    x = torch.rand(2, 5, 256, dtype=torch.float64)
+    outs = []
+    for module in (plain, nhwc):
+        module.train()
+        module.zero_grad()
+        first = module(x)
+        second = module(x)              # the next step's masks
+        (first.square().sum() + second.sum()).backward()
+        outs.append((first, second, [p.grad.clone() for p in module.parameters()]))
+    (a1, a2, ga), (b1, b2, gb) = outs
+    assert layouts == [False] * 8 + [True] * 8    # 2 steps x 4 convolutions each way
+    torch.testing.assert_close(b1, a1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b2, a2, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(a1, a2)
+    for g, h in zip(ga, gb):
+        torch.testing.assert_close(h, g, rtol=1e-10, atol=1e-12)
