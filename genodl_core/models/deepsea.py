@@ -183,7 +183,41 @@ class DeepSEANet(nn.Module):
         from genodl_core.models.nt3_fast import run_channels_last
 
         one_hot = self.net[0](codes).unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        return run_channels_last(self.net[1:], one_hot)
+        head = next(i for i, m in enumerate(self.net) if isinstance(m, nn.Flatten)) + 1
+        return dense_aligned(self.net[head:], run_channels_last(self.net[1:head], one_hot))
+
+
+#: Matrix sides that tensor-core GEMM kernels take without falling back (bf16: 16 bytes).
+ALIGNMENT = 8
+
+
+def dense_aligned(layers: Sequence[nn.Module], h: torch.Tensor) -> torch.Tensor:
+    """``layers`` (Linear and ReLU only) on ``h`` with every width padded to a multiple of
+    :data:`ALIGNMENT`; the same function as running them as they are.
+
+    Why: DeepSEA's published dense width (925) makes cuBLAS run the dense layer's backward
+    GEMMs in an unaligned fallback kernel, which a profile on the GPU found slower than all
+    the convolutions' backward together (docs/deepsea.md). Zero rows appended to a weight give
+    zero outputs, which ReLU keeps at zero and the next layer's zero columns ignore, so the
+    padded chain computes the same outputs and the real weights get the same gradients; the
+    padding copies fuse with the weights' cast to bf16 in a compiled forward. Other layers
+    (dropout would draw masks for the padding) make the chain run as it is.
+    """
+    if not all(isinstance(m, (nn.Linear, nn.ReLU)) for m in layers):
+        for m in layers:
+            h = m(h)
+        return h
+    pad_in, width = 0, h.shape[-1]
+    for m in layers:
+        if isinstance(m, nn.Linear):
+            width = m.out_features
+            pad_out = -width % ALIGNMENT
+            h = F.linear(h, F.pad(m.weight, (0, pad_in, 0, pad_out)),
+                         None if m.bias is None else F.pad(m.bias, (0, pad_out)))
+            pad_in = pad_out
+        else:
+            h = m(h)
+    return h[..., :width] if pad_in else h
 
 
 class DanQNet(nn.Module):
@@ -310,13 +344,13 @@ class DNAFamily(Family):
         self.name = name
 
     def switches(self, pack_size: int, device: str = "cuda") -> frozenset[str]:
-        # Channels-last convolutions and torch.compile were measured faster for DeepSEA on the
-        # GPU (docs/deepsea.md); on a CPU it keeps its Conv1d layers, and DanQ and the
+        # Channels-last convolutions, torch.compile and captured steps (resident data) were
+        # measured faster for DeepSEA on the GPU (docs/deepsea.md); on a CPU it keeps its Conv1d layers, and DanQ and the
         # transformer keep theirs everywhere (an untested compilation of their LSTM and
         # attention must not be what fails a long GPU trial).
         used = super().switches(pack_size, device)
         if self.name == "deepsea" and device == "cuda":
-            used = used | {"channels_last", "compile"}
+            used = used | {"channels_last", "compile", "step_graphs"}
         return used
 
     def check(self, member: Member) -> None:

@@ -214,19 +214,29 @@ def seeded_training_scope(plan: Any, dropout_seed: int,
                            seeded_global_rng(dropout_seed, plan.device)], build)
 
 
+def row_gradients(forward: Callable[[torch.Tensor], torch.Tensor],
+                  amp: contextlib.AbstractContextManager, objective: Objective,
+                  xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of a single row on a batch (the caller zeroed the gradients): the
+    logits and the row's metric sums ``[1, ...]``. No host synchronisation, so a CUDA graph
+    can capture it."""
+    with amp:
+        logits = forward(xb)
+    losses = objective.per_sample_loss(logits, yb)
+    loss = losses.mean()
+    loss.backward()
+    return logits, objective.batch_sums(losses, loss, logits, yb).unsqueeze(0)
+
+
 def one_row_step(forward: Callable[[torch.Tensor], torch.Tensor],
                  amp: contextlib.AbstractContextManager, objective: Objective,
                  optimizer: Any, xb: torch.Tensor, yb: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step of a single row on a batch (the caller zeroed the gradients):
     the logits and the row's metric sums ``[1, ...]``, as :meth:`Stack.step` returns them."""
-    with amp:
-        logits = forward(xb)
-    losses = objective.per_sample_loss(logits, yb)
-    loss = losses.mean()
-    loss.backward()
+    out = row_gradients(forward, amp, objective, xb, yb)
     optimizer.step()
-    return logits, objective.batch_sums(losses, loss, logits, yb).unsqueeze(0)
+    return out
 
 
 def stacking_key(spec: TrialSpec) -> str:
@@ -240,4 +250,5 @@ def stacking_key(spec: TrialSpec) -> str:
 
 
 __all__ = ["Member", "FitOutcome", "Objective", "Schedule", "Stack", "Family", "stacking_key",
-           "training_scope", "seeded_training_scope", "one_row_step"]
+           "training_scope", "seeded_training_scope", "one_row_step",
+           "row_gradients"]

@@ -37,12 +37,13 @@ from genodl_core.spec import derive_seed
 from genodl_core.training.batch_reader import BatchReader
 from genodl_core.training.device_data import to_device
 from genodl_core.training.family import (FitOutcome, LastEpochRows, Member, Schedule,
-                                         one_row_step, seeded_training_scope)
+                                         row_gradients, seeded_training_scope)
 from genodl_core.training.multilabel_metrics import per_target_auc, summarise
 from genodl_core.training.objectives import StatelessObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
 from genodl_core.training.precision import autocast
+from genodl_core.training.step_graph import StepGraph
 
 #: Share of the free device memory the training split may take to stay resident there.
 RESIDENT_SHARE = 0.5
@@ -163,6 +164,13 @@ class MultiLabelStack(LastEpochRows):
                         else self.module)
         member = self.members[0]
         self.optimizer = make_optimizer(self.module, member.spec.train, self.plan, 1)
+        # Full batches replay one captured forward + backward (the host would otherwise queue
+        # a step's kernels slower than the GPU runs them; docs/deepsea.md). Streamed batches
+        # are copied into the graph's input buffers first.
+        self.graph = (StepGraph(self._gradients, self.batch_size, self.plan.device,
+                                zero_grad=lambda: self.module.zero_grad(set_to_none=True))
+                      if self.plan.switches.step_graphs else None)
+        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         member.log.info("training %d parameters on %d sequences (%d val), %d epochs, batch %d, "
                         "%s %s, %s, training data %s", self.n_parameters, self.n_train,
                         len(self.x_val), member.spec.train.epochs, self.batch_size,
@@ -220,12 +228,37 @@ class MultiLabelStack(LastEpochRows):
         elif self.warmup_steps and self.steps == self.warmup_steps:
             self.optimizer.set_lrs([self.base_lr])
         self.steps += 1
-        self.optimizer.zero_grad()
-        logits, sums = one_row_step(self.forward, self.amp(), self.objectives[0],
-                                    self.optimizer, *self._next_batch(idx[0]))
+        batch, out = None, None
+        if self.graph is not None:
+            if not self.resident:
+                batch = self._next_batch(idx[0])
+                self._stage(*batch)
+            out = self.graph.step(idx[0])
+        if out is None:
+            # A captured graph owns the gradient buffers it rewrites: zero them in place.
+            self.optimizer.zero_grad(set_to_none=self.graph is None)
+            out = row_gradients(self.forward, self.amp(), self.objectives[0],
+                                *(batch or self._next_batch(idx[0])))
+        self.optimizer.step()
+        logits, sums = out
         if self.signals is not None:
             self.signals.collect(idx[0], logits)
         return sums
+
+    def _gradients(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of the batch ``idx`` (what a step graph captures): gathered
+        from the resident split, or the streamed batch staged in the input buffers."""
+        batch = self._batch(idx) if self.resident else self._inputs
+        return row_gradients(self.forward, self.amp(), self.objectives[0], *batch)
+
+    def _stage(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Copy a full streamed batch into the buffers a captured step reads."""
+        if len(x) != self.batch_size:
+            return
+        if self._inputs is None:
+            self._inputs = (torch.empty_like(x), torch.empty_like(y))
+        self._inputs[0].copy_(x)
+        self._inputs[1].copy_(y)
 
     @torch.no_grad()
     def _scores(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -272,6 +305,7 @@ class MultiLabelStack(LastEpochRows):
         if self.signals is not None:
             arrays.update(self.signals.arrays())
         extra = {"n_parameters": int(self.n_parameters), "data_resident": self.resident,
+                 "step_graph": step_graph_state(self.graph),
                  "data_prefetch": self.prefetch,
                  "n_targets": int(len(self.prevalence)), "warmup_steps": self.warmup_steps}
         if ds.target_ids is not None:
@@ -311,6 +345,14 @@ class MultiLabelStack(LastEpochRows):
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         if self.signals is not None and "signals" in state:
             self.signals.load_state_dict(state["signals"])
+
+
+def step_graph_state(graph: StepGraph | None) -> str:
+    """What a trial's record says of its step graph: 'captured', 'failed' (steps ran eagerly
+    after a failed capture), 'not captured' (too few full batches) or 'not used'."""
+    if graph is None:
+        return "not used"
+    return "captured" if graph.captured else "failed" if graph.failed else "not captured"
 
 
 def _signals(member: Member, y_train: torch.Tensor | None) -> MultiLabelSignals | None:

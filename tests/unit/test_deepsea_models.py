@@ -52,9 +52,10 @@ def test_forward_shapes_and_seeded_weights(name):
 
 
 def test_deepsea_channels_last_computes_the_same_network():
-    """The plan's channels-last DeepSEA (1 x k conv2d on NHWC tensors) gives the Conv1d
-    network's logits and gradients (float64, so only the layout differs)."""
-    params = DeepSEAParams(conv=(8, 8, 8), kernel=6, pool=3, dense=16)
+    """The plan's channels-last DeepSEA (1 x k conv2d on NHWC tensors, dense widths padded to
+    aligned sizes) gives the Conv1d network's logits and gradients (float64, so only the
+    layout differs); 13 hidden units and 6 targets are both padded."""
+    params = DeepSEAParams(conv=(8, 8, 8), kernel=6, pool=3, dense=13)
     net = build_net("deepsea", params, 120, 6, seed=3).double().eval()
     codes = torch.randint(0, 5, (4, 120), dtype=torch.uint8)
     outs, grads = [], []
@@ -70,6 +71,22 @@ def test_deepsea_channels_last_computes_the_same_network():
         torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
 
 
+def test_dense_chain_with_dropout_runs_unpadded():
+    from genodl_core.models.deepsea import dense_aligned
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+              torch.nn.Linear(7, 3)]
+    h = torch.rand(4, 5)
+    torch.manual_seed(1)
+    expected = torch.nn.Sequential(*layers)(h)
+    torch.manual_seed(1)
+    torch.testing.assert_close(dense_aligned(layers, h), expected, rtol=0, atol=0)
+    padded = dense_aligned(layers[:2] + layers[3:], h)
+    assert padded.shape == (4, 3)
+    torch.testing.assert_close(padded, layers[3](layers[1](layers[0](h))))
+
+
 def test_deepsea_alone_plans_channels_last_and_compile_on_cuda():
     from genodl_core.registry import MODELS
     from genodl_core.training.plan import RunSettings, choose_plan
@@ -77,12 +94,17 @@ def test_deepsea_alone_plans_channels_last_and_compile_on_cuda():
     settings = RunSettings(checkpoint_interval_s=None)
     deepsea = choose_plan("cuda", "bf16", MODELS.get("deepsea").fn.switches(1),
                           settings=settings, triton=False).switches
-    assert deepsea.channels_last and deepsea.compile
+    assert deepsea.channels_last and deepsea.compile and deepsea.step_graphs
     danq = choose_plan("cuda", "bf16", MODELS.get("danq").fn.switches(1),
                        settings=settings, triton=False).switches
     assert not danq.channels_last and not danq.compile and danq.fused_optimizer
     # Measured on the GPU only: a CPU trial keeps the Conv1d layers (and says so).
-    assert not {"channels_last", "compile"} & MODELS.get("deepsea").fn.switches(1, "cpu")
+    assert not {"channels_last", "compile", "step_graphs"} & MODELS.get("deepsea").fn.switches(
+        1, "cpu")
+    off = choose_plan("cuda", "bf16", MODELS.get("deepsea").fn.switches(1),
+                      settings=RunSettings(checkpoint_interval_s=None, step_graphs=False),
+                      triton=False).switches
+    assert off.compile and not off.step_graphs
 
 
 def test_prevalence_bias_is_the_log_odds():
@@ -133,8 +155,35 @@ def test_streamed_training_matches_resident(tmp_path):
         result = run_trial(spec, tmp_path / resident, raise_errors=True)
         record = json.loads((result.path / records.RESULT_FILE).read_text())
         assert record["extra"]["data_resident"] is (resident == "yes")
+        assert record["extra"]["step_graph"] == "not used"       # CPU: no CUDA graphs
         finals.append(result.final)
     assert finals[0]["val_loss"] == pytest.approx(finals[1]["val_loss"], rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_captured_steps_train_like_eager_steps_on_cuda(tmp_path):
+    """On CUDA DeepSEA trials replay captured steps, resident or streamed (the record says
+    so), and with no dropout (the masks of a graph differ from eager ones) end where eager
+    steps end; the last, partial batch of each epoch runs eagerly on the graph's gradient
+    buffers."""
+    from genodl_core.training.plan import RunSettings
+
+    finals = {}
+    for graphs, resident in ((False, "yes"), (True, "yes"), (True, "no")):
+        spec = {"seed": 1, "device": "cuda", "precision": "fp32",
+                "model": {"name": "deepsea", **TINY_MODELS["deepsea"], "resident": resident,
+                          "dropout": [0, 0, 0]},
+                "data": TINY_DATA, "train": {"epochs": 3, "batch_size": 48}}
+        settings = RunSettings(checkpoint_interval_s=None, step_graphs=graphs)
+        result = run_trial(spec, tmp_path / f"{graphs}{resident}", raise_errors=True,
+                           settings=settings)
+        record = json.loads((result.path / records.RESULT_FILE).read_text())
+        assert record["extra"]["step_graph"] == ("captured" if graphs else "not used")
+        finals[graphs, resident] = result.final
+    eager = finals[False, "yes"]
+    for key in ((True, "yes"), (True, "no")):
+        assert finals[key]["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4), key
+        assert finals[key]["loss"] == pytest.approx(eager["loss"], rel=1e-4), key
 
 
 def test_transformer_warms_up_and_resumes_from_a_checkpoint(tmp_path, monkeypatch):

@@ -123,7 +123,7 @@ def test_an_exception_in_the_step_ends_the_reader_thread(tmp_path, monkeypatch):
     from genodl_core.training import multilabel
 
     calls = {"n": 0}
-    original = multilabel.one_row_step
+    original = multilabel.row_gradients
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -132,7 +132,7 @@ def test_an_exception_in_the_step_ends_the_reader_thread(tmp_path, monkeypatch):
             raise FloatingPointError("step 2 failed")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(multilabel, "one_row_step", failing)
+    monkeypatch.setattr(multilabel, "row_gradients", failing)
     with pytest.raises(FloatingPointError, match="step 2 failed"):
         _trial(tmp_path, "fails", resident="no", prefetch=2)
     assert not _reader_threads()
