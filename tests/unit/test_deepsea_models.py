@@ -149,8 +149,9 @@ def test_streamed_training_matches_resident(tmp_path):
     """Host-streamed batches train to the same numbers as the resident split (CPU)."""
     finals = []
     for resident in ("yes", "no"):
-        spec = {"seed": 1, "model": {"name": "deepsea", **TINY_MODELS["deepsea"],
-                                     "resident": resident, "dropout": [0, 0, 0]},
+        spec = {"seed": 1, "device": "cpu",
+                "model": {"name": "deepsea", **TINY_MODELS["deepsea"],
+                          "resident": resident, "dropout": [0, 0, 0]},
                 "data": TINY_DATA, "train": {"epochs": 2, "batch_size": 32}}
         result = run_trial(spec, tmp_path / resident, raise_errors=True)
         record = json.loads((result.path / records.RESULT_FILE).read_text())
