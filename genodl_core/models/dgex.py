@@ -269,7 +269,8 @@ class DGEXStack:
         if loss is None:
             # Once a graph owns the gradient buffers they are zeroed, not dropped.
             part.optimizer.zero_grad(set_to_none=graph is None or not graph.captured)
-            loss = self._loss_and_backward(part, i, self.amp)
+            loss = (self._loss_and_backward(part, i, self.amp) if graph is None else
+                    graph.run_eagerly(lambda: self._loss_and_backward(part, i, self.amp)))
         part.optimizer.step()
         # The loss stays on the device: reading it back every step would stall the GPU queue.
         return (loss.detach().double() * i.numel()).reshape(1, 1)

@@ -42,7 +42,7 @@ from genodl_core.training.multilabel_metrics import per_target_auc, summarise
 from genodl_core.training.objectives import StatelessObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
-from genodl_core.training.precision import autocast
+from genodl_core.training.precision import amp_without_cache, autocast
 from genodl_core.training.step_graph import StepGraph
 
 #: Share of the free device memory the training split may take to stay resident there.
@@ -235,10 +235,15 @@ class MultiLabelStack(LastEpochRows):
                 self._stage(*batch)
             out = self.graph.step(idx[0])
         if out is None:
-            # A captured graph owns the gradient buffers it rewrites: zero them in place.
-            self.optimizer.zero_grad(set_to_none=self.graph is None)
-            out = row_gradients(self.forward, self.amp(), self.objectives[0],
-                                *(batch or self._next_batch(idx[0])))
+            graph = self.graph
+            # Once a graph owns the gradient buffers they are zeroed, not dropped.
+            self.optimizer.zero_grad(set_to_none=graph is None or not graph.captured)
+            xb, yb = batch or self._next_batch(idx[0])
+
+            def eager() -> tuple[torch.Tensor, torch.Tensor]:
+                return row_gradients(self.forward, self.amp(), self.objectives[0], xb, yb)
+
+            out = eager() if graph is None else graph.run_eagerly(eager)
         self.optimizer.step()
         logits, sums = out
         if self.signals is not None:
@@ -249,7 +254,9 @@ class MultiLabelStack(LastEpochRows):
         """Forward and backward of the batch ``idx`` (what a step graph captures): gathered
         from the resident split, or the streamed batch staged in the input buffers."""
         batch = self._batch(idx) if self.resident else self._inputs
-        return row_gradients(self.forward, self.amp(), self.objectives[0], *batch)
+        # autocast's weight cache stays off inside a graph (stale copies after updates)
+        return row_gradients(self.forward, amp_without_cache(self.amp), self.objectives[0],
+                             *batch)
 
     def _stage(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Copy a full streamed batch into the buffers a captured step reads."""
@@ -292,6 +299,8 @@ class MultiLabelStack(LastEpochRows):
 
     def outcome(self, trial: int, curves: dict[str, list[float]],
                 selected: list[int | None]) -> FitOutcome:
+        graph_state = step_graph_state(self.graph)
+        self.graph = None  # frees the graph's memory pool before the test split's pass
         final = {key: values[-1] for key, values in curves.items()}
         final.update(epochs_run=float(len(curves.get("loss", []))),
                      n_parameters=float(self.n_parameters))
@@ -305,7 +314,7 @@ class MultiLabelStack(LastEpochRows):
         if self.signals is not None:
             arrays.update(self.signals.arrays())
         extra = {"n_parameters": int(self.n_parameters), "data_resident": self.resident,
-                 "step_graph": step_graph_state(self.graph),
+                 "step_graph": graph_state,
                  "data_prefetch": self.prefetch,
                  "n_targets": int(len(self.prevalence)), "warmup_steps": self.warmup_steps}
         if ds.target_ids is not None:
@@ -321,6 +330,7 @@ class MultiLabelStack(LastEpochRows):
         return FitOutcome(curves=curves, final=final, arrays=arrays, extra=extra)
 
     def close(self) -> None:
+        self.graph = None
         if self.reader is not None:
             self.reader.stop()
 

@@ -24,7 +24,7 @@ bit-identical to those of an eager run.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -100,7 +100,13 @@ class StepGraph:
         self.graph.replay()
         return self.loss
 
-    def _on_side_stream(self, work: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def run_eagerly(self, work: Callable[[], Any]) -> Any:
+        """``work()`` (a step the graph does not take: a partial batch, or no graph) on the
+        graph's stream, where autograd accumulates the gradients of the captured steps;
+        elsewhere each accumulation would wait on that stream."""
+        return self._on_side_stream(work)
+
+    def _on_side_stream(self, work: Callable[[], Any]) -> Any:
         if not self.indices.is_cuda:
             return work()
         if self._stream is None:
