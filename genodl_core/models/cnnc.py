@@ -309,7 +309,7 @@ class CNNCFamily(Family):
 
     def switches(self, pack_size: int, device: str = "cuda") -> frozenset[str]:
         used = super().switches(pack_size, device)
-        return used | {"channels_last", "compile"} if device == "cuda" else used
+        return (used | {"channels_last", "compile"}) if device == "cuda" else used
 
     def pack_key(self, spec: TrialSpec) -> str | None:
         return "cnnc:" + stacking_key(spec)
