@@ -346,8 +346,8 @@ class DNAFamily(Family):
     def switches(self, pack_size: int, device: str = "cuda") -> frozenset[str]:
         # Channels-last convolutions, torch.compile and captured steps were measured faster
         # for DeepSEA on the GPU (docs/deepsea.md); on a CPU it keeps its Conv1d layers, and
-        # DanQ and the transformer keep theirs everywhere (an untested compilation of their LSTM and
-        # attention must not be what fails a long GPU trial).
+        # DanQ and the transformer keep theirs everywhere (an untested compilation of their
+        # LSTM and attention must not be what fails a long GPU trial).
         used = super().switches(pack_size, device)
         if self.name == "deepsea" and device == "cuda":
             used = used | {"channels_last", "compile", "step_graphs"}
