@@ -38,7 +38,7 @@ from genodl_core.training.precision import (amp_without_cache, autocast, is_cuda
                                             matmul_precision)
 from genodl_core.training.regression import compare_with_reference
 from genodl_core.training.schedules import RiseDecaySchedule
-from genodl_core.training.step_graph import StepGraph
+from genodl_core.training.step_graph import StepGraph, eager_step
 from genodl_core.typed import check_range
 
 
@@ -267,10 +267,8 @@ class DGEXStack:
         graph = part.graph
         loss = graph.step(i) if graph is not None else None
         if loss is None:
-            # Once a graph owns the gradient buffers they are zeroed, not dropped.
-            part.optimizer.zero_grad(set_to_none=graph is None or not graph.captured)
-            loss = (self._loss_and_backward(part, i, self.amp) if graph is None else
-                    graph.run_eagerly(lambda: self._loss_and_backward(part, i, self.amp)))
+            loss = eager_step(graph, part.optimizer.zero_grad,
+                              lambda: self._loss_and_backward(part, i, self.amp))
         part.optimizer.step()
         # The loss stays on the device: reading it back every step would stall the GPU queue.
         return (loss.detach().double() * i.numel()).reshape(1, 1)

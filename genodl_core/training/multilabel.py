@@ -43,7 +43,7 @@ from genodl_core.training.objectives import StatelessObjective
 from genodl_core.training.optim import make_optimizer
 from genodl_core.training.plan import ExecutionPlan
 from genodl_core.training.precision import amp_without_cache, autocast
-from genodl_core.training.step_graph import StepGraph
+from genodl_core.training.step_graph import StepGraph, eager_step
 
 #: Share of the free device memory the training split may take to stay resident there.
 RESIDENT_SHARE = 0.5
@@ -235,15 +235,9 @@ class MultiLabelStack(LastEpochRows):
                 self._stage(*batch)
             out = self.graph.step(idx[0])
         if out is None:
-            graph = self.graph
-            # Once a graph owns the gradient buffers they are zeroed, not dropped.
-            self.optimizer.zero_grad(set_to_none=graph is None or not graph.captured)
             xb, yb = batch or self._next_batch(idx[0])
-
-            def eager() -> tuple[torch.Tensor, torch.Tensor]:
-                return row_gradients(self.forward, self.amp(), self.objectives[0], xb, yb)
-
-            out = eager() if graph is None else graph.run_eagerly(eager)
+            out = eager_step(self.graph, self.optimizer.zero_grad, lambda: row_gradients(
+                self.forward, self.amp(), self.objectives[0], xb, yb))
         self.optimizer.step()
         logits, sums = out
         if self.signals is not None:

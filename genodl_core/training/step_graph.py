@@ -137,6 +137,19 @@ class StepGraph:
         self.graph = graph
 
 
+def eager_step(graph: StepGraph | None, zero_grad: Callable[..., None],
+               work: Callable[[], Any]) -> Any:
+    """A step ``graph`` does not take (no graph, a partial batch, a failed capture): zero the
+    gradients and run ``work()``.
+
+    Once a graph owns the gradient buffers they are zeroed in place, not dropped, and the work
+    runs on the graph's stream, where autograd accumulates the captured steps' gradients.
+    ``zero_grad`` takes ``set_to_none`` (an optimizer's or a module's).
+    """
+    zero_grad(set_to_none=graph is None or not graph.captured)
+    return work() if graph is None else graph.run_eagerly(work)
+
+
 def _leave_capture_mode(generators: Sequence[torch.Generator]) -> None:
     """Give generators registered with a failed capture a fresh state (same seed and offset).
 
@@ -149,4 +162,4 @@ def _leave_capture_mode(generators: Sequence[torch.Generator]) -> None:
         generator.graphsafe_set_state(fresh.graphsafe_get_state())
 
 
-__all__ = ["StepGraph"]
+__all__ = ["StepGraph", "eager_step"]
